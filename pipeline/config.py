@@ -1,0 +1,368 @@
+"""The one configuration schema, loader and validator.
+
+Two entry points read the same tree: DVC stages load ``params.yaml`` (which ``dvc exp run`` composes from
+``conf/``), and the Hydra app composes ``conf/`` itself. Both end in :func:`validate`, so a bad value gets the
+same message whichever way the user came in.
+
+The YAML files do not name the schema in their defaults lists on purpose: DVC composes ``params.yaml`` in its
+own process, which never imports this package, so a ConfigStore reference there would break ``dvc exp run``.
+The schema is registered in Hydra's ConfigStore (``odeval_schema``) for tools and applied by :func:`to_config`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SECRET_KEY = re.compile(r"(^|_)(token|password|secret|api_?key|authorization)$", re.IGNORECASE)
+SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: one line per problem, each naming the key, the value and the fix."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    source: str = "builtin"  # hub | builtin | local
+    repo_id: str | None = None
+    revision: str | None = None
+    allow_patterns: list[str] | None = None
+    path: str | None = None
+    format: str = "hf"  # hf | mobilequant-qnn
+    quant: str = "fp32"
+    max_seq_len: int = 1024
+    chip: str = "any"
+    params_b: float | None = None
+    weight_bytes: int | None = None
+
+
+@dataclass
+class AppConfig:
+    name: str = MISSING
+    source: str = "builtin"
+    repo_id: str | None = None
+    revision: str | None = None
+    allow_patterns: list[str] | None = None
+    path: str | None = None
+    binary: str = "simple_app"
+    device_arg: str | None = "8gen3"
+    protocol: str = "simple_app"
+    template: str = "mobilequant"  # mobilequant | hf-chat | raw (only the reference app can change it)
+    template_tokens: int = 15
+    virtual_only: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class VirtualConfig:
+    root: str = ".odeval/virtual"
+    port: int = 15555
+    capacity_gb: float = 64
+    simulate_thermal: bool = False
+    standin_model: str | None = None
+    faults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DeviceConfig:
+    name: str = MISSING
+    kind: str = "virtual"  # virtual | adb
+    serial: str | None = None
+    adb_host: str = "127.0.0.1"
+    adb_port: int | None = None
+    connect: str | None = None
+    remote_root: str = "/data/local/tmp/odeval"
+    bandwidth_gb_s: float | None = None
+    virtual: VirtualConfig = field(default_factory=VirtualConfig)
+
+
+@dataclass
+class PromptsConfig:
+    name: str = MISSING
+    path: str | None = None
+    generator: str | None = None  # length
+    n: int = 0
+    limit: int | None = None
+    newlines: str = "reject"  # reject | join
+
+
+@dataclass
+class SequenceConfig:
+    name: str = MISSING
+    context: int = 160
+    max_new_tokens: int = 80
+
+
+@dataclass
+class PromptingConfig:
+    name: str = MISSING
+    template: str = "{prompt}"
+
+
+@dataclass
+class SessionConfig:
+    name: str = MISSING
+    mode: str = "fresh"  # fresh | shared
+
+
+@dataclass
+class RuntimeConfig:
+    name: str = "default"
+    repeats: int = 1
+    warmup: int = 0
+    cooldown_s: float = 0.0
+    prompt_timeout_s: float = 120.0
+    load_timeout_s: float = 180.0
+    max_output_bytes: int = 65536
+    telemetry_interval_s: float = 1.0
+
+
+@dataclass
+class JudgeConfig:
+    url: str | None = None
+    model: str | None = None
+
+
+@dataclass
+class ScoringConfig:
+    name: str = "default"
+    relevance: bool = True
+    embedding_model: str | None = None
+    fp_reference: str | None = None
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    soc_bandwidth_gb_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrackingConfig:
+    name: str = "mlflow"
+    backend: str = "mlflow"  # mlflow | none
+    tracking_uri: str | None = "sqlite:///mlflow.db"
+    experiment: str = "odeval"
+    required: bool = False
+
+
+@dataclass
+class PathsConfig:
+    artifacts: str = "artifacts"
+    metrics: str = "metrics"
+    cache: str = ".odeval/cache"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    prompting: PromptingConfig = field(default_factory=PromptingConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tag: str = "default"
+
+
+def register_configs() -> None:
+    """Register the schema with Hydra's ConfigStore (see the module docstring for why YAML does not name it)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="odeval_schema", node=Config)
+
+
+# ---------------------------------------------------------------- loading
+
+def to_config(raw: DictConfig | dict, source: str = "config") -> Config:
+    """Typed, validated config from a composed tree; unknown keys and wrong types become ConfigError."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError([f"{key}: {msg} — fix the value in conf/ or the override"], source) from None
+    validate(cfg, source)
+    return cfg
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Config:
+    """The loader every DVC stage uses. Warns (does not fail) when params.yaml looks stale against conf/."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError([f"{p}: not found — run `dvc exp run` (composes it from conf/) or `make params`"], str(p))
+    cfg = to_config(OmegaConf.load(p), source=str(p))
+    warn_if_stale(p, cfg)
+    return cfg
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/ like DVC does (no hydra node), for params.yaml generation, checks and tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def group_choices(cfg: Config) -> list[str]:
+    """The group overrides that reproduce cfg's choices: every group file carries a `name:` key."""
+    return [
+        f"{g}={getattr(cfg, g).name}"
+        for g in ("model", "app", "device", "prompts", "sequence", "prompting", "session", "runtime", "scoring",
+                  "tracking")
+    ]
+
+
+def warn_if_stale(params_path: Path, cfg: Config) -> list[str]:
+    """`dvc repro` reads params.yaml as it is: tell the user when conf/ says something else for the same choices."""
+    try:
+        fresh = OmegaConf.to_container(compose(group_choices(cfg)))
+    except Exception:  # an unknown group name etc.: the params were set by hand; nothing to compare against
+        return []
+    current = OmegaConf.to_container(OmegaConf.load(params_path))
+    diffs = _diff(fresh, current)
+    if diffs:
+        shown = "; ".join(f"{k} (params.yaml {b!r}, conf/ {a!r})" for k, a, b in diffs[:5])
+        print(
+            f"warning: {params_path} differs from conf/ for the same group choices: {shown}. Fine if you set these"
+            " with `dvc exp run -S`; if you edited conf/, note that `dvc repro` does not recompose — run"
+            " `dvc exp run` (or `make params`)."
+        )
+    return [k for k, _, _ in diffs]
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def as_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def config_hash(cfg: Config, sections: tuple[str, ...] = ()) -> str:
+    """Stable hash of the config (or some sections): the run stage's resume key and MLflow's run_key part."""
+    d = as_dict(cfg)
+    if sections:
+        d = {s: d[s] for s in sections}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- validation
+
+def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+
+
+def _check_source(problems: list[str], sec: str, c: ModelConfig | AppConfig) -> None:
+    _choice(problems, f"{sec}.source", c.source, ("hub", "builtin", "local"))
+    if c.source == "hub":
+        if not c.repo_id:
+            problems.append(f"{sec}.repo_id=None: required when {sec}.source=hub — set the Hugging Face repo id")
+        if not c.revision:
+            problems.append(
+                f"{sec}.revision=None: required when {sec}.source=hub — pin a commit sha (or a branch, recorded by fetch)"
+            )
+    if c.source == "local" and not c.path:
+        problems.append(f"{sec}.path=None: required when {sec}.source=local — set {sec}.path=/path/to/dir")
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Cross-field checks the types cannot express; raises one ConfigError listing every problem."""
+    p: list[str] = []
+    m, a, d, s, rt = cfg.model, cfg.app, cfg.device, cfg.sequence, cfg.runtime
+    _check_source(p, "model", m)
+    _check_source(p, "app", a)
+    _choice(p, "model.format", m.format, ("hf", "mobilequant-qnn"))
+    _choice(p, "device.kind", d.kind, ("virtual", "adb"))
+    _choice(p, "session.mode", cfg.session.mode, ("fresh", "shared"))
+    _choice(p, "app.template", a.template, ("mobilequant", "hf-chat", "raw"))
+    _choice(p, "prompts.newlines", cfg.prompts.newlines, ("reject", "join"))
+    _choice(p, "tracking.backend", cfg.tracking.backend, ("mlflow", "none"))
+    budget = s.context + s.max_new_tokens + a.template_tokens
+    if budget > m.max_seq_len:
+        p.append(
+            f"sequence.context + sequence.max_new_tokens + app.template_tokens = {s.context} + {s.max_new_tokens} +"
+            f" {a.template_tokens} = {budget} exceeds model.max_seq_len={m.max_seq_len} — pick a smaller"
+            " sequence budget (e.g. sequence=s256) or lower sequence.context / sequence.max_new_tokens"
+        )
+    for key, val in (("sequence.context", s.context), ("sequence.max_new_tokens", s.max_new_tokens)):
+        if val < 1:
+            p.append(f"{key}={val}: must be ≥ 1")
+    if rt.repeats < 1:
+        p.append(f"runtime.repeats={rt.repeats}: must be ≥ 1 (use runtime.warmup for unmeasured runs)")
+    if rt.warmup < 0:
+        p.append(f"runtime.warmup={rt.warmup}: must be ≥ 0")
+    for key in ("prompt_timeout_s", "load_timeout_s", "telemetry_interval_s"):
+        if getattr(rt, key) <= 0:
+            p.append(f"runtime.{key}={getattr(rt, key)}: must be > 0")
+    if rt.cooldown_s < 0:
+        p.append(f"runtime.cooldown_s={rt.cooldown_s}: must be ≥ 0")
+    if d.kind == "adb" and a.virtual_only:
+        p.append(
+            f"app={a.name} with device.kind=adb: the {a.name} app only runs on the virtual device — use"
+            " app=simple-app-8gen3 (or device=virtual)"
+        )
+    if a.template != "mobilequant" and not a.virtual_only:
+        p.append(
+            f"app.template={a.template!r}: {a.name}'s prompt template is compiled into the binary — only the"
+            " reference app (app=reference) can change it"
+        )
+    if d.kind == "virtual" and m.format == "mobilequant-qnn" and not d.virtual.standin_model:
+        p.append(
+            f"model={m.name} on device=virtual: QNN models run only on a Snapdragon HTP — use device=adb, or set"
+            " device.virtual.standin_model=DIR (an HF model dir the virtual device runs instead; results say so)"
+        )
+    tmpl = cfg.prompting.template
+    if tmpl.count("{prompt}") != 1 or "\n" in tmpl:
+        p.append(f"prompting.template={tmpl!r}: must contain {{prompt}} exactly once and no newline")
+    pr = cfg.prompts
+    if not pr.path and not pr.generator:
+        p.append(f"prompts={pr.name}: set prompts.path=FILE.jsonl (or a generator such as prompts=length)")
+    if pr.generator not in (None, "length"):
+        p.append(f"prompts.generator={pr.generator!r}: must be null or 'length'")
+    if pr.limit is not None and pr.limit < 1:
+        p.append(f"prompts.limit={pr.limit}: must be ≥ 1 or null")
+    p += _secret_keys(as_dict(cfg))
+    if p:
+        raise ConfigError(p, source)
+
+
+def _secret_keys(d: Any, prefix: str = "") -> list[str]:
+    """Secrets come from the environment (HF_TOKEN), never from config that lands in params.yaml and MLflow."""
+    out: list[str] = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            secret_value = isinstance(v, str) and SECRET_VALUE.search(v)
+            if (SECRET_KEY.search(str(k)) and v not in (None, "")) or secret_value:
+                out.append(f"{key}: looks like a secret — remove it from the config and set it in the environment"
+                           " (e.g. HF_TOKEN); config values are recorded in params.yaml and MLflow")
+            out += _secret_keys(v, key + ".")
+    return out

@@ -1,0 +1,32 @@
+"""Where things live. Two roots matter because DVC runs queued experiments in a temporary copy of the repo.
+
+``workdir`` is where a stage writes its outputs (the repo for DVC, a job dir for Hydra sweeps). ``shared_root``
+is where state that must outlive one run lives: the MLflow database, the model/hash caches and the virtual
+device's storage. Inside ``<repo>/.dvc/tmp/exps/<tmp>/`` (a `dvc exp run --queue/--temp` workspace) the shared
+root is ``<repo>``, so a queued grid logs to the same ``mlflow.db`` and reuses the same pushed files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_root(start: Path | None = None) -> Path:
+    """The repo whose state (caches, mlflow.db, virtual device) this run shares; ODEVAL_ROOT overrides."""
+    if os.environ.get("ODEVAL_ROOT"):
+        return Path(os.environ["ODEVAL_ROOT"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return here
+
+
+def resolve(path: str | os.PathLike, base: Path) -> Path:
+    """A config path: absolute as given, relative to `base` otherwise."""
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else (base / p)
