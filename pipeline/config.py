@@ -159,6 +159,7 @@ class TrackingConfig:
 
 @dataclass
 class PathsConfig:
+    name: str = "default"
     artifacts: str = "artifacts"
     metrics: str = "metrics"
     cache: str = ".odeval/cache"
@@ -287,7 +288,8 @@ def _check_source(problems: list[str], sec: str, c: ModelConfig | AppConfig) -> 
             problems.append(f"{sec}.repo_id=None: required when {sec}.source=hub — set the Hugging Face repo id")
         if not c.revision:
             problems.append(
-                f"{sec}.revision=None: required when {sec}.source=hub — pin a commit sha (or a branch, recorded by fetch)"
+                f"{sec}.revision=None: required when {sec}.source=hub — pin a commit sha"
+                " (or a branch: fetch records the sha it resolves to)"
             )
     if c.source == "local" and not c.path:
         problems.append(f"{sec}.path=None: required when {sec}.source=local — set {sec}.path=/path/to/dir")

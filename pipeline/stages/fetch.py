@@ -9,7 +9,10 @@ from pipeline.stages import stage_main
 
 
 def run(cfg: Config, workdir: Path) -> Path:
-    raise NotImplementedError("stage fetch is not built yet — see issue \"fetch and push: verified downloads from the Hub, incremental verified deploys over ADB\"")
+    raise NotImplementedError(
+        "stage fetch is not built yet — see issue "
+        "\"fetch and push: verified downloads from the Hub, incremental verified deploys over ADB\""
+    )
 
 
 def main() -> None:

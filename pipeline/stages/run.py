@@ -9,7 +9,10 @@ from pipeline.stages import stage_main
 
 
 def run(cfg: Config, workdir: Path) -> Path:
-    raise NotImplementedError("stage run is not built yet — see issue \"run: drive the app's REPL on the device, measure it honestly, survive everything\"")
+    raise NotImplementedError(
+        "stage run is not built yet — see issue "
+        "\"run: drive the app's REPL on the device, measure it honestly, survive everything\""
+    )
 
 
 def main() -> None:

@@ -9,7 +9,10 @@ from pipeline.stages import stage_main
 
 
 def run(cfg: Config, workdir: Path) -> Path:
-    raise NotImplementedError("stage score is not built yet — see issue \"score: throughput statistics, answer quality, DVC metrics and MLflow runs you can compare\"")
+    raise NotImplementedError(
+        "stage score is not built yet — see issue "
+        "\"score: throughput statistics, answer quality, DVC metrics and MLflow runs you can compare\""
+    )
 
 
 def main() -> None:

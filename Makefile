@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install the project if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install demo test test-all lint params clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: this resolves to a CPU wheel; an unpinned torch pulls a ~3 GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m pipeline.demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ''
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+params: install
+	$(PY) -m pipeline.params
+
+clean:
+	rm -rf artifacts metrics/plots metrics/score.json metrics/prompts.csv outputs multirun reports .odeval
+	-$(PY) -m pipeline.virtual stop --root .odeval/virtual 2>/dev/null

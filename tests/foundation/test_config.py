@@ -1,0 +1,157 @@
+"""Foundation: the config tree composes, validates with clear messages, and params.yaml agrees with conf/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from pipeline.config import CONF_DIR, ConfigError, compose, load_params, to_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as e:
+        to_config(compose(overrides))
+    return str(e.value)
+
+
+def test_default_composition_is_the_offline_demo():
+    cfg = to_config(compose())
+    assert (cfg.device.kind, cfg.app.name, cfg.model.name) == ("virtual", "reference", "tiny-fp")
+    assert cfg.prompts.name == "qa"
+    assert (cfg.sequence.name, cfg.session.mode, cfg.tracking.backend) == ("s256", "fresh", "mlflow")
+    assert cfg.tracking.tracking_uri == "sqlite:///mlflow.db"
+
+
+@pytest.mark.parametrize(
+    "overrides, must_name",
+    [
+        (["sequence.context=5000"], ["sequence.context", "model.max_seq_len", "5000"]),
+        (["runtime.repeats=0"], ["runtime.repeats=0", "≥ 1"]),
+        (["model.source=hub", "model.repo_id=null"], ["model.repo_id", "model.source=hub"]),
+        (["model.source=hub", "model.repo_id=a/b", "model.revision=null"], ["model.revision"]),
+        (["device=adb"], ["device.kind=adb", "app=simple-app-8gen3"]),
+        (["model=mobilequant-w4a8-8gen3"], ["standin_model", "device=adb"]),
+        (["app=simple-app-8gen3", "device=adb", "app.template=hf-chat"], ["app.template", "reference app"]),
+        (["session.mode=sometimes"], ["session.mode", "fresh, shared"]),
+        (["runtime.repeats=abc"], ["runtime.repeats", "abc"]),
+        (["+runtime.repeat=3"], ["runtime.repeat", "not in"]),
+        (["prompting.template=no placeholder"], ["prompting.template", "{prompt}"]),
+        (["+app.env.HF_TOKEN=hf_abcdefghijklmnopqrstuvwxyz"], ["app.env.HF_TOKEN", "secret", "environment"]),
+        (["app=simple-app-8gen2", "device=adb", "model=mobilequant-w4a8-8gen3"], ["app.path", "source=local"]),
+    ],
+)
+def test_validation_names_key_value_and_fix(overrides, must_name):
+    msg = problems(overrides)
+    for needle in must_name:
+        assert needle in msg, f"{needle!r} missing from: {msg}"
+
+
+def test_all_problems_reported_at_once():
+    msg = problems(["sequence.context=5000", "runtime.repeats=0", "runtime.warmup=-1"])
+    assert msg.count("\n  - ") == 3
+
+
+def test_secret_check_does_not_flag_token_counts():
+    cfg = to_config(compose(["sequence.max_new_tokens=10"]))
+    assert cfg.sequence.max_new_tokens == 10
+
+
+def test_every_group_option_has_a_matching_name_key():
+    """params.yaml records values, not choices: the `name:` key is how dvc exp show / MLflow tell options apart."""
+    for f in CONF_DIR.glob("*/*.yaml"):
+        if f.parent.name in ("experiment", "hydra", "local"):
+            continue
+        data = yaml.safe_load(f.read_text())
+        assert data.get("name") == f.stem, f"{f}: name must be {f.stem!r}"
+
+
+@pytest.mark.parametrize("group", ["model", "app", "device", "prompts", "sequence", "prompting", "session", "runtime"])
+def test_every_option_composes(group):
+    for f in sorted((CONF_DIR / group).glob("*.yaml")):
+        raw = compose([f"{group}={f.stem}"])
+        assert raw[group]["name"] == f.stem
+
+
+def test_seed_experiment_reproduces_the_seed():
+    raw = compose(["experiment=seed-k70pro"])
+    assert raw.model.repo_id == "fwtan/llama-1.1b-mobilequant-w4a8-s1024-e60-sym-8gen3"
+    assert raw.app.repo_id == "fwtan/llm_8gen3_demo" and raw.app.device_arg == "8gen3"
+    assert (raw.device.kind, raw.prompts.name, raw.session.mode, raw.prompting.template) == (
+        "adb", "smoke", "shared", "{prompt}")
+    to_config(raw)  # valid as is
+
+
+def test_committed_params_yaml_is_dvcs_default_composition(tmp_path):
+    """A drifted params.yaml would silently run another experiment under `dvc repro`."""
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(CONF_DIR), None, "config", str(tmp_path), [])
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load((REPO / "params.yaml").read_text()), (
+        "params.yaml drifted from conf/: run `make params` (or `python -m pipeline.params`) and commit it")
+    assert yaml.safe_load(out.read_text()) == OmegaConf.to_container(compose())
+
+
+def test_dvc_composes_overrides_from_conf(tmp_path):
+    from dvc.utils.hydra import compose_and_dump
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(CONF_DIR), None, "config", str(tmp_path), ["model=tiny-w8", "sequence=s512"])
+    cfg = load_params(out)
+    assert (cfg.model.quant, cfg.sequence.name) == ("w8", "s512")
+
+
+def test_stale_params_warning_names_the_key(tmp_path, capsys):
+    raw = OmegaConf.to_container(compose())
+    raw["runtime"]["repeats"] = 7
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    load_params(p)
+    out = capsys.readouterr().out
+    assert "runtime.repeats" in out and "dvc exp run" in out
+
+
+def test_dvc_yaml_has_exactly_the_four_stages_in_order():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["fetch", "push", "run", "score"]
+    outs = {s: [next(iter(o)) if isinstance(o, dict) else o for o in v.get("outs", [])] for s, v in stages.items()}
+    assert "artifacts/fetch.json" in stages["push"]["deps"]
+    assert "artifacts/push.json" in stages["run"]["deps"] and "artifacts/run" in stages["score"]["deps"]
+    assert outs["fetch"] == ["artifacts/fetch.json"] and "artifacts/run" in outs["run"]
+    assert stages["push"]["always_changed"] is True
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, st in stages.items():  # every params key a stage declares exists (DVC fails otherwise)
+        for key in st.get("params", []):
+            node = params
+            for part in key.split("."):
+                assert part in node, f"stage {name}: params key {key} not in params.yaml"
+                node = node[part]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_prints_composed_config():
+    r = run_cli("--cfg", "job", "model=tiny-w4", "sequence=s1024")
+    assert r.returncode == 0, r.stderr
+    assert "quant: w4" in r.stdout and "max_new_tokens: 240" in r.stdout
+
+
+def test_cli_rejects_a_budget_over_max_seq_len():
+    r = run_cli("--cfg", "job", "sequence.context=5000")
+    assert r.returncode != 0
+    assert "sequence.context" in r.stderr and "model.max_seq_len" in r.stderr
+
+
+def test_cli_unknown_option_lists_the_options():
+    r = run_cli("--cfg", "job", "model=nope")
+    assert r.returncode != 0 and "tiny-w4" in r.stderr
