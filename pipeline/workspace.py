@@ -15,7 +15,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_root(start: Path | None = None) -> Path:
-    """The repo whose state (caches, mlflow.db, virtual device) this run shares; ODEVAL_ROOT overrides."""
+    """The repo whose state (caches, mlflow.db, virtual device) this run shares; ODEVAL_ROOT overrides.
+
+    Starts from the current directory (DVC runs stages in the repo or its temp copy; Hydra jobs keep the cwd),
+    never from a job's output dir."""
     if os.environ.get("ODEVAL_ROOT"):
         return Path(os.environ["ODEVAL_ROOT"]).resolve()
     here = (start or Path.cwd()).resolve()

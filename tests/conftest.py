@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytest_plugins = [
-    m for m in ("tests.helpers.device", "tests.helpers.hub_server") if (REPO / (m.replace(".", "/") + ".py")).exists()
-]
+pytest_plugins = ["tests.helpers.device", "tests.helpers.hub_server", "tests.helpers.tiny_models"]
 
 
 @pytest.fixture(scope="session", autouse=True)

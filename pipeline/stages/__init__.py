@@ -41,3 +41,29 @@ def quiet() -> bool:
     import os
 
     return bool(os.environ.get("ODEVAL_QUIET")) or os.environ.get("CI", "").lower() == "true"
+
+
+def device_for(cfg: Config, workdir: Path):
+    """The adbutils device the config names (starting the virtual device if needed): push and run share it."""
+    from pipeline.device.connect import DeviceError, get_device
+    from pipeline.workspace import resolve, shared_root
+
+    d = cfg.device
+    v = d.virtual
+    options = dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
+                   standin_model=v.standin_model, **dict(v.faults))
+    try:
+        return get_device(d.kind, serial=d.serial, adb_host=d.adb_host, adb_port=d.adb_port, connect_addr=d.connect,
+                          virtual_root=resolve(v.root, shared_root()), virtual_port=v.port,
+                          virtual_options=options)
+    except DeviceError as e:
+        raise StageError(str(e)) from None
+
+
+def read_json(path: Path, what: str) -> dict:
+    """An upstream artifact, or a clear error saying which stage makes it."""
+    import json
+
+    if not path.exists():
+        raise StageError(f"{path}: missing — run the {what} stage first (`dvc repro {what}`)")
+    return json.loads(path.read_text())

@@ -1,18 +1,97 @@
-"""DVC stage `fetch` (DESIGN §3)."""
+"""DVC stage `fetch`: app + model at pinned revisions → `artifacts/fetch.json` (verified manifest, DESIGN §3).
+
+Sources: `hub` (huggingface_hub at a pinned revision; token only from the environment), `builtin` (the offline
+tiny models and the reference app, built here, cached by content), `local` (a directory you already have).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.stages import stage_main
+from pipeline.config import AppConfig, Config, ModelConfig
+from pipeline.stages import StageError, quiet, stage_main
+from pipeline.workspace import resolve, shared_root
+
+REFERENCE_LAUNCHER = """#!/system/bin/sh
+# odeval reference app. On the odeval virtual device, executing this file runs pipeline/apps/reference_app.py
+# (simple_app's REPL protocol on the host CPU). It is not an Android binary: on a phone it only says so.
+echo "odeval reference app: runs only on the odeval virtual device (device=virtual)" >&2
+exit 126
+"""
 
 
 def run(cfg: Config, workdir: Path) -> Path:
-    raise NotImplementedError(
-        "stage fetch is not built yet — see issue "
-        "\"fetch and push: verified downloads from the Hub, incremental verified deploys over ADB\""
-    )
+    cache = resolve(cfg.paths.cache, shared_root())
+    result = {"model": fetch_model(cfg.model, cache), "app": fetch_app(cfg.app, cache)}
+    out = workdir / cfg.paths.artifacts / "fetch.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def fetch_model(m: ModelConfig, cache: Path) -> dict:
+    if m.source == "builtin":
+        from pipeline.models import MODEL_NAMES, build_model
+
+        if m.name not in MODEL_NAMES:
+            raise StageError(f"model.name={m.name!r} with model.source=builtin: builtin models are {MODEL_NAMES}")
+        return _builtin_entry(m.name, build_model(m.name, cache / "models" / m.name))
+    return _remote_or_local(m.name, m.source, m.repo_id, m.revision, m.allow_patterns, m.path, "model")
+
+
+def fetch_app(a: AppConfig, cache: Path) -> dict:
+    if a.source == "builtin":
+        return _builtin_entry(a.name, build_reference_app(cache / "apps" / a.name, a.binary))
+    return _remote_or_local(a.name, a.source, a.repo_id, a.revision, a.allow_patterns, a.path, "app")
+
+
+def build_reference_app(out: Path, binary: str) -> Path:
+    """The reference 'app' is a launcher named like simple_app plus the reference implementation's source hash,
+    so the app manifest (and every downstream result) changes when the reference app's code changes."""
+    import pipeline
+    from pipeline.apps import reference_app
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = Path(reference_app.__file__).read_bytes()
+    info = {"app": "odeval-reference", "version": getattr(pipeline, "__version__", "0"),
+            "reference_app_sha256": hashlib.sha256(src).hexdigest()}
+    _write_if_changed(out / binary, REFERENCE_LAUNCHER)
+    _write_if_changed(out / "app.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.chmod(out / binary, 0o755)
+    return out
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Keep mtimes stable when nothing changed so the host hash cache stays warm."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _builtin_entry(name: str, local_dir: Path) -> dict:
+    from pipeline.hub import local_snapshot
+
+    entry = local_snapshot(local_dir, name=name, source="builtin")
+    entry["commit"] = "builtin-" + entry["manifest_sha256"][:12]
+    return entry
+
+
+def _remote_or_local(name: str, source: str, repo_id: str | None, revision: str | None,
+                     allow_patterns: list[str] | None, path: str | None, section: str) -> dict:
+    from pipeline.hub import HubError, fetch_snapshot, local_snapshot
+
+    try:
+        if source == "local":
+            p = Path(os.path.expanduser(path or ""))
+            if not p.is_dir():
+                raise StageError(f"{section}.path={path!r}: not a directory — point it at the {section} files")
+            return local_snapshot(p, name=name)
+        return fetch_snapshot(repo_id or "", revision or "", allow_patterns=list(allow_patterns or []) or None,
+                              endpoint=os.environ.get("HF_ENDPOINT"), progress=not quiet(), config_key=section)
+    except HubError as e:
+        raise StageError(f"{section}={name}: {e}") from None
 
 
 def main() -> None:

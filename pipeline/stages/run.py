@@ -1,18 +1,217 @@
-"""DVC stage `run` (DESIGN §3)."""
+"""DVC stage `run`: drive the app's REPL on the device prompt by prompt → `artifacts/run/` (DESIGN §3).
+
+Outputs: `responses.jsonl` (one row per prompt × repeat), `telemetry.jsonl`, `app.log` (a terminal-style
+transcript that `python -m pipeline.apps.simple_app parse` reads back), `run.json` (provenance).
+Resumable: rows are appended and fsynced as they finish; a re-run with the same `run_key` skips them, a run with
+another key starts over (the directory is a DVC `persist: true` output).
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import platform
+import shlex
+from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.stages import stage_main
+from pipeline.config import Config, config_hash
+from pipeline.runner import RunItem
+from pipeline.stages import StageError, device_for, quiet, read_json, stage_main
+from pipeline.workspace import shared_root
+
+RUN_SECTIONS = ("model", "app", "device", "prompts", "sequence", "prompting", "session", "runtime")
 
 
 def run(cfg: Config, workdir: Path) -> Path:
-    raise NotImplementedError(
-        "stage run is not built yet — see issue "
-        "\"run: drive the app's REPL on the device, measure it honestly, survive everything\""
-    )
+    art = workdir / cfg.paths.artifacts
+    fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
+    count_tokens = _counter(fetch)
+    prompts = load_prompt_set(cfg, count_tokens)
+    items = [RunItem(p.id, p.prompt, cfg.prompting.template.replace("{prompt}", p.prompt)) for p in prompts]
+    out = art / "run"
+    run_key = _run_key(cfg, fetch, push)
+    done = resume_state(out, run_key)
+    with (out / "prompts.jsonl").open("w", encoding="utf-8") as f:  # what score needs: references, rules, tags
+        f.writelines(json.dumps(p.to_item() | {"set": p.set_name, "tags": list(p.tags)}, ensure_ascii=False) + "\n"
+                     for p in prompts)
+    meta = provenance(cfg, fetch, push, run_key, workdir)
+    _write_json(out / "run.json", {**meta, "status": "running", "rows": len(done)})
+
+    from pipeline.device.shellv2 import ShellV2
+    from pipeline.device.telemetry import TelemetrySampler
+    from pipeline.runner import DeviceLost, RunOptions, run_prompts
+
+    dev = device_for(cfg, workdir)
+    sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
+    start_app = _launcher(cfg, push, dev, ShellV2, sampler)
+    opts = RunOptions(session=cfg.session.mode, repeats=cfg.runtime.repeats, warmup=cfg.runtime.warmup,
+                      cooldown_s=cfg.runtime.cooldown_s, prompt_timeout_s=cfg.runtime.prompt_timeout_s,
+                      load_timeout_s=cfg.runtime.load_timeout_s, max_new_tokens=cfg.sequence.max_new_tokens,
+                      max_output_bytes=cfg.runtime.max_output_bytes)
+    rows_file = (out / "responses.jsonl").open("a", encoding="utf-8")
+    log_file = (out / "app.log").open("a", encoding="utf-8")
+    if log_file.tell() == 0:
+        log_file.write(">>> ")
+    n_rows = len(done)
+
+    def on_row(row: dict) -> None:
+        nonlocal n_rows
+        rows_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows_file.flush()
+        os.fsync(rows_file.fileno())
+        raw = base64.b64decode(row["raw_output_b64"] or b"").decode("utf-8", "replace")
+        # each answer's bytes end with the app's next `>>> `, so the log reads like the terminal did
+        log_file.write(row["sent_text"] + "\n" + (raw or f"[no output: {row['error']}]\n>>> "))
+        log_file.flush()
+        n_rows += 1
+
+    sampler.start()
+    status, error = "complete", None
+    try:
+        run_prompts(items, start_app, opts, count_tokens=count_tokens, skip=done, on_row=on_row,
+                    progress=not quiet())
+    except DeviceLost as e:
+        status, error = "incomplete", str(e)
+    except KeyboardInterrupt:
+        status, error = "incomplete", "interrupted"
+        raise
+    finally:
+        samples = sampler.stop()
+        with (out / "telemetry.jsonl").open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(s) + "\n" for s in samples)
+        rows_file.close()
+        log_file.close()
+        _write_json(out / "run.json", {**meta, "status": status, "error": error, "rows": n_rows,
+                                       "ended": _now()})
+    if status != "complete":
+        raise StageError(f"device lost after {n_rows} rows ({error}); finished rows are kept in {out} — reconnect "
+                         "the device and re-run (`dvc repro`) to continue where it stopped")
+    return out
+
+
+def load_prompt_set(cfg: Config, count_tokens) -> list:
+    """The configured prompt set (file or generator), validated; `prompts.limit` keeps the first N."""
+    from pipeline.prompts import PromptSetError, length_prompts, load_prompts
+
+    pr = cfg.prompts
+    try:
+        if pr.generator == "length":
+            prompts = length_prompts(cfg.sequence.context, count_tokens, n=pr.n or 5)
+        else:
+            path = Path(pr.path or "")
+            if not path.is_absolute():
+                path = shared_root() / path
+            prompts = load_prompts(path, set_name=pr.name, newlines=pr.newlines)
+    except PromptSetError as e:
+        raise StageError(str(e)) from None
+    return prompts[: pr.limit] if pr.limit else prompts
+
+
+def resume_state(out: Path, run_key: str) -> set[tuple[str, int]]:
+    """Finished (prompt_id, repeat) pairs of an interrupted run with the same key; other runs are cleared."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = out / "run.json"
+    rows = out / "responses.jsonl"
+    old_key = json.loads(meta.read_text()).get("run_key") if meta.exists() else None
+    if old_key != run_key:
+        for name in ("responses.jsonl", "telemetry.jsonl", "app.log", "run.json", "prompts.jsonl"):
+            (out / name).unlink(missing_ok=True)
+        return set()
+    done = set()
+    good_lines = []
+    for line in rows.read_text(encoding="utf-8").splitlines() if rows.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash mid-write: redo that prompt
+            continue
+        done.add((row["prompt_id"], row["repeat"]))
+        good_lines.append(line)
+    rows.write_text("".join(line + "\n" for line in good_lines), encoding="utf-8")
+    if done:
+        print(f"run: resuming — {len(done)} finished rows kept")
+    return done
+
+
+def _launcher(cfg: Config, push: dict, dev, shell_cls, sampler):
+    from pipeline.apps.simple_app import app_command
+    from pipeline.runner import AppProcess
+
+    app_dir, model_dir = push["app"]["remote_dir"], push["model"]["remote_dir"]
+    env = {k: v.replace("{app_dir}", app_dir) for k, v in cfg.app.env.items()}
+    if cfg.app.virtual_only:  # the reference app reads its template from here; simple_app's is compiled in
+        env["ODEVAL_TEMPLATE"] = cfg.app.template
+    cmd = app_command(app_dir, model_dir, cfg.app.device_arg, env, binary=cfg.app.binary)
+
+    class TrackedProcess(AppProcess):
+        """Points the telemetry sampler at each new app pid (fresh sessions start one per prompt)."""
+
+        def __setattr__(self, key, value):
+            super().__setattr__(key, value)
+            if key == "pid":
+                sampler.pid = value
+
+    def remote_kill(pid: int) -> None:
+        dev.shell(f"kill -9 {shlex.quote(str(int(pid)))}", timeout=10)
+
+    def start_app() -> AppProcess:
+        return TrackedProcess(channel=shell_cls.open(dev, cmd), remote_kill=remote_kill)
+
+    return start_app
+
+
+def _counter(fetch: dict):
+    from pipeline.models.count import TokenizerNotFound, token_counter
+
+    try:
+        return token_counter(Path(fetch["model"]["local_dir"]))
+    except TokenizerNotFound as e:
+        raise StageError(str(e)) from None
+
+
+def _run_key(cfg: Config, fetch: dict, push: dict) -> str:
+    """What makes two runs the same run: config sections that change answers + the exact bits on the device."""
+    parts = [config_hash(cfg, RUN_SECTIONS), fetch["model"]["manifest_sha256"], fetch["app"]["manifest_sha256"],
+             push["device"].get("serial", ""), push["device"].get("kind", "")]
+    import hashlib
+
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def provenance(cfg: Config, fetch: dict, push: dict, run_key: str, workdir: Path) -> dict:
+    from pipeline.tracking import git_commit, git_dirty
+
+    device = push["device"]
+    kind = device.get("kind", "unknown")
+    root = shared_root()
+    return {
+        "run_key": run_key,
+        "config_hash": config_hash(cfg, RUN_SECTIONS),
+        "device": device,
+        "throughput_source": "host CPU via the virtual device — not a phone measurement" if kind == "virtual"
+        else "phone",
+        "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "app": {k: fetch["app"].get(k) for k in ("repo_id", "commit", "manifest_sha256", "source")}
+        | {"name": cfg.app.name, "template": cfg.app.template, "remote_dir": push["app"]["remote_dir"]},
+        "model": {k: fetch["model"].get(k) for k in ("repo_id", "commit", "manifest_sha256", "source")}
+        | {"name": cfg.model.name, "quant": cfg.model.quant, "remote_dir": push["model"]["remote_dir"],
+           "standin_model": cfg.device.virtual.standin_model if kind == "virtual" else None},
+        "session": cfg.session.mode,
+        "prompts": cfg.prompts.name,
+        "git": {"commit": git_commit(root), "dirty": git_dirty(root)},
+        "started": _now(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -21,3 +220,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -1,18 +1,145 @@
-"""DVC stage `score` (DESIGN §3)."""
+"""DVC stage `score`: throughput statistics + answer quality → metrics/ and one MLflow run (DESIGN §3).
+
+Writes `metrics/score.json` (DVC metrics), `metrics/prompts.csv` (one row per prompt; DVC plots) and PNGs in
+`metrics/plots/`, then logs the same to MLflow. MLflow being down never loses the DVC outputs: they are written
+first, and the warning says how to log later (`python -m pipeline.stages.score` again).
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
+import os
+import sys
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.stages import stage_main
+from pipeline.config import Config, as_dict
+from pipeline.stages import StageError, read_json, stage_main
+from pipeline.workspace import shared_root
 
 
 def run(cfg: Config, workdir: Path) -> Path:
-    raise NotImplementedError(
-        "stage score is not built yet — see issue "
-        "\"score: throughput statistics, answer quality, DVC metrics and MLflow runs you can compare\""
-    )
+    from pipeline import plots, summary
+    from pipeline.quality import FAMILIES, score_items
+
+    art, met = workdir / cfg.paths.artifacts, workdir / cfg.paths.metrics
+    fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
+    run_json = read_json(art / "run" / "run.json", "run")
+    rows = summary.measured(_jsonl(art / "run" / "responses.jsonl"))
+    prompts = {p["id"]: p for p in _jsonl(art / "run" / "prompts.jsonl")}
+    telemetry = _jsonl(art / "run" / "telemetry.jsonl")
+    if not rows:
+        raise StageError(f"{art / 'run' / 'responses.jsonl'}: no measured rows — re-run the run stage")
+
+    scores = score_items(summary.quality_items(rows, prompts), relevance=cfg.scoring.relevance,
+                         embedding_model=cfg.scoring.embedding_model, fp_answers=_fp_answers(cfg),
+                         judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge")
+    families = [f for f in FAMILIES if any(s.get(f) is not None for s in scores)]
+    prompt_rows = summary.per_prompt(rows, scores, prompts, families)
+    kind = run_json["device"].get("kind", "unknown")
+    bw, bw_reason = summary.device_bandwidth(push["device"], cfg.device.bandwidth_gb_s,
+                                             cfg.scoring.soc_bandwidth_gb_s)
+    score = summary.summarize_run(rows, prompt_rows, families, telemetry, device_kind=kind, bandwidth_gb_s=bw,
+                                  bandwidth_reason=bw_reason, weight_bytes=cfg.model.weight_bytes)
+    score["provenance"] = {"device_kind": kind, "run_key": run_json.get("run_key"),
+                           "model_manifest": fetch["model"]["manifest_sha256"][:12],
+                           "app_manifest": fetch["app"]["manifest_sha256"][:12],
+                           "git_commit": (run_json.get("git") or {}).get("commit")}
+
+    met.mkdir(parents=True, exist_ok=True)
+    (met / "score.json").write_text(json.dumps(score, indent=2, sort_keys=True) + "\n")
+    _write_csv(met / "prompts.csv", prompt_rows, [*summary.CSV_FIELDS, *families])
+    pngs = plots.run_plots(prompt_rows, families, met / "plots", kind)
+    with (art / "run" / "quality.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in scores)
+
+    _track(cfg, workdir, score, prompt_rows, run_json, fetch, push,
+           artifacts=[met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json", art / "push.json",
+                      art / "run" / "run.json", art / "run" / "responses.jsonl", art / "run" / "quality.jsonl"])
+    _print_summary(score)
+    return met / "score.json"
+
+
+def _track(cfg: Config, workdir: Path, score: dict, prompt_rows: list[dict], run_json: dict, fetch: dict,
+           push: dict, artifacts: list[Path]) -> None:
+    """One MLflow run per (run outputs, scoring config): re-scoring updates it instead of adding a duplicate."""
+    if cfg.tracking.backend == "none":
+        return
+    from pipeline import summary
+    from pipeline.sweep import current_sweep, parent_run
+    from pipeline.tracking import TrackingError, log_run, provenance_tags, resolve_tracking_uri
+
+    root = shared_root()
+    uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
+    scoring = json.dumps(as_dict(cfg)["scoring"], sort_keys=True)
+    sweep_id = current_sweep()  # the same run in another sweep is another MLflow child run
+    run_key = hashlib.sha256(f"{run_json.get('run_key')}|{scoring}|{sweep_id}".encode()).hexdigest()[:24]
+    tags = provenance_tags(run_json, fetch, push, root=root, sweep_id=sweep_id)
+    tags["throughput_source"] = run_json.get("throughput_source", "unknown")
+    name = ":".join([cfg.tag, cfg.model.name, cfg.app.template, cfg.session.mode, cfg.prompts.name, cfg.sequence.name,
+                     str(run_json["device"].get("kind"))])
+    try:
+        parent_run_id = None
+        if sweep_id:
+            parent_run_id = parent_run(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
+        run_id = log_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_key=run_key, params=as_dict(cfg),
+                         metrics=summary.flat_metrics(score), tags=tags, artifacts=[a for a in artifacts if a.exists()],
+                         tables={"prompts": prompt_rows}, parent_run_id=parent_run_id, run_name=name)
+        print(f"score: MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({uri})")
+    except TrackingError as e:
+        msg = (f"MLflow logging failed: {e}. metrics/ is written; log later by re-running "
+               "`python -m pipeline.stages.score` once the tracking store is reachable.")
+        if cfg.tracking.required:
+            raise StageError(msg) from None
+        print(f"warning: {msg}", file=sys.stderr)
+
+
+def _fp_answers(cfg: Config) -> dict[str, str] | None:
+    if not cfg.scoring.fp_reference:
+        return None
+    path = Path(os.path.expanduser(cfg.scoring.fp_reference))
+    if not path.exists():
+        raise StageError(f"scoring.fp_reference={cfg.scoring.fp_reference!r}: file not found — point it at an FP "
+                         "run's responses.jsonl")
+    out: dict[str, str] = {}
+    for r in _jsonl(path):
+        if not r.get("warmup"):
+            out.setdefault(r["prompt_id"], r.get("response") or "")
+    return out
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
+                        for k in fields})
+
+
+def _print_summary(score: dict) -> None:
+    t, q = score["throughput"], score["quality"]
+
+    def f(x, spec=".2f"):
+        return "n/a" if x is None else format(x, spec)
+
+    kind = score["device_kind"]
+    print(f"score: {score['n_prompts']} prompts on a {kind.upper()} device"
+          + (" (host CPU — not a phone result)" if kind == "virtual" else ""))
+    print(f"  decode tok/s  mean {f(t['decode_tok_s']['mean'])}  p50 {f(t['decode_tok_s']['p50'])}"
+          f"  cv {f(t['decode_tok_s']['cv'])}   app tok/s mean {f(t['app_tok_s']['mean'])}"
+          f"   TTFT p50 {f(t['ttft_s']['p50'], '.3f')} s")
+    print(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
+          f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
+    if score["plausible"] is False:
+        print(f"  IMPLAUSIBLE: decode rate above the bandwidth roofline ({f(score['roofline_tok_s'])} tok/s)")
 
 
 def main() -> None:

@@ -1,0 +1,407 @@
+"""Host reference implementation of MobileQuant's ``simple_app`` REPL (DESIGN §4/§6) on numpy or torch CPU.
+
+Engines (``$ODEVAL_ENGINE``): ``numpy`` (``pipeline/apps/npllama.py``, no torch/transformers import: ~0.2 s start-up),
+``torch`` (transformers), ``auto`` (default: numpy for small default-RoPE Llamas in one model.safetensors, else torch).
+
+Usage: ``python -m pipeline.apps.reference_app <model_dir> [8gen3|8gen2] [--template mobilequant|hf-chat|raw]
+[--max-steps N]``.
+
+WHY: the virtual device runs this in place of the phone binary, so at the REPL it behaves like
+``capp/test/simple_app.cpp`` + ``capp/src/llm.cpp`` byte for byte: the banner is printed at the top of every loop
+iteration (an empty line re-prints the *current* welcome, i.e. the full banner before the first prompt), ``!exit``,
+``!reload [dir]``, ``!log N``, token-by-token prefill, greedy decoding, each piece printed with llama2.c's
+``safe_printf`` rule and flushed, the EOS piece printed (``</s>`` from tokenizer.bin), then
+``(%f tok/s)\\n`` = (current_step-1)/elapsed where steps include prompt tokens, the timer starts after the first
+forward and the elapsed time is whole milliseconds like the app. The KV position persists across prompts.
+
+Documented differences from simple_app:
+- stdin EOF exits with status 0 (simple_app loops printing ``>>> `` forever);
+- at the sequence limit (position wraps modulo seq_len-1 = 1023) the KV cache is cleared instead of being
+  silently overwritten (simple_app then produces corrupted context);
+- the app's read past the end of the prompt (``prompt_tokens[num_prompt_tokens]``, uninitialised memory, fed as
+  the first "answer" input) is replaced by sampling from the last prompt token's logits; set
+  ``ODEVAL_QUIRK_PAST_END_TOKEN=<id>`` to feed that id instead and emulate the app's extra forward;
+- ``-t/-p/...`` argument lines are ignored (the app's parser is broken and can crash);
+- a load failure exits 1 with one line on stderr (the app prints the banner and then refuses every prompt);
+- an elapsed time of 0 ms uses the fractional time instead of printing ``inf``.
+Templates: ``mobilequant`` (default; no BOS, hard-coded Llama-2 ids or our tokenizer's encoding of the same
+strings, KV carried across prompts), ``hf-chat`` (the tokenizer's chat_template, BOS ensured, fresh context per
+prompt), ``raw`` (BOS + prompt, fresh context per prompt). Default: ``$ODEVAL_TEMPLATE`` else ``mobilequant``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pipeline.models.tokenizer_bin import TokenizerBin, TokenizerBinError
+
+BANNER = "Hello, how can I help you today?\n>>> "
+GEMMA_BANNER = "Please enter the prompt\n>>> "
+PROMPT = ">>> "
+TEMPLATES = ("mobilequant", "hf-chat", "raw")
+LLAMA2_PREFIX = (29966, 29989, 1792, 29989, 29958, 13)  # "<|user|>\n"
+LLAMA2_SUFFIX = (2, 13, 29966, 29989, 465, 22137, 29989, 29958, 13)  # "</s>\n<|assistant|>\n"
+STOP_IDS = frozenset({0, 1, 2})  # llm.cpp: if (next == 1 || next == 2 || next == 0) break;
+MAX_STEPS = 2048
+SEQ_LEN = 1024
+BOS_ID, EOS_ID = 1, 2
+_PRINTABLE = frozenset(range(0x20, 0x7F)) | frozenset(b" \t\n\v\f\r")
+
+
+class ReferenceAppError(Exception):
+    """The model dir cannot be served by the reference app (message says what to do)."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault injection requested by the virtual device through env vars."""
+
+    crash_after_tokens: int | None = None
+    hang: bool = False
+    invalid_utf8: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Faults:
+        env = dict(os.environ if env is None else env)
+        n = env.get("ODEVAL_FAULT_CRASH_AFTER_TOKENS", "").strip()
+        hang, bad = env.get("ODEVAL_FAULT_HANG") == "1", env.get("ODEVAL_FAULT_INVALID_UTF8") == "1"
+        return cls(int(n) if n else None, hang, bad)
+
+
+def is_llama2_vocab(codec: TokenizerBin) -> bool:
+    """The 32 000-entry Llama-2/TinyLlama vocabulary the app's hard-coded template ids belong to."""
+    return len(codec) == 32000 and codec.pieces[1792] == b"user" and codec.pieces[22137] == b"istant"
+
+
+def mobilequant_markers(codec: TokenizerBin) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) ids: the hard-coded Llama-2 ids, or ``<|user|>\\n`` / ``</s>\\n<|assistant|>\\n`` encoded
+    by this tokenizer (``</s>`` as the EOS id, the rest with the app's own encoder)."""
+    if is_llama2_vocab(codec):
+        return list(LLAMA2_PREFIX), list(LLAMA2_SUFFIX)
+    return codec.encode("<|user|>\n"), [EOS_ID, *codec.encode("\n<|assistant|>\n")]
+
+
+def mobilequant_prompt_ids(prompt: str | bytes, codec: TokenizerBin) -> list[int]:
+    """The exact ids simple_app feeds for ``prompt``: prefix + encode(prompt) + suffix, no BOS (pure function)."""
+    prefix, suffix = mobilequant_markers(codec)
+    return prefix + codec.encode(prompt) + suffix
+
+
+def template_ids(template: str, prompt: str | bytes, codec: TokenizerBin,
+                 chat: Callable[[str], list[int]] | None = None) -> list[int]:
+    """Ids fed for ``prompt`` under ``template`` (``chat`` renders+tokenises the HF chat template)."""
+    if template == "mobilequant":
+        return mobilequant_prompt_ids(prompt, codec)
+    text = prompt.decode("utf-8", errors="replace") if isinstance(prompt, bytes) else prompt
+    if template == "raw":
+        return [BOS_ID, *codec.encode(text)]
+    if template == "hf-chat":
+        if chat is None:
+            raise ReferenceAppError("template hf-chat needs the model's tokenizer_config.json chat_template")
+        ids = chat(text)
+        return ids if ids[:1] == [BOS_ID] else [BOS_ID, *ids]
+    raise ReferenceAppError(f"--template {template!r} is unknown; use one of {', '.join(TEMPLATES)}")
+
+
+def safe_piece(piece: bytes) -> bytes:
+    """llama2.c ``safe_printf``: a single non-printable, non-space byte is dropped."""
+    return b"" if len(piece) == 1 and piece[0] not in _PRINTABLE else piece
+
+
+def resolve_model_dir(model_dir: Path, env: dict[str, str] | None = None) -> Path:
+    """HF dir to load: ``model_dir`` itself, or ``$ODEVAL_STANDIN_MODEL`` when given a MobileQuant QNN dir."""
+    env = dict(os.environ if env is None else env)
+    if (model_dir / "qnn_model.bin").exists():
+        standin = env.get("ODEVAL_STANDIN_MODEL")
+        if not standin:
+            raise ReferenceAppError(
+                f"{model_dir} is a MobileQuant QNN model (qnn_model.bin) which cannot run on the host CPU; "
+                "set device.virtual.standin_model (env ODEVAL_STANDIN_MODEL) to an HF model dir, e.g. a tiny-fp "
+                "build or TinyLlama-1.1B-Chat")
+        model_dir = Path(standin)
+    if not (model_dir / "config.json").is_file():
+        raise ReferenceAppError(f"{model_dir}: no config.json; give an HF model dir (python -m pipeline.models "
+                                "build tiny-fp --out DIR builds one)")
+    return model_dir
+
+
+ENGINES = ("auto", "numpy", "torch")
+
+
+@dataclass
+class Engine:
+    """A loaded model + the app's tokenizer table + the KV state that persists across prompts.
+
+    ``model`` is a transformers model (``backend == "torch"``) or a :class:`pipeline.apps.npllama.NumpyLlama`
+    (``"numpy"``); ``cache`` is the matching KV cache (both answer ``get_seq_length()``), None after a reset.
+    """
+
+    model: Any
+    codec: TokenizerBin
+    chat: Callable[[str], list[int]] | None
+    stop_ids: frozenset[int]
+    cache: Any = None
+    pos: int = -1  # llm.cpp: last_token_position starts at -1
+    load_s: float = 0.0
+    eos_piece: bytes = field(default=b"</s>")
+    backend: str = "torch"
+
+    def reset(self) -> None:
+        self.cache, self.pos = None, -1
+
+    def forward(self, token: int) -> Any:
+        """One decode step at the next position (wrapping like the app, but with a cleared cache)."""
+        self.pos = (self.pos + 1) % (SEQ_LEN - 1)
+        if self.pos == 0:
+            self.cache = None
+        if self.backend == "numpy":
+            if self.cache is None:
+                self.cache = self.model.new_cache(SEQ_LEN)
+            return self.model.forward(token, self.pos, self.cache)
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([[token]]), cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
+        return out.logits[0, -1]
+
+
+def load_engine(model_dir: Path, threads: int | None = None, engine: str | None = None) -> Engine:
+    """Load model + tokenizer on the numpy or torch backend (WHY: the app starts once per prompt, and
+    ``import transformers`` alone costs ~4 s, so tiny Llamas run on numpy and torch is imported only when used).
+
+    ``engine``: ``auto`` | ``numpy`` | ``torch``; default ``$ODEVAL_ENGINE`` else ``auto`` (numpy for a single
+    model.safetensors Llama with default RoPE and <= 50 M parameters, else torch; also torch if numpy refuses it).
+    """
+    t0 = time.perf_counter()
+    hf_dir = resolve_model_dir(Path(model_dir))
+    choice = (engine or os.environ.get("ODEVAL_ENGINE") or "auto").strip().lower()
+    if choice not in ENGINES:
+        raise ReferenceAppError(f"ODEVAL_ENGINE={choice!r} is unknown; use one of {', '.join(ENGINES)}")
+    n_threads = threads or int(os.environ.get("ODEVAL_THREADS", "1") or 1)
+    try:
+        tb = hf_dir / "tokenizer.bin"
+        codec = TokenizerBin.load(tb) if tb.is_file() else TokenizerBin.from_tokenizer_json(hf_dir / "tokenizer.json")
+    except (OSError, ValueError, TokenizerBinError) as exc:
+        raise ReferenceAppError(f"{hf_dir}: cannot load model/tokenizer ({exc})") from exc
+    model, eos, backend = None, None, "torch"
+    if choice != "torch":
+        model, eos = _load_numpy(hf_dir, n_threads, required=choice == "numpy")
+        backend = "numpy" if model is not None else "torch"
+    if model is None:
+        model, eos = _load_torch(hf_dir, n_threads)
+    extra = set(eos if isinstance(eos, list) else [eos]) - {None}
+    return Engine(model, codec, _chat_renderer(hf_dir), STOP_IDS | extra, load_s=time.perf_counter() - t0,
+                  backend=backend)
+
+
+def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
+    """(NumpyLlama, eos_token_id), or (None, None) when ``auto`` should fall back to torch."""
+    from pipeline.apps import npllama
+
+    reason = npllama.numpy_ineligible_reason(hf_dir)
+    if reason is None:
+        if "numpy" not in sys.modules:  # BLAS reads its thread count once, at numpy import
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, str(threads))
+        try:
+            model = npllama.NumpyLlama.from_pretrained(hf_dir)
+            return model, npllama.read_config(hf_dir).get("eos_token_id")
+        except npllama.NpLlamaError as exc:
+            reason = str(exc)
+    if required:
+        raise ReferenceAppError(f"{hf_dir}: ODEVAL_ENGINE=numpy cannot run this model ({reason}); "
+                                "use ODEVAL_ENGINE=torch or auto")
+    return None, None
+
+
+def _load_torch(hf_dir: Path, threads: int) -> tuple[Any, Any]:
+    """(transformers model, eos_token_id) on torch CPU float32."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    except (OSError, ValueError) as exc:
+        raise ReferenceAppError(f"{hf_dir}: cannot load model/tokenizer ({exc})") from exc
+    return model, model.config.eos_token_id
+
+
+def _chat_renderer(hf_dir: Path) -> Callable[[str], list[int]] | None:
+    """Render the chat_template with jinja2 and tokenise with ``tokenizers`` (no AutoTokenizer import cost)."""
+    try:
+        cfg = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    tmpl = cfg.get("chat_template")
+    if not isinstance(tmpl, str) or not (hf_dir / "tokenizer.json").is_file():
+        return None
+
+    def render(prompt: str) -> list[int]:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from tokenizers import Tokenizer
+
+        def tok_text(v: Any) -> str:
+            return v.get("content", "") if isinstance(v, dict) else (v or "")
+
+        text = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(tmpl).render(
+            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True,
+            bos_token=tok_text(cfg.get("bos_token")), eos_token=tok_text(cfg.get("eos_token")))
+        return Tokenizer.from_file(str(hf_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+
+    return render
+
+
+@dataclass
+class GenResult:
+    """What one prompt produced (for tests/benchmarks; the REPL only prints)."""
+
+    fed_ids: list[int]
+    output_ids: list[int]
+    steps: int
+    tok_s: float | None
+    token_times: list[float]
+
+
+def generate(engine: Engine, ids: list[int], out: BinaryIO, max_steps: int = MAX_STEPS, faults: Faults = Faults(),
+             past_end_token: int | None = None) -> GenResult:
+    """llm.cpp's ``LLM::generate`` loop: prefill token by token, greedy, stream pieces, then the tok/s line."""
+    current_step, token, n_prompt = 0, ids[0], len(ids)
+    output: list[int] = []
+    times: list[float] = []
+    tick = time.perf_counter()
+    while current_step < max_steps:
+        logits = engine.forward(token)
+        if current_step < n_prompt - 1:
+            nxt = ids[current_step + 1]
+        elif current_step == n_prompt - 1 and past_end_token is not None:
+            nxt = past_end_token
+        else:
+            nxt = int(logits.argmax())
+            out.write(safe_piece(engine.codec.piece_bytes(nxt)) if nxt < len(engine.codec) else b"")
+            out.flush()
+            times.append(time.perf_counter())
+            output.append(nxt)
+            _apply_faults(faults, len(output), out)
+            if nxt in engine.stop_ids:
+                break
+        token = nxt
+        if current_step == 0:
+            tick = time.perf_counter()
+        current_step += 1
+    tok_s = None
+    if current_step > 1:
+        elapsed = time.perf_counter() - tick
+        ms = int(elapsed * 1000)  # std::chrono::duration_cast<milliseconds> truncates
+        tok_s = (current_step - 1) / (ms / 1000 if ms > 0 else max(elapsed, 1e-9))
+        out.write(f"({tok_s:f} tok/s)\n".encode())
+        out.flush()
+    return GenResult(list(ids), output, current_step, tok_s, times)
+
+
+def _apply_faults(faults: Faults, n_out: int, out: BinaryIO) -> None:
+    if faults.invalid_utf8 and n_out == 1:
+        out.write(b"\xff\xfe\xc3(")
+        out.flush()
+    if faults.crash_after_tokens is not None and n_out >= faults.crash_after_tokens:
+        out.flush()
+        sys.stderr.write(f"odeval fault injection: crashing after {n_out} output tokens\n")
+        sys.stderr.flush()
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the app dir
+        except (ImportError, ValueError, OSError):
+            pass
+        os.kill(os.getpid(), signal.SIGABRT)
+        os._exit(134)
+    if faults.hang and n_out >= 1:
+        out.flush()
+        while True:
+            time.sleep(3600)
+
+
+def _reload_lines(models_dir: str, max_steps: int, model_type: str) -> str:
+    return (f"Loading models from {models_dir}\nOptions are:\n  temperature = 0\n  top-p = 0.9\n"
+            f"  random seed = 1234\n  number of steps = {max_steps}\n  system prompt = \n"
+            f"  model type = {model_type}\n  log level (info:2, debug:3) = 1\n")
+
+
+def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: BinaryIO, stdout: BinaryIO,
+         faults: Faults = Faults(), past_end_token: int | None = None) -> int:
+    """simple_app's ``main`` loop over ``stdin``/``stdout`` (bytes). Returns the exit status."""
+    model_type = "gemma" if "gemma" in models_dir else "llama"
+    welcome = GEMMA_BANNER if model_type == "gemma" else BANNER
+    while True:
+        stdout.write(welcome.encode())
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            return 0  # documented difference: simple_app spins printing ">>> " on EOF
+        cmd = line[:-1] if line.endswith(b"\n") else line
+        if not cmd:
+            continue
+        if cmd.startswith(b"!"):
+            words = cmd.decode("utf-8", errors="replace").split()
+            name = words[0] if words else "!"
+            if name == "!exit":
+                return 0
+            if name == "!reload":
+                models_dir = words[1] if len(words) > 1 else models_dir
+                stdout.write(b"Old context released\n" + _reload_lines(models_dir, max_steps, model_type).encode())
+                stdout.flush()
+                try:
+                    engine = load_engine(Path(models_dir))
+                except ReferenceAppError as exc:
+                    sys.stderr.write(f"Initialization errror: {exc}\n")
+                    return 1
+                stdout.write(b"Models loaded and ready\n")
+            elif name != "!log":
+                sys.stderr.write(f"Unknown command: {name}\n")
+        elif not cmd.startswith(b"-"):
+            if template != "mobilequant":
+                engine.reset()
+            ids = template_ids(template, cmd, engine.codec, engine.chat)
+            generate(engine, ids, stdout, max_steps, faults, past_end_token)
+        welcome = PROMPT
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m pipeline.apps.reference_app", description="simple_app on the host")
+    ap.add_argument("model_dir")
+    ap.add_argument("device", nargs="?", default="8gen3", help="accepted for compatibility (8gen3|8gen2)")
+    ap.add_argument("--template", choices=TEMPLATES, default=os.environ.get("ODEVAL_TEMPLATE") or "mobilequant")
+    ap.add_argument("--max-steps", type=int, default=MAX_STEPS)
+    args = ap.parse_args(argv)
+    quirk = os.environ.get("ODEVAL_QUIRK_PAST_END_TOKEN", "").strip()
+    try:
+        engine = load_engine(Path(args.model_dir))
+    except ReferenceAppError as exc:
+        sys.stderr.write(f"reference_app: {exc}\n")
+        return 1
+    if os.environ.get("ODEVAL_APP_DEBUG") == "1":
+        sys.stderr.write(f"reference_app: loaded in {engine.load_s:.3f} s\n")
+    try:
+        return repl(engine, args.model_dir, args.template, args.max_steps, sys.stdin.buffer, sys.stdout.buffer,
+                    Faults.from_env(), int(quirk) if quirk else None)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""One way for stages to obtain an adbutils device — the virtual one or a real phone — with one-line errors.
+
+Why a module of its own: the failure modes of device selection (no server, no device, several, unauthorized,
+offline, a TCP device forgotten after ``adb kill-server``) are what users hit first; each gets a message that says
+what to do.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import adbutils
+
+from pipeline.device.adb import AdbToolError, adb_client, adb_server_port, run_adb
+
+__all__ = ["DeviceError", "get_device", "device_props", "device_kind", "DEFAULT_VIRTUAL_ROOT", "PROP_KEYS"]
+
+DEFAULT_VIRTUAL_ROOT = Path("~/.cache/odeval/virtual-device")
+PROP_KEYS = ("ro.product.model", "ro.product.manufacturer", "ro.soc.model", "ro.build.version.release",
+             "ro.build.fingerprint", "ro.product.cpu.abi", "ro.odeval.virtual")
+WAIT_DEVICE_S = 30.0
+RECONNECT_AFTER_S = 2.0
+
+
+class DeviceError(Exception):
+    """No usable device; the message names the problem and the fix."""
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _ensure_server(host: str, port: int) -> None:
+    """Make sure an adb server answers on host:port (start one locally if needed)."""
+    if not _is_loopback(host):
+        try:
+            socket.create_connection((host, port), timeout=3).close()
+        except OSError as e:
+            raise DeviceError(f"no adb server at {host}:{port} ({e}); start one there with "
+                              f"`adb -a -P {port} nodaemon server` or fix device.adb_host/adb_port") from None
+        return
+    try:
+        proc = run_adb(["start-server"], port=port, timeout=30)
+    except AdbToolError as e:
+        raise DeviceError(f"cannot start an adb server on port {port}: {e}") from None
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise DeviceError(f"cannot start an adb server on port {port}: {msg[0]}; free the port or set "
+                          "device.adb_port / ANDROID_ADB_SERVER_PORT")
+
+
+def _list(client: adbutils.AdbClient) -> list[adbutils.AdbDeviceInfo]:
+    try:
+        return client.list()
+    except (adbutils.AdbError, OSError) as e:
+        raise DeviceError(f"adb server {client.host}:{client.port} does not answer ({e}); "
+                          f"run `adb -P {client.port} kill-server` and retry") from None
+
+
+def _adb_connect(addr: str, host: str, port: int) -> None:
+    try:
+        proc = run_adb(["connect", addr], port=port, host=host, timeout=20)
+    except AdbToolError as e:
+        raise DeviceError(f"adb connect {addr}: {e}") from None
+    out = (proc.stdout + proc.stderr).decode(errors="replace").strip()
+    if "connected to" not in out:  # "connected to" and "already connected to" both mean success
+        raise DeviceError(f"adb connect {addr} failed: {out or 'no output'}; is the device listening on that "
+                          "address (for the virtual device: `python -m pipeline.virtual status`)?")
+
+
+def _state_error(serial: str, state: str) -> DeviceError:
+    if state == "unauthorized":
+        return DeviceError(f"device {serial} is unauthorized: accept the RSA prompt on the phone "
+                           "(Allow USB debugging), then retry")
+    if state == "offline":
+        return DeviceError(f"device {serial} is offline: reconnect the cable (or `adb reconnect`), "
+                           "then check `adb devices`")
+    return DeviceError(f"device {serial} is in state {state!r}, not 'device'; check `adb devices`")
+
+
+def _wait_device(client: adbutils.AdbClient, serial: str, addr: str | None, timeout: float) -> None:
+    """Wait for ``serial`` to reach state ``device``; TCP devices are re-``connect``ed when they stay offline."""
+    deadline = time.monotonic() + timeout
+    last_connect = time.monotonic()
+    state = "absent"
+    while time.monotonic() < deadline:
+        states = {d.serial: d.state for d in _list(client)}
+        state = states.get(serial, "absent")
+        if state == "device":
+            return
+        if state == "unauthorized":
+            raise _state_error(serial, state)
+        if addr and time.monotonic() - last_connect > RECONNECT_AFTER_S:
+            if state == "offline":
+                run_adb(["disconnect", addr], port=client.port, host=client.host, timeout=10)
+            _adb_connect(addr, client.host, client.port)
+            last_connect = time.monotonic()
+        time.sleep(0.1)
+    if state == "absent":
+        raise DeviceError(f"device {serial} did not appear within {timeout:.0f}s; check `adb devices`")
+    raise _state_error(serial, state)
+
+
+def get_device(kind: str, *, serial: str | None = None, adb_host: str = "127.0.0.1", adb_port: int | None = None,
+               connect_addr: str | None = None, virtual_root: Path | None = None, virtual_port: int = 15555,
+               virtual_options: dict[str, Any] | None = None) -> adbutils.AdbDevice:
+    """An adbutils device in state ``device``.
+
+    kind="virtual": start the virtual device for ``virtual_root`` if needed, ``adb connect`` it (again after an
+    ``adb kill-server``) and wait for it.  kind="adb": ``adb connect connect_addr`` first if given, then ``serial``
+    or the only attached device.
+    """
+    port = adb_port or adb_server_port()
+    if kind not in ("virtual", "adb"):
+        raise DeviceError(f"device.kind={kind!r} is not supported; use 'virtual' or 'adb'")
+    if kind == "virtual":
+        from pipeline.virtual import VirtualDeviceError, ensure_running
+
+        if not _is_loopback(adb_host):
+            raise DeviceError(f"device.kind=virtual needs a local adb server, not {adb_host}; set device.adb_host="
+                              "127.0.0.1")
+        root = Path(virtual_root or DEFAULT_VIRTUAL_ROOT).expanduser()
+        try:
+            serial = ensure_running(root, virtual_port, **(virtual_options or {}))
+        except VirtualDeviceError as e:
+            raise DeviceError(str(e)) from None
+        connect_addr = serial
+    _ensure_server(adb_host, port)
+    client = adb_client(adb_host, port)
+    if connect_addr:
+        _adb_connect(connect_addr, adb_host, port)
+        serial = serial or connect_addr
+    if serial:
+        _wait_device(client, serial, connect_addr, WAIT_DEVICE_S if connect_addr else 3.0)
+        return client.device(serial=serial)
+    infos = _list(client)
+    if not infos:
+        raise DeviceError("no device attached: plug in a phone with USB debugging enabled (check `adb devices`), "
+                          "or use device=virtual")
+    if len(infos) > 1:
+        listing = ", ".join(f"{d.serial} ({d.state})" for d in infos)
+        raise DeviceError(f"several devices attached: {listing}; set device.serial=<one of them>")
+    if infos[0].state != "device":
+        raise _state_error(infos[0].serial, infos[0].state)
+    return client.device(serial=infos[0].serial)
+
+
+_PROP_LINE = re.compile(r"^\[([^\]]+)\]: \[(.*)\]$")
+
+
+def device_props(dev: adbutils.AdbDevice) -> dict[str, str | None]:
+    """The provenance props (PROP_KEYS) from one ``getprop``; missing ones are None; soc falls back to board."""
+    text = dev.shell("getprop", timeout=30)
+    props: dict[str, str] = {}
+    for line in str(text).splitlines():
+        m = _PROP_LINE.match(line.strip())
+        if m:
+            props[m.group(1)] = m.group(2)
+    out: dict[str, str | None] = {k: (props.get(k) or None) for k in PROP_KEYS}
+    if out["ro.soc.model"] is None:
+        out["ro.soc.model"] = props.get("ro.board.platform") or None
+    return out
+
+
+def device_kind(dev: adbutils.AdbDevice) -> str:
+    """"virtual" only if the device itself says so (``ro.odeval.virtual=1``) — provenance comes from the device."""
+    value = str(dev.shell(["getprop", "ro.odeval.virtual"], timeout=30)).strip()
+    return "virtual" if value == "1" else "real"

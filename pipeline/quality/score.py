@@ -1,0 +1,175 @@
+"""score_items: every quality family for a batch of (prompt, response) items, plus quality_score and on_topic.
+
+Which families apply (and so enter quality_score, the plain mean of the applicable family values in [0, 1]):
+- reference_match  — the item has a non-empty ``reference``;
+- keyword_recall   — the item has ``keywords``;
+- rule_pass_rate   — the item has ``rules``;
+- relevance        — relevance is on (default); enters as ``relevance_score`` (calibrated, threshold -> 0.5);
+- fidelity         — ``fp_answers`` has an answer for the item's id;
+- degeneration     — the response is non-empty; enters as 1 - degeneration;
+- language_match   — the item has a supported ``lang``;
+- judge            — only with ``judge_url`` (optional LLM judge, judge.py; keys judge_score/judge_raw/judge_reason
+                     are added only then, so they are not in FAMILIES).
+eos_rate, truncation_rate and answer_len are reported per item (eos_rate = 1.0/0.0 for one item, so the stage's
+mean over items is the rate) but do NOT enter quality_score: they describe the stop condition, which depends on
+max_new_tokens, and a looping answer is already penalised by degeneration.
+A family that does not apply is null and ``<family>_reason`` says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.quality import relevance as rel
+from pipeline.quality.degeneration import degeneration_scores
+from pipeline.quality.fidelity import fidelity_scores
+from pipeline.quality.language import language_match
+from pipeline.quality.reference import keyword_recall, reference_scores
+from pipeline.quality.rules import RuleError, rule_scores, validate_rule
+from pipeline.quality.text import tokens
+
+FAMILIES: tuple[str, ...] = (
+    "reference_match",
+    "keyword_recall",
+    "rule_pass_rate",
+    "relevance",
+    "fidelity",
+    "degeneration",
+    "language_match",
+    "eos_rate",
+    "truncation_rate",
+    "answer_len",
+)
+# family -> the key whose value quality_score averages, and whether to invert it.
+_SCORE_INPUTS: tuple[tuple[str, str, bool], ...] = (
+    ("reference_match", "reference_match", False),
+    ("keyword_recall", "keyword_recall", False),
+    ("rule_pass_rate", "rule_pass_rate", False),
+    ("relevance", "relevance_score", False),
+    ("fidelity", "fidelity", False),
+    ("degeneration", "degeneration", True),
+    ("language_match", "language_match", False),
+    ("judge", "judge_score", False),  # only present when a judge URL is given
+)
+
+
+class QualityError(ValueError):
+    """An item cannot be scored (missing prompt/response, bad rule spec). The message names the item."""
+
+
+def _item_id(item: Mapping[str, Any]) -> str | None:
+    value = item.get("id", item.get("prompt_id"))
+    return None if value is None else str(value)
+
+
+def check_item(item: Mapping[str, Any], where: str) -> None:
+    """Raise QualityError prefixed with ``where`` (e.g. "FILE:LINE" or "item 3") unless the item can be scored."""
+    for key in ("prompt", "response"):
+        if not isinstance(item.get(key), str):
+            raise QualityError(f"{where}: {key!r} must be a string, got {type(item.get(key)).__name__} — fix the input")
+    for spec in item.get("rules") or ():
+        try:
+            validate_rule(spec)
+        except RuleError as exc:
+            raise QualityError(f"{where}: {exc}") from exc
+
+
+def _flag(value: Any) -> float | None:
+    return None if value is None else float(bool(value))
+
+
+def _basic(item: Mapping[str, Any], fp_answers: Mapping[str, str] | None) -> dict[str, Any]:
+    """All lexical families for one item (no embeddings)."""
+    resp = item["response"]
+    out: dict[str, Any] = {"id": _item_id(item)}
+    out.update(reference_scores(resp, item.get("reference")))
+    if out["reference_match"] is None:
+        out["reference_match_reason"] = "no reference"
+    out["keyword_recall"] = keyword_recall(resp, item.get("keywords"))
+    if out["keyword_recall"] is None:
+        out["keyword_recall_reason"] = "no keywords"
+    out.update(rule_scores(resp, item.get("rules")))
+    if out["rule_pass_rate"] is None:
+        out["rule_pass_rate_reason"] = "no rules"
+    out.update(degeneration_scores(resp))
+    lm, detected, why = language_match(resp, item.get("lang"))
+    out.update({"language_match": lm, "language_detected": detected})
+    if why:
+        out["language_match_reason"] = why
+    out["eos_rate"] = _flag(item.get("eos"))
+    out["truncation_rate"] = _flag(item.get("truncated"))
+    for key, src in (("eos_rate", "eos"), ("truncation_rate", "truncated")):
+        if out[key] is None:
+            out[f"{key}_reason"] = f"no {src!r} flag on the item"
+    out["answer_len"] = len(tokens(resp))
+    out["answer_chars"] = len(resp)
+    fp = None if fp_answers is None or out["id"] is None else fp_answers.get(out["id"])
+    out["_fp"] = fp
+    return out
+
+
+def _finish(out: dict[str, Any]) -> dict[str, Any]:
+    """quality_score from the applicable families, then a stable key order: id, families, score, details."""
+    used, values = [], []
+    for family, key, invert in _SCORE_INPUTS:
+        v = out.get(key)
+        if v is not None:
+            used.append(family)
+            values.append(1 - v if invert else v)
+    out["quality_score"] = sum(values) / len(values) if values else None
+    out["quality_families"] = ",".join(used)
+    if not values:
+        out["quality_score_reason"] = "no family applies"
+    head = ["id", *FAMILIES, "quality_score", "on_topic"]
+    return {k: out[k] for k in head if k in out} | {k: v for k, v in out.items() if k not in head}
+
+
+def score_items(
+    items: Sequence[Mapping[str, Any]],
+    *,
+    relevance: bool = True,
+    embedding_model: str | None = None,
+    fp_answers: Mapping[str, str] | None = None,
+    judge_url: str | None = None,
+    judge_model: str = "judge",
+) -> list[dict[str, Any]]:
+    """Score every item; see the module doc for which families apply. Embeddings are computed in one batch.
+
+    Items: ``prompt``, ``response`` and optional ``id`` (or ``prompt_id``), ``reference`` (str or aliases),
+    ``keywords``, ``rules``, ``lang``, ``eos``, ``truncated``. ``fp_answers`` maps item id -> the FP model's answer.
+    """
+    for i, item in enumerate(items):
+        check_item(item, f"item {i}" + (f" (id {_item_id(item)!r})" if _item_id(item) is not None else ""))
+    rows = [_basic(item, fp_answers) for item in items]
+    cos_prompt: list[float | None] = [None] * len(rows)
+    cos_fp: list[float | None] = [None] * len(rows)
+    if relevance and rows:
+        a = [it["prompt"] for it in items]
+        b = [it["response"] for it in items]
+        fp_idx = [i for i, r in enumerate(rows) if r["_fp"] is not None]
+        sims = rel.cosine_pairs(a + [items[i]["response"] for i in fp_idx], b + [rows[i]["_fp"] for i in fp_idx],
+                                embedding_model)
+        cos_prompt = sims[: len(rows)]
+        for j, i in enumerate(fp_idx):
+            cos_fp[i] = sims[len(rows) + j]
+    for i, (item, row) in enumerate(zip(items, rows, strict=True)):
+        row.update(fidelity_scores(item["response"], row.pop("_fp"), cos_fp[i]))
+        if not relevance:
+            row.update({"relevance": None, "relevance_score": None, "on_topic": None,
+                        "relevance_reason": "relevance disabled"})
+        elif not item["response"].strip():
+            # An empty answer answers nothing: defined as 0, not measured (the embedding of "" is meaningless).
+            row.update({"relevance": 0.0, "relevance_score": 0.0, "on_topic": False,
+                        "relevance_reason": "empty response (defined as 0)"})
+        else:
+            c = cos_prompt[i]
+            row.update({"relevance": c, "relevance_score": rel.calibrated(c),
+                        "on_topic": bool(c >= rel.ON_TOPIC_THRESHOLD)})
+    if judge_url:
+        from pipeline.quality.judge import judge_items
+
+        for row, verdict in zip(rows, judge_items(items, url=judge_url, model=judge_model), strict=True):
+            row.update(verdict)
+    return [_finish(r) for r in rows]
+

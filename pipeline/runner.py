@@ -1,0 +1,311 @@
+"""Feed a prompt set through simple_app sessions and produce `responses.jsonl` rows (DESIGN §3 run).
+
+The stage (`pipeline/stages/run.py`) owns config, device connection, files and resume; this module owns the loop:
+warm-up passes then measured passes, fresh or shared sessions, timeouts with a remote kill, truncation, crashes,
+and the exact row schema. It never touches the device directly: `start_app()` returns an `AppProcess`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pipeline.apps.channel import Channel
+from pipeline.apps.simple_app import (
+    AppExited,
+    AppSession,
+    AppStartTimeout,
+    SimpleAppError,
+    check_prompt_line,
+    prompt_token_count,
+)
+
+ROW_FIELDS: tuple[str, ...] = (
+    "prompt_id", "repeat", "warmup", "prompt", "sent_text", "response", "raw_output_b64", "eos", "truncated",
+    "timed_out", "crashed", "exit_code", "app_tok_s", "t_send", "t_first_byte", "t_last_byte", "chunks",
+    "n_output_tokens", "n_prompt_tokens", "ttft_s", "decode_tok_s", "e2e_s", "error",
+    "session", "load_s", "host_blended_tok_s", "replaced_chars",
+)
+EXIT_WAIT_S = 10.0
+
+
+class RunnerError(ValueError):
+    """Bad runner input (options or prompt items), raised before any app is started."""
+
+
+class DeviceLost(RuntimeError):
+    """The device/transport vanished (start failed with a connection error, or a stream ended with no exit status).
+
+    Raised after every finished row was passed to `on_row`; the unfinished (prompt, repeat) is not emitted, so a
+    resumed run (skip = finished keys) redoes it.
+    """
+
+
+@dataclass(frozen=True)
+class RunItem:
+    """One prompt of the set: its id, the original text, and the single line actually sent (after prompting)."""
+
+    prompt_id: str
+    prompt: str
+    sent_text: str
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Loop settings (from config `session`, `runtime`, `sequence`).
+
+    `session`: "fresh" = one app process per (prompt, repeat); "shared" = one process per pass over the set
+    (context carries over, like the seed; each warm-up/measured pass starts a new process so passes stay
+    comparable and the app's KV position does not wrap after ~1023 tokens across passes). `prompt_timeout_s` is
+    a whole-answer deadline from sending the line; `load_timeout_s` runs from the launch to the first `>>> `;
+    `max_new_tokens` counts re-tokenised response tokens; `max_output_bytes` caps raw bytes per answer (guards
+    against runaway output, e.g. the app's `>>> ` loop on stdin EOF). Both caps mark the row `truncated`.
+    """
+
+    session: str = "fresh"
+    repeats: int = 1
+    warmup: int = 0
+    cooldown_s: float = 0.0
+    prompt_timeout_s: float = 120.0
+    load_timeout_s: float = 60.0
+    max_new_tokens: int = 256
+    max_output_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.session not in ("fresh", "shared"):
+            raise RunnerError(f"session={self.session!r}: use 'fresh' or 'shared'")
+        for name in ("repeats", "warmup"):
+            if getattr(self, name) < 0:
+                raise RunnerError(f"runtime.{name}={getattr(self, name)} must be >= 0")
+        for name in ("prompt_timeout_s", "load_timeout_s", "max_new_tokens", "max_output_bytes"):
+            if getattr(self, name) <= 0:
+                raise RunnerError(f"{name}={getattr(self, name)} must be > 0")
+        if self.cooldown_s < 0:
+            raise RunnerError(f"runtime.cooldown_s={self.cooldown_s} must be >= 0")
+
+
+@dataclass
+class AppProcess:
+    """A started app: its channel, a way to kill it on the device, and its pid (from the `odeval-pid:` line).
+
+    `remote_kill(pid)` is the launcher's kill (on a phone: a second `adb shell kill -9 <pid>`, because closing
+    the stream does not reliably kill the remote process); the runner fills `pid` after the session parsed it.
+    `kill()` runs remote_kill when the pid is known and always closes the channel.
+    """
+
+    channel: Channel
+    remote_kill: Callable[[int], None] | None = None
+    pid: int | None = None
+
+    def kill(self) -> None:
+        try:
+            if self.remote_kill is not None and self.pid is not None:
+                self.remote_kill(self.pid)
+        finally:
+            self.channel.close()
+
+
+def empty_row(item: RunItem, repeat: int, warmup: bool, session: str) -> dict:
+    """A row with every DESIGN §3 field present (null/false), so failed starts keep the exact schema."""
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(prompt_id=item.prompt_id, repeat=repeat, warmup=warmup, prompt=item.prompt, sent_text=item.sent_text,
+               response="", raw_output_b64="", eos=False, truncated=False, timed_out=False, crashed=False,
+               chunks=[], session=session, replaced_chars=0)
+    return row
+
+
+def finish_row(row: dict, n_prompt_tokens: int) -> dict:
+    """Add n_prompt_tokens and the app's blended rate recomputed from host timestamps.
+
+    `host_blended_tok_s = (n_prompt_tokens + n_output_tokens - 1) / (t_last_byte - t_send)`: simple_app's
+    `(steps-1)/time` counts prefill and decode steps together, so this is its host-side twin (a cross-check of
+    `app_tok_s`; the app's timer has millisecond resolution and starts after the first step).
+    """
+    row["n_prompt_tokens"] = n_prompt_tokens
+    e2e, n_out = row.get("e2e_s"), row.get("n_output_tokens")
+    ok = e2e is not None and e2e > 0 and n_out is not None and not (row["truncated"] or row["timed_out"])
+    row["host_blended_tok_s"] = (n_prompt_tokens + n_out - 1) / e2e if ok else None
+    return row
+
+
+def plan_passes(repeats: int, warmup: int) -> list[tuple[int, bool]]:
+    """Warm-up passes first (repeat -warmup..-1, marked warmup), then measured passes 0..repeats-1.
+
+    Negative indices keep (prompt_id, repeat) unique for resume and keep measured repeat numbers independent of
+    the warm-up count.
+    """
+    return [(r, True) for r in range(-warmup, 0)] + [(r, False) for r in range(repeats)]
+
+
+class _Progress:
+    """Progress bar (rich, on stderr): prompt i/n and the last tok/s; a no-op when disabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("run"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                 console=Console(stderr=True))
+            self._task = self._bar.add_task("run", total=total, rate="")
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, row: dict | None) -> None:
+        if self._bar is None:
+            return
+        rate = ""
+        if row is not None:
+            tok = row.get("decode_tok_s") or row.get("app_tok_s")
+            rate = f"{tok:.1f} tok/s" if tok is not None else ("error" if row.get("error") else "")
+        self._bar.update(self._task, advance=1, rate=rate)
+
+
+def _validate(items: Iterable[RunItem]) -> None:
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if item.prompt_id in seen:
+            raise RunnerError(f"prompt id {item.prompt_id!r} (item {i}) is duplicated; ids must be unique")
+        seen.add(item.prompt_id)
+        try:
+            check_prompt_line(item.sent_text)
+        except SimpleAppError as exc:
+            raise RunnerError(f"prompt {item.prompt_id!r}: {exc}") from None
+
+
+class _Runner:
+    """State of one run_prompts call: the live process (shared sessions) and the row builder."""
+
+    def __init__(self, start_app: Callable[[], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int]):
+        self.start_app, self.opts, self.count_tokens = start_app, opts, count_tokens
+        self.proc: AppProcess | None = None
+        self.session: AppSession | None = None
+
+    def start(self, row: dict) -> bool:
+        """Start an app and wait for its prompt; on failure fill the row (crashed/timed_out) and return False."""
+        t0 = time.monotonic()
+        try:
+            self.proc = self.start_app()
+        except (ConnectionError, EOFError) as exc:
+            raise DeviceLost(f"cannot start the app: {exc}; the device is gone — reconnect it and re-run to resume")\
+                from exc
+        self.session = AppSession(self.proc.channel, load_timeout_s=self.opts.load_timeout_s)
+        try:
+            try:
+                row["load_s"] = self.session.wait_ready(t0)
+            except ConnectionError as exc:
+                self.abandon()
+                raise DeviceLost(f"lost the device while the app was loading: {exc}; reconnect it and re-run to "
+                                 "resume") from exc
+            self.proc.pid = self.session.pid
+            return True
+        except AppStartTimeout as exc:
+            self.proc.pid = self.session.pid
+            row.update(timed_out=True, error=str(exc))
+        except AppExited as exc:
+            if exc.exit_code is None:
+                self.abandon()
+                raise DeviceLost(f"app stream ended with no exit status while loading ({exc}); reconnect the "
+                                 "device and re-run to resume") from None
+            row.update(crashed=True, exit_code=exc.exit_code, error=str(exc))
+        self.stop(kill=True)
+        return False
+
+    def stop(self, kill: bool) -> None:
+        """End the current process: `!exit` when it sits at its prompt, else (or if that hangs) kill by pid.
+
+        Why kill by pid: the app reads `!exit` only at its prompt, and closing an adb stream does not reliably
+        kill the remote process.
+        """
+        proc, session, self.proc, self.session = self.proc, self.session, None, None
+        if proc is None or session is None:
+            return
+        try:
+            if session.exited or (not kill and session.ready and session.exit(EXIT_WAIT_S) is not None):
+                proc.channel.close()  # already gone: a remote kill now could hit a reused pid
+                return
+            proc.kill()
+        except (ConnectionError, EOFError) as exc:
+            raise DeviceLost(f"lost the device while stopping the app (pid {proc.pid}): {exc}; reconnect it and "
+                             "re-run to resume") from exc
+
+    def abandon(self) -> None:
+        """Best-effort cleanup once the device is known to be gone (a failing remote kill changes nothing)."""
+        try:
+            self.stop(kill=True)
+        except DeviceLost:
+            pass
+
+    def ask(self, item: RunItem, row: dict) -> None:
+        assert self.session is not None
+        try:
+            res = self.session.ask(item.sent_text, timeout_s=self.opts.prompt_timeout_s,
+                                   max_new_tokens=self.opts.max_new_tokens, count_tokens=self.count_tokens,
+                                   max_output_bytes=self.opts.max_output_bytes)
+        except ConnectionError as exc:
+            self.abandon()
+            raise DeviceLost(f"lost the device during prompt {item.prompt_id!r}: {exc}; reconnect it and re-run to "
+                             "resume") from exc
+        if res["crashed"] and res["exit_code"] is None:
+            self.abandon()
+            raise DeviceLost(f"app stream for prompt {item.prompt_id!r} ended with no exit status; reconnect the "
+                             "device and re-run to resume")
+        row.update(res)
+        model_type = self.session.model_type or "llama"
+        finish_row(row, prompt_token_count(item.sent_text, self.count_tokens, model_type))
+
+
+def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts: RunOptions, *,
+                count_tokens: Callable[[str], int], skip: set[tuple[str, int]] | frozenset = frozenset(),
+                on_row: Callable[[dict], None], progress: bool = True) -> None:
+    """Run every (pass, prompt) not in `skip`, calling `on_row(row)` once per finished row, in order.
+
+    Rows have exactly `ROW_FIELDS`. `n_prompt_tokens` = tokens of the templated prompt the app feeds
+    (`<|user|>\\n` + sent_text + `</s>\\n<|assistant|>\\n`, the template's `</s>` counted as the one EOS id the
+    app feeds; see `prompt_token_count`); `n_output_tokens` = `count_tokens(response)` (stop token excluded).
+    `count_tokens` must behave like the app's encoder: no BOS, no special tokens added.
+
+    A row whose process was started for it has `load_s` set: in shared sessions that marks the first prompt of a
+    pass and every restart (after a crash, timeout or truncation of the previous row, which that row's flags
+    record). Crashes and timeouts are rows; the run goes on. `DeviceLost` is raised (after the finished rows)
+    when the device vanishes.
+    """
+    _validate(items)
+    passes = plan_passes(opts.repeats, opts.warmup)
+    runner = _Runner(start_app, opts, count_tokens)
+    first = True
+    with _Progress(len(passes) * len(items), progress) as prog:
+        try:
+            for repeat, warm in passes:
+                for item in items:
+                    if (item.prompt_id, repeat) in skip:
+                        prog.advance(None)
+                        continue
+                    if not first and opts.cooldown_s:
+                        time.sleep(opts.cooldown_s)
+                    first = False
+                    row = empty_row(item, repeat, warm, opts.session)
+                    if runner.proc is None and not runner.start(row):
+                        finish_row(row, prompt_token_count(item.sent_text, count_tokens))
+                        end: bool | None = None
+                    else:
+                        runner.ask(item, row)
+                        healthy = runner.session is not None and runner.session.ready
+                        end = None if (opts.session == "shared" and healthy) else not healthy
+                    on_row({k: row[k] for k in ROW_FIELDS})
+                    prog.advance(row)
+                    if end is not None:
+                        runner.stop(kill=end)
+                runner.stop(kill=False)
+        finally:
+            runner.abandon()  # Ctrl-C / DeviceLost / bugs: leave nothing running, never mask the original error

@@ -1,0 +1,140 @@
+"""Turn a run's rows (+ their quality scores) into the numbers a user compares: score.json and prompts.csv.
+
+Warm-up rows never count. Throughput statistics run over measured rows (each prompt × repeat); quality is
+averaged per prompt first, then over prompts, so a prompt with more repeats does not weigh more.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.stats import energy_per_token, plausibility, roofline_tok_s, summarize, temperature_span, throttle_ratio
+
+THROUGHPUT_KEYS = ("decode_tok_s", "ttft_s", "app_tok_s", "e2e_s", "load_s", "host_blended_tok_s")
+# simple_app's Snapdragon model numbers (ro.soc.model) → the chip names used by conf/scoring's bandwidth table
+SOC_ALIASES = {"SM8650": "8gen3", "SM8550": "8gen2", "SM8475": "8gen1", "SM8450": "8gen1"}
+CSV_FIELDS = ("prompt_id", "set", "n_repeats", "quality_score", "on_topic", "decode_tok_s", "ttft_s", "app_tok_s",
+              "e2e_s", "n_prompt_tokens", "n_output_tokens", "eos", "truncated", "timed_out", "crashed")
+
+
+def measured(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if not r.get("warmup")]
+
+
+def quality_items(rows: Sequence[Mapping[str, Any]], prompts: Mapping[str, Mapping[str, Any]]) -> list[dict]:
+    """What the quality scorers take: the prompt's references/rules + the row's answer and flags."""
+    items = []
+    for r in rows:
+        p = prompts.get(r["prompt_id"], {})
+        items.append({"id": r["prompt_id"], "prompt": r["prompt"], "response": r["response"] or "",
+                      "reference": p.get("reference") or None, "keywords": p.get("keywords") or None,
+                      "rules": p.get("rules") or None, "lang": p.get("lang"), "eos": r["eos"],
+                      "truncated": r["truncated"]})
+    return items
+
+
+def per_prompt(rows: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]],
+               prompts: Mapping[str, Mapping[str, Any]], families: Sequence[str]) -> list[dict]:
+    """One row per prompt: means over its measured repeats (the prompts.csv rows)."""
+    grouped: dict[str, list[tuple[Mapping, Mapping]]] = defaultdict(list)
+    for r, s in zip(rows, scores, strict=True):
+        grouped[r["prompt_id"]].append((r, s))
+    out = []
+    for pid, pairs in grouped.items():
+        rs, ss = [p[0] for p in pairs], [p[1] for p in pairs]
+        row: dict[str, Any] = {"prompt_id": pid, "set": prompts.get(pid, {}).get("set"), "n_repeats": len(pairs)}
+        for key in ("decode_tok_s", "ttft_s", "app_tok_s", "e2e_s", "n_prompt_tokens", "n_output_tokens"):
+            row[key] = mean_of(r.get(key) for r in rs)
+        for key in ("eos", "truncated", "timed_out", "crashed"):
+            row[key] = mean_of(float(bool(r.get(key))) for r in rs)
+        for fam in ("quality_score", *families):
+            row[fam] = mean_of(s.get(fam) for s in ss)
+        on = [s.get("on_topic") for s in ss if s.get("on_topic") is not None]
+        row["on_topic"] = (sum(on) / len(on)) if on else None
+        out.append(row)
+    return out
+
+
+def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mapping[str, Any]],
+                  families: Sequence[str], telemetry: Sequence[Mapping[str, Any]], *, device_kind: str,
+                  bandwidth_gb_s: float | None, bandwidth_reason: str | None,
+                  weight_bytes: int | None) -> dict[str, Any]:
+    """score.json: throughput stats, quality per family, plausibility, drift, energy; nulls carry reasons."""
+    thr = {k: summarize(r.get(k) for r in rows) for k in THROUGHPUT_KEYS}
+    quality: dict[str, Any] = {"score": mean_of(p.get("quality_score") for p in prompt_rows)}
+    for fam in families:
+        quality[fam] = mean_of(p.get(fam) for p in prompt_rows)
+    on = [p["on_topic"] for p in prompt_rows if p.get("on_topic") is not None]
+    quality["on_topic_rate"] = (sum(on) / len(on)) if on else None
+    decode = thr["decode_tok_s"]["mean"]
+    roof = roofline_tok_s(bandwidth_gb_s * 1e9 if bandwidth_gb_s else None, weight_bytes)
+    plaus = plausibility(decode, roof)
+    if roof is None:
+        plaus["reason"] = bandwidth_reason or ("model.weight_bytes unknown" if not weight_bytes else plaus["reason"])
+    ratios = [r["host_blended_tok_s"] / r["app_tok_s"] for r in rows
+              if r.get("host_blended_tok_s") and r.get("app_tok_s")]
+    n_tokens = sum(r.get("n_output_tokens") or 0 for r in rows)
+    duration = sum(r.get("e2e_s") or 0.0 for r in rows)
+    sends = [r["t_send"] for r in rows if r.get("t_send") is not None]
+    ends = [r["t_last_byte"] for r in rows if r.get("t_last_byte") is not None]
+    window = (min(sends), max(ends)) if sends and ends else None  # generation time only: not idle or model load
+    energy = energy_per_token(telemetry, n_tokens or None, duration or None, window=window)
+    temps = temperature_span(telemetry)
+    return {
+        "device_kind": device_kind,
+        "n_prompts": len(prompt_rows),
+        "n_rows": len(rows),
+        "throughput": thr,
+        "quality": quality,
+        "rates": {k: mean_of(float(bool(r.get(k))) for r in rows) for k in ("eos", "truncated", "timed_out",
+                                                                           "crashed")},
+        "roofline_tok_s": roof,
+        "roofline_efficiency": plaus["roofline_efficiency"],
+        "plausible": plaus["plausible"],
+        "plausibility_reason": plaus.get("reason"),
+        "throttle_ratio": throttle_ratio(r.get("decode_tok_s") for r in sorted(rows, key=lambda r: r["t_send"] or 0)),
+        "timing_agreement": statistics.median(ratios) if ratios else None,
+        "energy_j_per_token": energy.get("j_per_token"),
+        "energy_reason": energy.get("reason"),
+        "temp_start_c": temps["start_c"],
+        "temp_end_c": temps["end_c"],
+        "temp_reason": temps["reason"],
+    }
+
+
+def device_bandwidth(push_device: Mapping[str, Any], override_gb_s: float | None,
+                     table: Mapping[str, float]) -> tuple[float | None, str | None]:
+    """Peak DRAM bandwidth for the roofline, with the reason when unknown (never a guess)."""
+    if override_gb_s:
+        return override_gb_s, None
+    if push_device.get("kind") == "virtual":
+        return None, "virtual device: the host's memory bandwidth is not a phone's — no roofline"
+    props = push_device.get("props") or {}
+    soc = str(props.get("ro.soc.model") or props.get("ro.board.platform") or "")
+    chip = SOC_ALIASES.get(soc.upper(), soc.lower())
+    if chip in table:
+        return float(table[chip]), None
+    return None, f"SoC {soc or 'unknown'} not in scoring.soc_bandwidth_gb_s — set device.bandwidth_gb_s"
+
+
+def flat_metrics(score: Mapping[str, Any], prefix: str = "") -> dict[str, float | None]:
+    """Numeric leaves of score.json as dotted keys (MLflow metrics); booleans become 0/1."""
+    out: dict[str, float | None] = {}
+    for k, v in score.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flat_metrics(v, key + "."))
+        elif isinstance(v, bool):
+            out[key] = float(v)
+        elif isinstance(v, int | float) or v is None:
+            out[key] = None if v is None else float(v)
+    return out
+
+
+def mean_of(values) -> float | None:
+    """Mean of the non-null values (None when there are none)."""
+    xs = [float(v) for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None

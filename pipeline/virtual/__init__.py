@@ -1,0 +1,180 @@
+"""The virtual Android device: a loopback ADB daemon that the real ``adb`` server and adbutils drive like a phone.
+
+This module manages the daemon *process* (so stages can start it on demand and tests can run several): a pid file
+and a log under ``<root>/.odeval/``.  The protocol lives in :mod:`pipeline.virtual.adbd`, the shell in
+:mod:`pipeline.virtual.shell`.  Importing this package is cheap (no torch, no adbutils).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.virtual.faults import make_faults, write_faults
+
+__all__ = ["VirtualDeviceError", "ensure_running", "status", "stop", "serial_for"]
+
+STATE_DIR = ".odeval"
+PID_FILE = "adbd.json"
+LOG_FILE = "adbd.log"
+START_TIMEOUT_S = 15.0
+
+
+class VirtualDeviceError(Exception):
+    """The virtual device daemon could not be started/stopped; the message says what to do."""
+
+
+def serial_for(port: int, host: str = "127.0.0.1") -> str:
+    return f"{host}:{port}"
+
+
+def _state_dir(root: Path) -> Path:
+    return Path(root).resolve() / STATE_DIR
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` is a live daemon of ours (not a recycled pid of something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    return b"pipeline.virtual" in cmdline and b"serve" in cmdline
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def status(root: Path) -> dict | None:
+    """The running daemon for ``root`` (pid, port, serial, root, options, log) or None if none runs."""
+    path = _state_dir(root) / PID_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not _alive(int(info.get("pid", -1))):
+        return None
+    info["running"] = True
+    return info
+
+
+def _options_cli(options: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in sorted(options.items()):
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = json.dumps(value)
+        args += ["--fault", f"{key}={value}"]
+    return args
+
+
+def ensure_running(root: Path, port: int, **options: Any) -> str:
+    """Start the daemon for ``root`` on ``port`` unless it already runs; return its serial ``127.0.0.1:<port>``.
+
+    Idempotent.  If a daemon already serves this root with other options, the options are applied through the
+    faults control file (no restart, so the adb server keeps its connection).
+    """
+    from filelock import FileLock
+
+    make_faults(options, "virtual device options")  # fail fast on a bad option
+    state = _state_dir(root)
+    state.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(state / "adbd.lock"), timeout=60):
+        info = status(root)
+        if info is not None:
+            if int(info["port"]) != int(port):
+                raise VirtualDeviceError(
+                    f"virtual device for {root} already runs on port {info['port']}, not {port}; "
+                    f"use port {info['port']} or run `python -m pipeline.virtual stop --root {root}`")
+            if options and info.get("options") != options:
+                write_faults(root, **options)
+                info["options"] = options
+                (state / PID_FILE).write_text(json.dumps(info))
+            return info["serial"]
+        return _spawn(Path(root).resolve(), port, options)
+
+
+def _spawn(root: Path, port: int, options: dict[str, Any]) -> str:
+    state = root / STATE_DIR
+    log_path = state / LOG_FILE
+    pid_path = state / PID_FILE
+    pid_path.unlink(missing_ok=True)
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "pipeline.virtual", "serve", "--root", str(root), "--port", str(port),
+           *_options_cli(options)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=str(root))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+            raise VirtualDeviceError(f"virtual device did not start (exit {proc.returncode}): {tail[0]} "
+                                     f"— see {log_path}")
+        if pid_path.exists() and _listening("127.0.0.1", port):
+            return serial_for(port)
+        time.sleep(0.05)
+    proc.kill()
+    raise VirtualDeviceError(f"virtual device did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f}s; "
+                             f"see {log_path}")
+
+
+def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any]) -> Path:
+    """Called by the serving process once it listens (so 'pid file exists' means 'ready')."""
+    state = _state_dir(root)
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / PID_FILE
+    info = {"pid": os.getpid(), "port": port, "host": host, "serial": serial_for(port, host),
+            "root": str(Path(root).resolve()), "options": options, "log": str(state / LOG_FILE),
+            "started": time.time()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+    return path
+
+
+def stop(root: Path, timeout: float = 10.0) -> bool:
+    """Stop the daemon serving ``root`` (only that one).  True if one was running."""
+    info = status(root)
+    path = _state_dir(root) / PID_FILE
+    if info is None:
+        path.unlink(missing_ok=True)
+        return False
+    pid = int(info["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid) and not _zombie(pid):
+        time.sleep(0.05)
+    if _alive(pid) and not _zombie(pid):
+        os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return ") Z " in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True

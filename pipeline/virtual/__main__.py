@@ -1,0 +1,70 @@
+"""CLI: ``python -m pipeline.virtual start|stop|status|serve [--port N] [--root DIR] [--host H] [--fault k=v]``.
+
+``start`` daemonises (idempotent) and prints the serial; ``serve`` runs in the foreground (what ``start`` spawns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pipeline.virtual import VirtualDeviceError, ensure_running, status, stop, write_pid_file
+from pipeline.virtual.adbd import AdbdError, Daemon, check_loopback
+from pipeline.virtual.faults import FaultsError, parse_cli
+
+DEFAULT_ROOT = Path(os.environ.get("ODEVAL_VIRTUAL_ROOT", "~/.cache/odeval/virtual-device")).expanduser()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.virtual", description="odeval virtual Android device")
+    p.add_argument("command", choices=["start", "stop", "status", "serve"])
+    p.add_argument("--port", type=int, default=15555, help="TCP port on 127.0.0.1 (default 15555)")
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"device storage dir (default {DEFAULT_ROOT})")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; only loopback is accepted")
+    p.add_argument("--fault", action="append", default=[], metavar="KEY=VALUE",
+                   help="option/fault, e.g. disk_full=1, drop_push_after_bytes=1000000, simulate_thermal=1")
+    return p
+
+
+def _serve(root: Path, port: int, host: str, options: dict) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    daemon = Daemon(root, port, host, options)
+    daemon.bind()
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    write_pid_file(root, daemon.port, daemon.host, options)
+    logging.getLogger("odeval.virtual").info("serving %s:%d root=%s options=%s", daemon.host, daemon.port,
+                                             daemon.root, options)
+    daemon.serve_forever()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = args.root.expanduser().resolve()
+    try:
+        check_loopback(args.host)
+        options = parse_cli(args.fault)
+        if args.command == "serve":
+            return _serve(root, args.port, args.host, options)
+        if args.command == "start":
+            print(ensure_running(root, args.port, **options))
+            return 0
+        if args.command == "stop":
+            print("stopped" if stop(root) else "not running")
+            return 0
+        info = status(root)
+        print(json.dumps(info) if info else "not running")
+        return 0 if info else 1
+    except (AdbdError, FaultsError, VirtualDeviceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
