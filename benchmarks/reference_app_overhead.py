@@ -47,7 +47,7 @@ def bench(model_dir: Path, prompts: list[str], max_new: int, repeats: int) -> di
 
     from pipeline.apps import reference_app as ra
 
-    eng = ra.load_engine(model_dir, threads=1)
+    eng = ra.load_engine(model_dir, threads=1, engine="torch")
     stop = sorted(eng.stop_ids)
     app_n = app_t = gen_n = gen_t = 0.0
     with open(os.devnull, "wb", buffering=0) as sink:

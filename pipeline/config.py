@@ -88,6 +88,7 @@ class DeviceConfig:
     connect: str | None = None
     remote_root: str = "/data/local/tmp/odeval"
     bandwidth_gb_s: float | None = None
+    push_verify: str = "stat"  # stat (trust unchanged size+mtime) | full (re-hash every file on the device)
     virtual: VirtualConfig = field(default_factory=VirtualConfig)
 
 
@@ -303,6 +304,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     _check_source(p, "app", a)
     _choice(p, "model.format", m.format, ("hf", "mobilequant-qnn"))
     _choice(p, "device.kind", d.kind, ("virtual", "adb"))
+    _choice(p, "device.push_verify", d.push_verify, ("stat", "full"))
     _choice(p, "session.mode", cfg.session.mode, ("fresh", "shared"))
     _choice(p, "app.template", a.template, ("mobilequant", "hf-chat", "raw"))
     _choice(p, "prompts.newlines", cfg.prompts.newlines, ("reject", "join"))

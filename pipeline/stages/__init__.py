@@ -51,13 +51,24 @@ def device_for(cfg: Config, workdir: Path):
     d = cfg.device
     v = d.virtual
     options = dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
-                   standin_model=v.standin_model, **dict(v.faults))
+                   standin_model=v.standin_model, **dict(v.faults)) if d.kind == "virtual" else None
     try:
         return get_device(d.kind, serial=d.serial, adb_host=d.adb_host, adb_port=d.adb_port, connect_addr=d.connect,
                           virtual_root=resolve(v.root, shared_root()), virtual_port=v.port,
                           virtual_options=options)
     except DeviceError as e:
         raise StageError(str(e)) from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic, canonical (sorted keys) JSON: equal content is equal bytes, and a crash never leaves half a file."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import AppConfig, Config, ModelConfig
-from pipeline.stages import StageError, quiet, stage_main
+from pipeline.stages import StageError, quiet, stage_main, write_json
 from pipeline.workspace import resolve, shared_root
 
 REFERENCE_LAUNCHER = """#!/system/bin/sh
@@ -27,8 +27,7 @@ def run(cfg: Config, workdir: Path) -> Path:
     cache = resolve(cfg.paths.cache, shared_root())
     result = {"model": fetch_model(cfg.model, cache), "app": fetch_app(cfg.app, cache)}
     out = workdir / cfg.paths.artifacts / "fetch.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(out, result)
     return out
 
 

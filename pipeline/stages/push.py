@@ -9,11 +9,12 @@ Reads ``artifacts/fetch.json``, pushes each entry's files to ``<remote_root>/app
   ``send_seconds`` (time inside file sends) and ``mb_per_s`` = bytes_sent / 10^6 / send_seconds (null when nothing
   was sent). Not a dependency of anything.
 
-Verification level: by default files whose on-device size+mtime are unchanged since they were verified are trusted
-(one ``stat`` round trip per dir). ``--verify full`` (or ``ODEVAL_PUSH_VERIFY=full``) re-hashes every file on the
-device with ``sha256sum`` — use it when you suspect the device storage; it costs a full read of the model on the
-phone. ``--mover adb`` (or ``ODEVAL_PUSH_MOVER=adb``) moves bytes with the adb binary's ``push`` instead of the
-built-in 64 KiB sync client (both measured about equal on the virtual device; the built-in one has byte progress).
+Verification level (`device.push_verify`): by default files whose on-device size+mtime are unchanged since
+they were verified are trusted (one ``stat`` round trip per dir). ``--verify full`` (or `device.push_verify=full`,
+or ``ODEVAL_PUSH_VERIFY=full``) re-hashes every file on the device with ``sha256sum`` — use it when you suspect
+the device storage; it costs a full read of the model on the phone. ``--mover adb`` (or ``ODEVAL_PUSH_MOVER=adb``)
+moves bytes with the adb binary's ``push`` instead of the built-in 64 KiB sync client (both measured about equal
+on the virtual device; the built-in one has byte progress).
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.stages import StageError, quiet, stage_main
-from pipeline.workspace import resolve, shared_root
+from pipeline.stages import StageError, device_for, quiet, stage_main, write_json
 
-GIB = 1 << 30
 VERIFY_ENV = "ODEVAL_PUSH_VERIFY"
 MOVER_ENV = "ODEVAL_PUSH_MOVER"
 
@@ -40,9 +39,9 @@ def run(cfg: Config, workdir: Path) -> Path:
 
     artifacts = workdir / cfg.paths.artifacts
     fetched = _read_fetch(artifacts / "fetch.json")
-    verify = os.environ.get(VERIFY_ENV, "stat") or "stat"
+    verify = os.environ.get(VERIFY_ENV) or cfg.device.push_verify
     mover = os.environ.get(MOVER_ENV, "sync") or "sync"
-    dev = _connect(cfg, workdir)
+    dev = device_for(cfg, workdir)
     try:
         root = cfg.device.remote_root
         app = _push_one(dev, root, "apps", cfg.app.name, fetched["app"], cfg.app.binary, verify, mover)
@@ -53,8 +52,8 @@ def run(cfg: Config, workdir: Path) -> Path:
     push = {"device": device, "remote_root": cfg.device.remote_root,
             "app": app["record"], "model": model["record"]}
     out = artifacts / "push.json"
-    _write_json(out, push)
-    _write_json(artifacts / "push_stats.json", _stats(app["result"], model["result"], verify))
+    write_json(out, push)
+    write_json(artifacts / "push_stats.json", _stats(app["result"], model["result"], verify))
     return out
 
 
@@ -70,22 +69,6 @@ def _read_fetch(path: Path) -> dict[str, Any]:
         if not isinstance(entry, dict) or not all(k in entry for k in ("commit", "local_dir", "files")):
             raise StageError(f"{path}: no valid {key!r} entry (commit, local_dir, files) — re-run the fetch stage")
     return data
-
-
-def _connect(cfg: Config, workdir: Path) -> Any:
-    """The device from the config (virtual: started on demand under the shared root)."""
-    from pipeline.device.connect import DeviceError, get_device
-
-    d = cfg.device
-    v = d.virtual
-    options: dict[str, Any] = {"capacity_bytes": int(v.capacity_gb * GIB), "simulate_thermal": bool(v.simulate_thermal),
-                               "standin_model": v.standin_model, **dict(v.faults or {})}
-    try:
-        return get_device(d.kind, serial=d.serial, adb_host=d.adb_host, adb_port=d.adb_port, connect_addr=d.connect,
-                          virtual_root=resolve(v.root, shared_root(workdir)), virtual_port=v.port,
-                          virtual_options=options if d.kind == "virtual" else None)
-    except DeviceError as e:
-        raise StageError(str(e)) from None
 
 
 def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str, Any], binary: str | None,
@@ -134,14 +117,6 @@ def _stats(app: Any, model: Any, verify: str) -> dict[str, Any]:
                         "bytes_sent": r.bytes_sent, "bytes_skipped": r.bytes_skipped, "seconds": round(r.seconds, 3)}
                     for k, r in parts.items()},
     }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic, canonical (sorted keys) JSON so equal content is equal bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

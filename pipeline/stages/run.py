@@ -13,12 +13,13 @@ import json
 import os
 import platform
 import shlex
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import Config, config_hash
 from pipeline.runner import RunItem
-from pipeline.stages import StageError, device_for, quiet, read_json, stage_main
+from pipeline.stages import StageError, device_for, quiet, read_json, stage_main, write_json
 from pipeline.workspace import shared_root
 
 RUN_SECTIONS = ("model", "app", "device", "prompts", "sequence", "prompting", "session", "runtime")
@@ -37,7 +38,7 @@ def run(cfg: Config, workdir: Path) -> Path:
         f.writelines(json.dumps(p.to_item() | {"set": p.set_name, "tags": list(p.tags)}, ensure_ascii=False) + "\n"
                      for p in prompts)
     meta = provenance(cfg, fetch, push, run_key, workdir)
-    _write_json(out / "run.json", {**meta, "status": "running", "rows": len(done)})
+    write_json(out / "run.json", {**meta, "status": "running", "rows": len(done)})
 
     from pipeline.device.shellv2 import ShellV2
     from pipeline.device.telemetry import TelemetrySampler
@@ -83,7 +84,7 @@ def run(cfg: Config, workdir: Path) -> Path:
             f.writelines(json.dumps(s) + "\n" for s in samples)
         rows_file.close()
         log_file.close()
-        _write_json(out / "run.json", {**meta, "status": status, "error": error, "rows": n_rows,
+        write_json(out / "run.json", {**meta, "status": status, "error": error, "rows": n_rows,
                                        "ended": _now()})
     if status != "complete":
         raise StageError(f"device lost after {n_rows} rows ({error}); finished rows are kept in {out} — reconnect "
@@ -153,10 +154,23 @@ def _launcher(cfg: Config, push: dict, dev, shell_cls, sampler):
                 sampler.pid = value
 
     def remote_kill(pid: int) -> None:
-        dev.shell(f"kill -9 {shlex.quote(str(int(pid)))}", timeout=10)
+        from adbutils import AdbError
+
+        try:
+            dev.shell(f"kill -9 {shlex.quote(str(int(pid)))}", timeout=10)
+        except (AdbError, OSError) as e:  # the device is gone: nothing we can kill; the run stops resumably
+            print(f"run: could not kill app pid {pid} on {dev.serial}: {e}", file=sys.stderr)
 
     def start_app() -> AppProcess:
-        return TrackedProcess(channel=shell_cls.open(dev, cmd), remote_kill=remote_kill)
+        from adbutils import AdbError
+
+        from pipeline.device.shellv2 import ShellV2Error
+
+        try:
+            channel = shell_cls.open(dev, cmd)
+        except (AdbError, ShellV2Error) as e:  # offline / gone: the runner stops with a resumable state
+            raise ConnectionError(f"{dev.serial}: {e}") from e
+        return TrackedProcess(channel=channel, remote_kill=remote_kill)
 
     return start_app
 
@@ -206,12 +220,6 @@ def provenance(cfg: Config, fetch: dict, push: dict, run_key: str, workdir: Path
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def main() -> None:

@@ -1,0 +1,46 @@
+"""Helpers for stage-level tests: a validated config pointed at the test's virtual device and temp stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import Config, compose, to_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stage_config(vd: Any, work: Path, *overrides: str, cache: Path | None = None) -> Config:
+    """The default experiment, on `vd` (a tests.helpers.device.VirtualDevice), tracking into work/mlflow.db."""
+    base = [
+        f"device.virtual.root={vd.root}",
+        f"device.virtual.port={vd.port}",
+        f"paths.cache={cache or work / 'cache'}",
+        f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+        f"prompts.path={REPO / 'prompts' / 'qa.jsonl'}",
+        "runtime.load_timeout_s=60",
+        "runtime.prompt_timeout_s=30",
+    ]
+    return to_config(compose(base + list(overrides)))
+
+
+def run_stages(cfg: Config, work: Path, *names: str) -> None:
+    from pipeline.stages import fetch, push, run, score
+
+    stages = {"fetch": fetch, "push": push, "run": run, "score": score}
+    for name in names or tuple(stages):
+        stages[name].run(cfg, work)
+
+
+def rows(work: Path) -> list[dict]:
+    path = work / "artifacts" / "run" / "responses.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One built-model cache for every stage test of the session (tiny models build once)."""
+    return tmp_path_factory.mktemp("stage-cache")
