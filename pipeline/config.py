@@ -64,6 +64,7 @@ class AppConfig:
     protocol: str = "simple_app"
     template: str = "mobilequant"  # mobilequant | hf-chat | raw (only the reference app can change it)
     template_tokens: int = 15
+    past_end_token: int | None = None  # reference app: emulate simple_app's read past the prompt (see conf/app)
     virtual_only: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
@@ -79,9 +80,24 @@ class VirtualConfig:
 
 
 @dataclass
+class PoolDevice:
+    """One phone (or virtual device) of a pool: where its adb server is, and labels jobs select it by."""
+
+    name: str = MISSING
+    kind: str = "adb"  # adb | virtual
+    serial: str | None = None
+    adb_host: str = "127.0.0.1"
+    adb_port: int | None = None
+    connect: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    virtual_root: str | None = None  # kind=virtual: its storage root and daemon port
+    virtual_port: int | None = None
+
+
+@dataclass
 class DeviceConfig:
     name: str = MISSING
-    kind: str = "virtual"  # virtual | adb
+    kind: str = "virtual"  # virtual | adb | pool
     serial: str | None = None
     adb_host: str = "127.0.0.1"
     adb_port: int | None = None
@@ -90,6 +106,9 @@ class DeviceConfig:
     bandwidth_gb_s: float | None = None
     push_verify: str = "stat"  # stat (trust unchanged size+mtime) | full (re-hash every file on the device)
     virtual: VirtualConfig = field(default_factory=VirtualConfig)
+    pool: list[PoolDevice] = field(default_factory=list)  # kind=pool: the devices jobs lease from
+    require: dict[str, str] = field(default_factory=dict)  # labels a pool device must have, e.g. {chip: 8gen3}
+    lease_timeout_s: float = 3600.0  # how long a job waits for a free matching device
 
 
 @dataclass
@@ -303,7 +322,9 @@ def validate(cfg: Config, source: str = "config") -> None:
     _check_source(p, "model", m)
     _check_source(p, "app", a)
     _choice(p, "model.format", m.format, ("hf", "mobilequant-qnn"))
-    _choice(p, "device.kind", d.kind, ("virtual", "adb"))
+    _choice(p, "device.kind", d.kind, ("virtual", "adb", "pool"))
+    if d.kind == "pool" and not d.pool:
+        p.append("device.pool=[]: device.kind=pool needs devices — list them in conf/device/pool.yaml")
     _choice(p, "device.push_verify", d.push_verify, ("stat", "full"))
     _choice(p, "session.mode", cfg.session.mode, ("fresh", "shared"))
     _choice(p, "app.template", a.template, ("mobilequant", "hf-chat", "raw"))
@@ -328,11 +349,14 @@ def validate(cfg: Config, source: str = "config") -> None:
             p.append(f"runtime.{key}={getattr(rt, key)}: must be > 0")
     if rt.cooldown_s < 0:
         p.append(f"runtime.cooldown_s={rt.cooldown_s}: must be ≥ 0")
-    if d.kind == "adb" and a.virtual_only:
+    if d.kind == "adb" and a.virtual_only:  # (a pool is checked per device when it is leased)
         p.append(
             f"app={a.name} with device.kind=adb: the {a.name} app only runs on the virtual device — use"
             " app=simple-app-8gen3 (or device=virtual)"
         )
+    if a.past_end_token is not None and not a.virtual_only:
+        p.append(f"app.past_end_token={a.past_end_token}: only the reference app can emulate simple_app's read past"
+                 " the prompt; the real binary always does it")
     if a.template != "mobilequant" and not a.virtual_only:
         p.append(
             f"app.template={a.template!r}: {a.name}'s prompt template is compiled into the binary — only the"

@@ -141,8 +141,10 @@ def _launcher(cfg: Config, push: dict, dev, shell_cls, sampler):
 
     app_dir, model_dir = push["app"]["remote_dir"], push["model"]["remote_dir"]
     env = {k: v.replace("{app_dir}", app_dir) for k, v in cfg.app.env.items()}
-    if cfg.app.virtual_only:  # the reference app reads its template from here; simple_app's is compiled in
+    if cfg.app.virtual_only:  # the reference app reads these; simple_app's template and bug are compiled in
         env["ODEVAL_TEMPLATE"] = cfg.app.template
+        if cfg.app.past_end_token is not None:
+            env["ODEVAL_QUIRK_PAST_END_TOKEN"] = str(cfg.app.past_end_token)
     cmd = app_command(app_dir, model_dir, cfg.app.device_arg, env, binary=cfg.app.binary)
 
     class TrackedProcess(AppProcess):

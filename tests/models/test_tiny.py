@@ -40,8 +40,9 @@ def test_training_answers_contain_their_reference() -> None:
     train = tiny.load_examples("train")
     heldout_ids = {e.id for e in tiny.load_examples("heldout")}
     assert heldout_ids and not heldout_ids & {e.id for e in train}
-    for e in train:
-        assert tiny.contains_answer(e.answer, e.aliases), (e.id, e.answer, e.aliases)
+    for e in train:  # items scored by rules (e.g. the joke) carry no reference to contain
+        assert not e.aliases or tiny.contains_answer(e.answer, e.aliases), (e.id, e.answer, e.aliases)
+    assert sum(bool(e.aliases) for e in train) >= 30
 
 
 def test_contains_answer_uses_word_boundaries() -> None:

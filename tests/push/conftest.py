@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.device import *  # noqa: F401,F403 - pytest plugin fixtures (adb_server, virtual_device, …)
-
 
 def make_tree(root: Path, files: dict[str, int], seed: int = 0) -> Path:
     """Write files of the given sizes with pseudo-random (seeded, incompressible) bytes under root."""

@@ -1,0 +1,80 @@
+"""Hydra multirun → one MLflow parent + a child per job → report; runs readable over `mlflow server`'s REST API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.helpers.pipeline import REPO
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp_path, stage_cache):
+    db = tmp_path / "mlflow.db"
+    sweep_dir = tmp_path / "sweep-2x2"
+    cmd = [sys.executable, "-m", "pipeline", "-m", "model=tiny-fp,tiny-w4", "prompts=qa,smoke", "prompts.limit=2",
+           f"device.virtual.root={virtual_device.root}", f"device.virtual.port={virtual_device.port}",
+           f"paths.cache={stage_cache}", f"tracking.tracking_uri=sqlite:///{db}", f"hydra.sweep.dir={sweep_dir}"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics" / "score.json").exists())
+    assert len(jobs) == 4  # each job wrote into its own dir
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("odeval").experiment_id])
+    parents = [x for x in runs if x.data.tags.get("odeval.role") == "sweep-parent"]
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.data.tags["sweep_id"] for c in children} == {"sweep-2x2"}
+    assert {(c.data.params["model.name"], c.data.params["prompts.name"]) for c in children} == {
+        ("tiny-fp", "qa"), ("tiny-fp", "smoke"), ("tiny-w4", "qa"), ("tiny-w4", "smoke")}
+
+    out = tmp_path / "report"
+    rep = subprocess.run([sys.executable, "-m", "pipeline.report", "--sweep", "sweep-2x2", "--tracking-uri",
+                          f"sqlite:///{db}", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    lines = (out / "report.md").read_text().splitlines()
+    table = [line for line in lines if line.startswith("| ") and "virtual" in line]
+    assert len(table) == 4 and all("virtual (host CPU)" in line for line in table)
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=odeval", timeout=5) as f:
+                    exp_id = json.load(f)["experiment"]["experiment_id"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(0.5)
+        body = json.dumps({"experiment_ids": [exp_id], "filter": "tags.sweep_id = 'sweep-2x2'"}).encode()
+        req = urllib.request.Request(f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as f:
+            found = json.load(f)["runs"]
+        kinds = {t["value"] for run in found for t in run["data"]["tags"] if t["key"] == "device.kind"}
+        assert len(found) == 5 and kinds == {"virtual"}  # the parent + 4 children, all labelled virtual
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
