@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytest_plugins = ["tests.helpers.device", "tests.helpers.hub_server", "tests.helpers.tiny_models", "tests.helpers.pipeline"]
+pytest_plugins = ["tests.helpers.device", "tests.helpers.hub_server", "tests.helpers.tiny_models",
+                  "tests.helpers.pipeline"]
 
 
 @pytest.fixture(scope="session", autouse=True)
