@@ -97,8 +97,13 @@ def load_model(model: str | None = None) -> Any:
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        from sentence_transformers import SentenceTransformer
+        import logging
 
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars and INFO lines say nothing a user needs
+        logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
         if model is None:
             path = bundled_model_dir()
             verify_model_dir(path)
