@@ -36,14 +36,13 @@ def main() -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     t0 = time.monotonic()
     sh(dvc, "repro")
-    sh(dvc, "metrics", "show")
     sweep = "demo-quant-compare-" + time.strftime("%Y%m%d-%H%M%S")
     sh(py, "-m", "pipeline", "-m", "experiment=quant-compare", f"hydra.sweep.dir=multirun/{sweep}")
     report = root / "reports" / sweep
     sh(py, "-m", "pipeline.report", "--sweep", sweep, "--out", str(report))
     print(f"""
 Demo finished in {time.monotonic() - t0:.0f} s. What you have:
-  metrics/score.json        the default run: throughput + quality (`dvc metrics show`)
+  metrics/score.json        the default run: throughput + quality (`dvc metrics show metrics/score.json`)
   metrics/prompts.csv       one row per prompt (`dvc plots show`; PNGs in metrics/plots/)
   artifacts/run/            responses.jsonl, telemetry.jsonl, app.log (the REPL transcript), run.json (provenance)
   multirun/{sweep}/   one directory per sweep job
@@ -51,7 +50,8 @@ Demo finished in {time.monotonic() - t0:.0f} s. What you have:
   mlflow.db                 every run; browse with:  mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 All numbers above come from the VIRTUAL device (the reference app on this host's CPU, a tiny model), not a phone.
-Next: a real phone (README "Real phone"), the off-topic diagnosis (`python -m pipeline -m experiment=diagnose-offtopic`).""")
+Next: a real phone (README "Real phone"); the off-topic diagnosis:
+  python -m pipeline -m experiment=diagnose-offtopic""")
 
 
 if __name__ == "__main__":

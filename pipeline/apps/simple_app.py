@@ -348,6 +348,10 @@ def _time_at(chunks: list[Chunk], offset: int) -> float | None:
     return None
 
 
+MIN_DECODE_TOKENS = 4  # at least 3 inter-token intervals
+MIN_DECODE_SPAN_S = 0.002  # below this, chunk arrival times measure the transport, not the decoder
+
+
 def answer_timing(chunks: list[Chunk], answer: Answer, t_send: float, n_output_tokens: int) -> dict:
     """Host-side timing of one answer from chunk arrival times (monotonic seconds).
 
@@ -358,13 +362,15 @@ def answer_timing(chunks: list[Chunk], answer: Answer, t_send: float, n_output_t
     - `decode_tok_s = (n_output_tokens - 1) / (t_last_token - t_first_byte)` where `t_last_token` is the arrival
       of the last byte of response text: the steady decode rate between the first and the last text token, as
       seen by the host (chunk batching by the transport blurs it; the stop token itself is not counted).
-      Null when fewer than 2 tokens or no measurable interval.
+      Null (never a guess) when the answer has fewer than MIN_DECODE_TOKENS tokens or its text spans less than
+      MIN_DECODE_SPAN_S: 2 tokens that arrive in one TCP read 20 µs apart would "measure" 50 000 tok/s.
     """
     t_first = chunks[0].t if chunks else None
     t_last = _time_at(chunks, answer.generated_nbytes - 1) if answer.generated_nbytes else None
     t_last_tok = _time_at(chunks, answer.response_nbytes - 1) if answer.response_nbytes else None
     decode = None
-    if n_output_tokens >= 2 and t_first is not None and t_last_tok is not None and t_last_tok > t_first:
+    if (n_output_tokens >= MIN_DECODE_TOKENS and t_first is not None and t_last_tok is not None
+            and t_last_tok - t_first >= MIN_DECODE_SPAN_S):
         decode = (n_output_tokens - 1) / (t_last_tok - t_first)
     return {
         "t_send": t_send,

@@ -133,9 +133,11 @@ def _print_summary(score: dict) -> None:
     kind = score["device_kind"]
     print(f"score: {score['n_prompts']} prompts on a {kind.upper()} device"
           + (" (host CPU — not a phone result)" if kind == "virtual" else ""))
-    print(f"  decode tok/s  mean {f(t['decode_tok_s']['mean'])}  p50 {f(t['decode_tok_s']['p50'])}"
-          f"  cv {f(t['decode_tok_s']['cv'])}   app tok/s mean {f(t['app_tok_s']['mean'])}"
-          f"   TTFT p50 {f(t['ttft_s']['p50'], '.3f')} s")
+    d = t["decode_tok_s"]
+    print(f"  decode tok/s  mean {f(d['mean'])}  p50 {f(d['p50'])}  cv {f(d['cv'])}  (timed on {d['n']} of"
+          f" {d['n'] + d['n_missing']} answers; shorter ones are below timing resolution)")
+    print(f"  app tok/s (the app's own blended figure) mean {f(t['app_tok_s']['mean'])}   TTFT p50"
+          f" {f(t['ttft_s']['p50'], '.3f')} s   model load p50 {f(t['load_s']['p50'], '.2f')} s")
     print(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
           f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
     if score["plausible"] is False:

@@ -127,8 +127,13 @@ def _spawn(root: Path, port: int, options: dict[str, Any]) -> str:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(empty log)"]
+            hint = ""
+            if "in use" in tail[0]:  # most often another checkout's virtual device (they persist, like a phone)
+                hint = (f" Port {port} is taken, often by another checkout's virtual device: stop that one"
+                        " (`python -m pipeline.virtual stop --root <its .odeval/virtual>`) or use another port"
+                        f" (`-S device.virtual.port={port + 1}` / `device.virtual.port={port + 1}`).")
             raise VirtualDeviceError(f"virtual device did not start (exit {proc.returncode}): {tail[0]} "
-                                     f"— see {log_path}")
+                                     f"— see {log_path}.{hint}")
         if pid_path.exists() and _listening("127.0.0.1", port):
             return serial_for(port)
         time.sleep(0.05)

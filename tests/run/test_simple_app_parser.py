@@ -125,14 +125,25 @@ def test_answer_not_done_until_prompt_after_toks_line():
 
 
 def test_answer_timing_from_chunks():
-    raw = b"a b c</s>(9.0 tok/s)\n>>> "
-    chunks = [Chunk(10.5, 1), Chunk(11.0, 2), Chunk(11.5, 2), Chunk(12.0, 4), Chunk(12.1, len(raw) - 9)]
+    raw = b"a b c d</s>(9.0 tok/s)\n>>> "
+    chunks = [Chunk(10.5, 1), Chunk(11.0, 2), Chunk(11.5, 2), Chunk(11.75, 2), Chunk(12.0, 4),
+              Chunk(12.1, len(raw) - 11)]
     ans = parse_answer(raw)
-    t = answer_timing(chunks, ans, t_send=10.0, n_output_tokens=3)
+    t = answer_timing(chunks, ans, t_send=10.0, n_output_tokens=4)
     assert t["t_first_byte"] == 10.5 and t["ttft_s"] == pytest.approx(0.5)
     assert t["t_last_byte"] == 12.0 and t["e2e_s"] == pytest.approx(2.0)  # the `</s>` chunk, not the tok/s line
-    assert t["decode_tok_s"] == pytest.approx((3 - 1) / (11.5 - 10.5))
+    assert t["decode_tok_s"] == pytest.approx((4 - 1) / (11.75 - 10.5))
     assert answer_timing([], parse_answer(b""), 1.0, 0)["decode_tok_s"] is None
+
+
+def test_decode_rate_is_null_below_timing_resolution():
+    """Few tokens, or tokens that arrived microseconds apart, time the transport — not the decoder."""
+    raw = b"a b c d</s>(9.0 tok/s)\n>>> "
+    ans = parse_answer(raw)
+    three = [Chunk(10.5, 2), Chunk(11.0, 2), Chunk(11.5, 2), Chunk(12.0, len(raw) - 6)]
+    assert answer_timing(three, ans, t_send=10.0, n_output_tokens=3)["decode_tok_s"] is None
+    burst = [Chunk(10.5, 2), Chunk(10.50001, 2), Chunk(10.50002, 3), Chunk(10.50003, len(raw) - 7)]
+    assert answer_timing(burst, ans, t_send=10.0, n_output_tokens=4)["decode_tok_s"] is None
 
 
 def test_app_command_quotes_everything():
