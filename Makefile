@@ -32,6 +32,6 @@ lint: install
 params: install
 	$(PY) -m pipeline.params
 
-clean:
-	rm -rf artifacts metrics/plots metrics/score.json metrics/prompts.csv outputs multirun reports .odeval
+clean:  # stops this checkout's virtual device first; keeps mlflow.db (your run history)
 	-$(PY) -m pipeline.virtual stop --root .odeval/virtual 2>/dev/null
+	rm -rf artifacts metrics/plots metrics/score.json metrics/prompts.csv outputs multirun reports .odeval

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.secrets import has_secret_value, is_secret_key
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-SECRET_KEY = re.compile(r"(^|_)(token|password|secret|api_?key|authorization)$", re.IGNORECASE)
-SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 
 
 class ConfigError(ValueError):
@@ -388,8 +387,7 @@ def _secret_keys(d: Any, prefix: str = "") -> list[str]:
     if isinstance(d, dict):
         for k, v in d.items():
             key = f"{prefix}{k}"
-            secret_value = isinstance(v, str) and SECRET_VALUE.search(v)
-            if (SECRET_KEY.search(str(k)) and v not in (None, "")) or secret_value:
+            if (is_secret_key(str(k)) and v not in (None, "")) or has_secret_value(v):
                 out.append(f"{key}: looks like a secret — remove it from the config and set it in the environment"
                            " (e.g. HF_TOKEN); config values are recorded in params.yaml and MLflow")
             out += _secret_keys(v, key + ".")

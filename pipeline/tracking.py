@@ -31,6 +31,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.secrets import redact
+
 __all__ = [
     "TrackingError",
     "TrackingUnavailable",
@@ -69,24 +71,12 @@ MISSING_METRICS_TAG = "missing_metrics"
 MISSING_ARTIFACTS_TAG = "missing_artifacts"
 PARAMS_CHANGED_TAG = "params_changed"
 TRUNCATED_SUFFIX = "...[truncated]"
-MASK = "***"
 UNKNOWN = "unknown"
 
 _KEY_OK = re.compile(r"[^\w.\- /]")
 # Values searched with a filter string (run_key, sweep_id): anything but quotes, backslash and control characters
 # (a Hydra sweep dir name like "model=a,b" must work); they are put inside single quotes in the filter.
 _RUN_KEY_OK = re.compile(r"^[^'\"\\`\x00-\x1f]{1,250}$")
-# Key names that hold secrets: matched on the last dotted component, split into words.
-_SECRET_WORDS = ("password", "passwd", "secret", "authorization", "apikey", "credential", "credentials")
-_SECRET_PAIRS = (("api", "key"), ("private", "key"), ("access", "key"))
-# Values that are secrets wherever they appear (a token pasted into a URL or an env value).
-_SECRET_VALUE_PATTERNS = (
-    (re.compile(r"hf_[A-Za-z0-9]{20,}"), "hf_" + MASK),
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}"), "sk-" + MASK),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}"), r"\1 " + MASK),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s:@]+:[^/\s@]+@"), r"\1" + MASK + "@"),
-)
-
 
 class TrackingError(Exception):
     """Tracking was asked for something it cannot do (bad URI, bad run_key, MLflow refused a value)."""
@@ -173,46 +163,6 @@ def flatten(cfg: Mapping[str, Any], sep: str = ".") -> dict[str, str]:
 
     walk("", cfg)
     return out
-
-
-def _key_words(key: str) -> list[str]:
-    """Words of the last dotted key component: ``judge.apiKey`` → ['api', 'key'], ``HF_TOKEN`` → ['hf', 'token']."""
-    last = re.split(r"[./]", key)[-1]
-    last = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", last)
-    return [w for w in re.split(r"[^A-Za-z0-9]+", last.lower()) if w]
-
-
-def _is_secret_key(key: str) -> bool:
-    """Secret-looking key. 'token'/'auth' count only as the last word (hf_token, judge.auth) so that
-    max_new_tokens, tokenizer and token_f1 — ordinary config — are kept."""
-    words = _key_words(key)
-    if not words:
-        return False
-    if words[-1] in ("token", "auth") or any(w in _SECRET_WORDS for w in words):
-        return True
-    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False))
-
-
-def _redact_value(value: str) -> str:
-    for pattern, repl in _SECRET_VALUE_PATTERNS:
-        value = pattern.sub(repl, value)
-    return value
-
-
-def redact(d: Any) -> Any:
-    """Copy of ``d`` (dict/list, nested or flat) with secret-looking keys masked and token-like values masked.
-
-    Masked, not dropped: seeing ``judge.api_key=***`` tells a reader the run used a key without leaking it.
-    Keys: token or auth (as the last word), password, secret, api_key, authorization, credential(s), private/access key.
-    Values anywhere: ``hf_…`` and ``sk-…`` tokens, ``Bearer …`` headers, ``user:pass@`` in URLs.
-    """
-    if isinstance(d, Mapping):
-        return {k: (MASK if _is_secret_key(str(k)) and v not in (None, "") else redact(v)) for k, v in d.items()}
-    if _is_list(d):
-        return [redact(v) for v in d]
-    if isinstance(d, str):
-        return _redact_value(d)
-    return d
 
 
 def _sanitize_key(key: str) -> str:

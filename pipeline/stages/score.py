@@ -42,7 +42,10 @@ def run(cfg: Config, workdir: Path) -> Path:
                                              cfg.scoring.soc_bandwidth_gb_s)
     score = summary.summarize_run(rows, prompt_rows, families, telemetry, device_kind=kind, bandwidth_gb_s=bw,
                                   bandwidth_reason=bw_reason, weight_bytes=cfg.model.weight_bytes)
+    props = run_json["device"].get("props") or {}
     score["provenance"] = {"device_kind": kind, "run_key": run_json.get("run_key"),
+                           "device_model": props.get("ro.product.model"),
+                           "device_soc": props.get("ro.soc.model") or props.get("ro.board.platform"),
                            "model_manifest": fetch["model"]["manifest_sha256"][:12],
                            "app_manifest": fetch["app"]["manifest_sha256"][:12],
                            "git_commit": (run_json.get("git") or {}).get("commit")}

@@ -27,7 +27,6 @@ from pathlib import Path
 from pipeline.virtual.faults import FaultSource
 from pipeline.virtual.sandbox import Sandbox, SandboxError
 
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only; elsewhere delayed ACKs stay
 log = logging.getLogger("odeval.virtual.adbd")
 
 A_CNXN, A_OPEN, A_OKAY, A_WRTE, A_CLSE, A_AUTH, A_STLS = (
@@ -189,15 +188,6 @@ class Connection:
         except OSError:
             pass
 
-    def _quickack(self) -> None:
-        """ACK at once. The adb server writes its small OKAYs with Nagle on; with our delayed ACK each streamed
-        chunk then waited ~40 ms for the previous OKAY (measured: every answer's 2nd chunk arrived 40 ms late)."""
-        if _QUICKACK is not None:
-            try:
-                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            except OSError:
-                pass
-
     def _read_exact(self, n: int) -> bytes:
         data = self._rfile.read(n)
         if data is None or len(data) < n:
@@ -212,7 +202,6 @@ class Connection:
                     log.warning("bad magic, dropping connection")
                     return
                 data = self._read_exact(length) if length else b""
-                self._quickack()
                 self._dispatch(cmd, arg0, arg1, data)
         except (EOFError, OSError, ValueError):
             pass

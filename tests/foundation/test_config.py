@@ -58,9 +58,13 @@ def test_all_problems_reported_at_once():
     assert msg.count("\n  - ") == 3
 
 
-def test_secret_check_does_not_flag_token_counts():
-    cfg = to_config(compose(["sequence.max_new_tokens=10"]))
-    assert cfg.sequence.max_new_tokens == 10
+def test_secret_check_does_not_flag_token_counts_or_ids():
+    cfg = to_config(compose(["sequence.max_new_tokens=10", "app.past_end_token=0"]))
+    assert cfg.sequence.max_new_tokens == 10 and cfg.app.past_end_token == 0
+    from pipeline.secrets import redact
+
+    assert redact({"app": {"past_end_token": 0, "env": {"HF_TOKEN": "x"}}}) == {
+        "app": {"past_end_token": 0, "env": {"HF_TOKEN": "***"}}}
 
 
 def test_every_group_option_has_a_matching_name_key():
