@@ -38,14 +38,15 @@ def _validate_before_print(argv: list[str]) -> None:
 def app(raw: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from pipeline.stages import StageError
     from pipeline.sweep import run_job
 
     try:
         cfg = to_config(raw)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+        return run_job(cfg, Path(HydraConfig.get().runtime.output_dir), HydraConfig.get())
+    except (ConfigError, StageError) as e:  # one clear message, not Hydra's traceback
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    return run_job(cfg, Path(HydraConfig.get().runtime.output_dir), HydraConfig.get())
 
 
 def main() -> None:

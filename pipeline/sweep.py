@@ -21,12 +21,25 @@ SWEEP_ENV = "ODEVAL_SWEEP_ID"
 
 def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
     """Run fetch → push → run → score into `workdir`; returns the quality score (Hydra sweepers can optimise it)."""
-    from pipeline.stages import fetch, push, run, score
+    from pipeline.device.pool import PoolError, check_config, leased_config
+    from pipeline.stages import StageError, fetch, push, run, score
 
+    try:
+        check_config(cfg)  # a label no pool device has: fail before any download
+    except PoolError as e:
+        raise StageError(str(e)) from None
     workdir.mkdir(parents=True, exist_ok=True)
-    with _sweep_env(sweep_id_of(hydra_cfg)):
-        for stage in (fetch, push, run, score):
-            stage.run(cfg, workdir)
+    sweep_id = sweep_id_of(hydra_cfg)
+    job = f"{sweep_id}/{hydra_cfg.job.num}" if sweep_id else str(workdir)
+    with _sweep_env(sweep_id):
+        fetch.run(cfg, workdir)  # parallel jobs share the cache: builds are atomic and skip unchanged files
+        try:  # device.kind=pool: hold one device from push to run; fetch and score need none
+            with leased_config(cfg, job) as job_cfg:
+                push.run(job_cfg, workdir)
+                run.run(job_cfg, workdir)
+        except PoolError as e:
+            raise StageError(str(e)) from None
+        score.run(job_cfg, workdir)
     score_json = json.loads((workdir / cfg.paths.metrics / "score.json").read_text())
     return score_json["quality"]["score"]
 

@@ -21,7 +21,12 @@ def shared_root(start: Path | None = None) -> Path:
     never from a job's output dir."""
     if os.environ.get("ODEVAL_ROOT"):
         return Path(os.environ["ODEVAL_ROOT"]).resolve()
-    here = (start or Path.cwd()).resolve()
+    return outside_dvc_temp(start or Path.cwd())
+
+
+def outside_dvc_temp(path: Path) -> Path:
+    """`<repo>/.dvc/tmp/exps/<tmp>/…` → `<repo>` (DVC deletes those copies after the experiment); else `path`."""
+    here = path.resolve()
     parts = here.parts
     for i in range(len(parts) - 2):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):

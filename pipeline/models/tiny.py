@@ -350,7 +350,12 @@ def build_model(name: str, out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
-        shutil.copyfile(f, out / f.name)
+        dst = out / f.name
+        if dst.is_file() and dst.stat().st_size == f.stat().st_size and dst.read_bytes() == f.read_bytes():
+            continue  # unchanged: keep the file (and its mtime, so host hash caches stay warm)
+        tmp = out / f".{f.name}.tmp-{os.getpid()}"
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, dst)  # atomic: a parallel job reading the dir never sees a half-written file
     return out
 
 

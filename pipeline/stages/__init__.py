@@ -43,12 +43,22 @@ def quiet() -> bool:
     return bool(os.environ.get("ODEVAL_QUIET")) or os.environ.get("CI", "").lower() == "true"
 
 
-def device_for(cfg: Config, workdir: Path):
-    """The adbutils device the config names (starting the virtual device if needed): push and run share it."""
+def device_for(cfg: Config, workdir: Path, stage: str):
+    """The adbutils device the config names (starting the virtual device if needed): push and run share it.
+
+    ``device.kind=pool`` (a DVC stage process; Hydra jobs lease in ``run_job`` and pass a concrete device):
+    lease a pool device until this process exits — for ``stage="run"`` exactly the one push.json names."""
     from pipeline.device.connect import DeviceError, get_device
     from pipeline.workspace import resolve, shared_root
 
     d = cfg.device
+    if d.kind == "pool":
+        from pipeline.device.pool import PoolError, hold_for_stage
+
+        try:
+            d = hold_for_stage(cfg, workdir, stage)
+        except PoolError as e:
+            raise StageError(str(e)) from None
     v = d.virtual
     options = dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
                    standin_model=v.standin_model, **dict(v.faults)) if d.kind == "virtual" else None

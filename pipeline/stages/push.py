@@ -41,7 +41,7 @@ def run(cfg: Config, workdir: Path) -> Path:
     fetched = _read_fetch(artifacts / "fetch.json")
     verify = os.environ.get(VERIFY_ENV) or cfg.device.push_verify
     mover = os.environ.get(MOVER_ENV, "sync") or "sync"
-    dev = device_for(cfg, workdir)
+    dev = device_for(cfg, workdir, "push")
     try:
         root = cfg.device.remote_root
         app = _push_one(dev, root, "apps", cfg.app.name, fetched["app"], cfg.app.binary, verify, mover)

@@ -44,7 +44,7 @@ def run(cfg: Config, workdir: Path) -> Path:
     from pipeline.device.telemetry import TelemetrySampler
     from pipeline.runner import DeviceLost, RunOptions, run_prompts
 
-    dev = device_for(cfg, workdir)
+    dev = device_for(cfg, workdir, "run")
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
     start_app = _launcher(cfg, push, dev, ShellV2, sampler)
     opts = RunOptions(session=cfg.session.mode, repeats=cfg.runtime.repeats, warmup=cfg.runtime.warmup,

@@ -77,7 +77,8 @@ def _track(cfg: Config, workdir: Path, score: dict, prompt_rows: list[dict], run
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
     scoring = json.dumps(as_dict(cfg)["scoring"], sort_keys=True)
     sweep_id = current_sweep()  # the same run in another sweep is another MLflow child run
-    run_key = hashlib.sha256(f"{run_json.get('run_key')}|{scoring}|{sweep_id}".encode()).hexdigest()[:24]
+    key = f"{run_json.get('run_key')}|{scoring}|{sweep_id}|{cfg.tag}"  # same outputs, other label: its own run
+    run_key = hashlib.sha256(key.encode()).hexdigest()[:24]
     tags = provenance_tags(run_json, fetch, push, root=root, sweep_id=sweep_id)
     tags["throughput_source"] = run_json.get("throughput_source", "unknown")
     name = ":".join([cfg.tag, cfg.model.name, cfg.app.template, cfg.session.mode, cfg.prompts.name, cfg.sequence.name,

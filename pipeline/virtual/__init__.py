@@ -115,7 +115,11 @@ def _spawn(root: Path, port: int, options: dict[str, Any]) -> str:
     log_path = state / LOG_FILE
     pid_path = state / PID_FILE
     pid_path.unlink(missing_ok=True)
-    repo = Path(__file__).resolve().parents[2]
+    # The daemon outlives the process that starts it. Started from a `dvc exp run --queue` temp copy of the repo,
+    # that copy is deleted after the experiment: run the daemon (and the apps it launches) from the real repo.
+    from pipeline.workspace import outside_dvc_temp
+
+    repo = outside_dvc_temp(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "pipeline.virtual", "serve", "--root", str(root), "--port", str(port),

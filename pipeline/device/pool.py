@@ -1,0 +1,409 @@
+"""A pool of phones (or virtual devices) that parallel jobs lease one at a time (DESIGN §9).
+
+Why leases and not a scheduler: Hydra's launchers (joblib, Ray) already run jobs in parallel and ADB's
+client/server split already reaches phones on other hosts (``adb -H host -P port``). The one thing missing is
+"no two jobs on one phone at once": each job takes an exclusive, non-blocking ``flock`` on a lock file per device
+under ``<shared_root>/.odeval/locks/``. flock belongs to the open file description, so the kernel drops it when the
+process dies — a crash, ``kill -9`` or Ctrl-C can never leave a device leased. We refuse filelock's "soft"
+fallback (a marker file) on filesystems without flock, because a marker is *not* released by a dying process.
+
+Locks are per host: flock over NFS is emulated (or silently local) and not trustworthy, so jobs on several hosts
+must not share a lock dir on a network filesystem. Recommended: one pool per host (each host leases the phones
+its own adb server sees, every host runs its own sweep share); see docs/many-phones.md for the trade-offs.
+
+Every lease appends to ``<lock_dir>/leases.jsonl`` (an ``acquire`` and a ``release`` record: job, device, serial,
+t_acquire, t_release, pid, host): the audit that each device ran at most one job at a time. A job killed while
+leasing leaves an ``acquire`` without ``release``; the next holder of that device logs an ``abandoned`` record.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, DeviceConfig, PoolDevice
+
+__all__ = ["PoolError", "lease", "select", "probe", "device_key", "serial_of", "lock_dir_for", "read_leases",
+           "overlaps", "concrete_device", "check_config", "leased_config", "hold_for_stage",
+           "release_held", "LEASE_LOG"]
+
+log = logging.getLogger(__name__)
+
+LOCK_SUBDIR = Path(".odeval") / "locks"
+LEASE_LOG = "leases.jsonl"
+POLL_S = 0.5
+REMOTE_SERVER_TIMEOUT_S = 3.0
+_HELD: dict[str, tuple[PoolDevice, ExitStack]] = {}  # leases a DVC stage process holds until it exits
+
+
+class PoolError(Exception):
+    """No device of the pool can be leased; the message names the labels/devices involved and what to do."""
+
+
+def lock_dir_for(root: Path) -> Path:
+    """The lock dir every job of one host must share: ``<shared_root>/.odeval/locks``."""
+    return Path(root) / LOCK_SUBDIR
+
+
+# ------------------------------------------------------------------ identity and selection
+
+def serial_of(dev: PoolDevice) -> str:
+    """The serial its adb server knows the device by: the serial, the ``connect`` address, or the virtual port."""
+    if dev.kind == "virtual":
+        return f"127.0.0.1:{dev.virtual_port}"
+    if dev.serial or dev.connect:
+        return str(dev.serial or dev.connect)
+    raise PoolError(f"device.pool[{dev.name}]: kind=adb needs serial (or connect) — a pool cannot pick "
+                    "'the single attached device'; list serials from `adb devices`")
+
+
+def device_key(dev: PoolDevice) -> str:
+    """Lock-file name = the device's address (adb server + serial), so two pool configs naming the same phone
+    differently still exclude each other."""
+    from pipeline.device.adb import adb_server_port
+
+    port = dev.adb_port or adb_server_port()
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{dev.adb_host}_{port}_{serial_of(dev)}")
+
+
+def _check_pool(pool: list[PoolDevice]) -> None:
+    names = [d.name for d in pool]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PoolError(f"device.pool: names {dupes} appear more than once — give every device a unique name")
+    for d in pool:
+        if d.kind not in ("adb", "virtual"):
+            raise PoolError(f"device.pool[{d.name}].kind={d.kind!r}: must be 'adb' or 'virtual'")
+        if d.kind == "virtual" and not d.virtual_port:
+            raise PoolError(f"device.pool[{d.name}]: kind=virtual needs virtual_port (and virtual_root) — give "
+                            "every virtual device its own port and root")
+        serial_of(d)
+
+
+def _labels(d: PoolDevice) -> str:
+    inner = ",".join(f"{k}={v}" for k, v in sorted(d.labels.items()))
+    return f"{d.name}{{{inner}}}"
+
+
+def select(pool: list[PoolDevice], require: dict[str, Any], kinds: tuple[str, ...] | None = None) -> list[PoolDevice]:
+    """The pool devices carrying every required label (and of an allowed kind); fails fast if there are none —
+    waiting an hour for a device that cannot exist helps nobody."""
+    _check_pool(pool)
+    if not pool:
+        raise PoolError("device.pool is empty: list devices in conf/device/pool.yaml")
+    wanted = {str(k): str(v) for k, v in (require or {}).items()}
+    found = [d for d in pool if all(str(d.labels.get(k)) == v for k, v in wanted.items())]
+    if not found:
+        missing = [f"{k}={v}" for k, v in wanted.items() if not any(str(d.labels.get(k)) == v for d in pool)]
+        what = ", ".join(missing) or ", ".join(f"{k}={v}" for k, v in wanted.items())
+        raise PoolError(f"device.require: no pool device has {what} (pool labels: "
+                        f"{'; '.join(_labels(d) for d in pool)}) — add such a device to the pool or change "
+                        "device.require / the app")
+    if kinds is not None:
+        of_kind = [d for d in found if d.kind in kinds]
+        if not of_kind:
+            raise PoolError(f"no pool device of kind {'/'.join(kinds)} matches device.require={wanted} (matching: "
+                            f"{', '.join(f'{d.name} ({d.kind})' for d in found)}) — this app runs only on "
+                            f"{'/'.join(kinds)} devices; add one to the pool or pick another app")
+        found = of_kind
+    return found
+
+
+# ------------------------------------------------------------------ availability
+
+def probe(dev: PoolDevice, root: Path | None = None) -> str | None:
+    """None if the device can take a job now, else why not (one line). A virtual device is started on demand."""
+    from pipeline.device.adb import AdbToolError, adb_server_port, run_adb
+    from pipeline.workspace import resolve, shared_root
+
+    if dev.kind == "virtual":
+        from pipeline.virtual import VirtualDeviceError, ensure_running
+
+        vroot = resolve(dev.virtual_root or f".odeval/pool/{dev.name}", root or shared_root())
+        try:
+            ensure_running(vroot, int(dev.virtual_port or 0))
+        except VirtualDeviceError as e:
+            return f"virtual device did not start: {e}"
+        return None
+    port = dev.adb_port or adb_server_port()
+    if dev.adb_host not in ("127.0.0.1", "localhost", "::1"):
+        try:
+            socket.create_connection((dev.adb_host, port), timeout=REMOTE_SERVER_TIMEOUT_S).close()
+        except OSError as e:
+            return f"adb server {dev.adb_host}:{port} unreachable ({e})"
+    serial = serial_of(dev)
+    try:
+        state = _get_state(run_adb, serial, dev.adb_host, port)
+        if state != "device" and dev.connect:
+            run_adb(["connect", dev.connect], host=dev.adb_host, port=port, timeout=20)
+            state = _get_state(run_adb, serial, dev.adb_host, port)
+    except AdbToolError as e:
+        return str(e)
+    return None if state == "device" else f"adb get-state: {state}"
+
+
+def _get_state(run_adb: Any, serial: str, host: str, port: int) -> str:
+    proc = run_adb(["-s", serial, "get-state"], host=host, port=port, timeout=15)
+    out = (proc.stdout or b"").decode(errors="replace").strip()
+    if proc.returncode == 0 and out:
+        return out.splitlines()[-1]
+    err = (proc.stderr or proc.stdout or b"").decode(errors="replace").strip().splitlines()
+    return err[-1] if err else f"exit {proc.returncode}"
+
+
+# ------------------------------------------------------------------ the lease log
+
+def _append(lock_dir: Path, record: dict[str, Any]) -> None:
+    """One JSON line per event, written with a single O_APPEND write (whole lines even from parallel jobs)."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(lock_dir / LEASE_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_leases(lock_dir: Path) -> list[dict[str, Any]]:
+    """One dict per lease (acquire joined with its release); ``t_release`` is None for a lease never released
+    (its process was killed — the OS released the lock, see the ``abandoned`` record)."""
+    path = Path(lock_dir) / LEASE_LOG
+    leases: dict[tuple[str, int, float], dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        rec = json.loads(line)
+        key = (rec["device"], rec["pid"], rec["t_acquire"])
+        if rec["event"] == "acquire":
+            leases[key] = {**rec, "t_release": None}
+        elif rec["event"] == "release" and key in leases:
+            leases[key]["t_release"] = rec["t_release"]
+    for lease_ in leases.values():
+        lease_.pop("event", None)
+    return sorted(leases.values(), key=lambda r: r["t_acquire"])
+
+
+def overlaps(leases: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs of released leases of the same device whose [t_acquire, t_release] intervals intersect."""
+    out = []
+    done = [r for r in leases if r["t_release"] is not None]
+    for i, a in enumerate(done):
+        for b in done[i + 1:]:
+            if a["device"] == b["device"] and a["t_acquire"] < b["t_release"] and b["t_acquire"] < a["t_release"]:
+                out.append((a, b))
+    return out
+
+
+# ------------------------------------------------------------------ the lease
+
+@dataclass
+class _Held:
+    dev: PoolDevice
+    lock: Any
+    holder: Path
+
+
+def _try_lock(dev: PoolDevice, lock_dir: Path) -> _Held | None:
+    from filelock import Timeout, UnixFileLock
+
+    key = device_key(dev)
+    # fallback_to_soft=False: a marker-file lock would survive a killed job; better to fail loudly on such a fs
+    lock = UnixFileLock(str(lock_dir / f"{key}.lock"), timeout=0, thread_local=False, fallback_to_soft=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    except OSError as e:
+        raise PoolError(f"{lock_dir}: cannot flock ({e}) — put device.pool locks on a local filesystem "
+                        "(not NFS/SMB), e.g. set ODEVAL_ROOT to a local dir") from None
+    return _Held(dev, lock, lock_dir / f"{key}.holder.json")
+
+
+def _holder(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _busy_text(devs: list[PoolDevice], lock_dir: Path) -> str:
+    parts = []
+    for d in devs:
+        h = _holder(lock_dir / f"{device_key(d)}.holder.json") or {}
+        parts.append(f"{d.name} (job {h.get('job', '?')}, pid {h.get('pid', '?')}, host {h.get('host', '?')})")
+    return ", ".join(parts)
+
+
+def _order(devs: list[PoolDevice], pin: str | None, prefer: str | None, require: dict) -> list[PoolDevice]:
+    if pin is not None:
+        pinned = [d for d in devs if serial_of(d) == pin or d.name == pin]
+        if not pinned:
+            raise PoolError(f"device {pin!r} (recorded in push.json) is not in the pool matching "
+                            f"device.require={dict(require)} — re-run the push stage")
+        return pinned
+    if prefer is not None:
+        return sorted(devs, key=lambda d: serial_of(d) != prefer and d.name != prefer)
+    return list(devs)
+
+
+@contextmanager
+def lease(pool: list[PoolDevice], require: dict[str, Any], lock_dir: Path, timeout_s: float, job: str, *,
+          kinds: tuple[str, ...] | None = None, pin: str | None = None, prefer: str | None = None,
+          root: Path | None = None, poll_s: float = POLL_S) -> Iterator[PoolDevice]:
+    """Lease one free, online pool device carrying the ``require`` labels for the duration of the block.
+
+    Devices are tried in pool order (``prefer`` first; only ``pin`` when given); offline/absent ones are skipped
+    with a warning; when every usable one is busy, polls until ``timeout_s``. Released on exit, exception,
+    Ctrl-C — and by the OS if the process is killed.
+    """
+    candidates = _order(select(pool, require, kinds), pin, prefer, require)
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    warned: set[str] = set()
+    while True:
+        held, busy, offline = _acquire_first(candidates, lock_dir, root, warned)
+        if held is not None:
+            break
+        if not busy:
+            raise PoolError(f"no device of the pool is online (device.require={dict(require)}): "
+                            + "; ".join(f"{n}: {why}" for n, why in offline.items())
+                            + " — plug them in / start their adb servers, or fix device.pool")
+        if time.monotonic() >= deadline:
+            raise PoolError(f"job {job}: no free device within device.lease_timeout_s={timeout_s:g}; busy: "
+                            f"{_busy_text(busy, lock_dir)}" + (f"; offline: {', '.join(offline)}" if offline else "")
+                            + " — raise device.lease_timeout_s or run fewer jobs at once (hydra.launcher.n_jobs)")
+        time.sleep(poll_s)
+    dev = held.dev
+    t_acquire = time.time()
+    base = {"job": job, "device": dev.name, "serial": serial_of(dev), "pid": os.getpid(),
+            "host": socket.gethostname(), "t_acquire": t_acquire}
+    stale = _holder(held.holder)
+    if stale is not None:  # its holder died without releasing: the OS freed the lock, we record it
+        log.warning("pool: %s was leased by job %s (pid %s) which ended without releasing it (killed?); the OS "
+                    "released its lock", dev.name, stale.get("job"), stale.get("pid"))
+        _append(lock_dir, {**stale, "event": "abandoned", "t_noticed": t_acquire})
+    held.holder.write_text(json.dumps(base))
+    _append(lock_dir, {**base, "event": "acquire"})
+    try:
+        yield dev
+    finally:
+        _append(lock_dir, {**base, "event": "release", "t_release": time.time()})
+        held.holder.unlink(missing_ok=True)
+        held.lock.release()
+
+
+def _acquire_first(candidates: list[PoolDevice], lock_dir: Path, root: Path | None, warned: set[str]
+                   ) -> tuple[_Held | None, list[PoolDevice], dict[str, str]]:
+    """One pass over the candidates: the first lockable online device, else (None, busy ones, offline ones)."""
+    busy: list[PoolDevice] = []
+    offline: dict[str, str] = {}
+    for dev in candidates:
+        held = _try_lock(dev, lock_dir)
+        if held is None:
+            busy.append(dev)
+            continue
+        why = probe(dev, root)
+        if why is None:
+            return held, busy, offline
+        held.lock.release()
+        offline[dev.name] = why
+        if dev.name not in warned:
+            warned.add(dev.name)
+            log.warning("pool: skipping %s (%s @ %s:%s): %s", dev.name, serial_of(dev), dev.adb_host,
+                        dev.adb_port or "default", why)
+    return None, busy, offline
+
+
+# ------------------------------------------------------------------ configs for the stages
+
+def concrete_device(device: DeviceConfig, leased: PoolDevice, root: Path | None = None) -> DeviceConfig:
+    """The leased device as an ordinary ``device=virtual|adb`` config (what stages know how to use). The pool
+    list is dropped so that growing the pool does not change every run's config hash (resume keys)."""
+    from pipeline.workspace import resolve, shared_root
+
+    common = dict(kind=leased.kind, adb_host=leased.adb_host, adb_port=leased.adb_port, pool=[])
+    if leased.kind == "virtual":
+        vroot = resolve(leased.virtual_root or f".odeval/pool/{leased.name}", root or shared_root())
+        virtual = replace(device.virtual, root=str(vroot), port=int(leased.virtual_port or 0))
+        return replace(device, serial=serial_of(leased), connect=None, virtual=virtual, **common)
+    return replace(device, serial=serial_of(leased), connect=leased.connect, **common)
+
+
+def _kinds_for(cfg: Config) -> tuple[str, ...] | None:
+    return ("virtual",) if cfg.app.virtual_only else None
+
+
+def check_config(cfg: Config) -> None:
+    """Fail fast (before fetch) when ``device.kind=pool`` and no pool device could ever take this job."""
+    if cfg.device.kind == "pool":
+        select(cfg.device.pool, cfg.device.require, _kinds_for(cfg))
+
+
+@contextmanager
+def leased_config(cfg: Config, job: str, root: Path | None = None) -> Iterator[Config]:
+    """For one whole job: ``cfg`` itself unless ``device.kind=pool``, else a lease and ``cfg`` with the leased
+    device made concrete."""
+    if cfg.device.kind != "pool":
+        yield cfg
+        return
+    from pipeline.workspace import shared_root
+
+    base = root or shared_root()
+    d = cfg.device
+    with lease(d.pool, d.require, lock_dir_for(base), d.lease_timeout_s, job, kinds=_kinds_for(cfg),
+               root=base) as dev:
+        log.info("pool: job %s leased %s (%s)", job, dev.name, serial_of(dev))
+        yield replace(cfg, device=concrete_device(d, dev, base))
+
+
+def hold_for_stage(cfg: Config, workdir: Path, stage: str) -> DeviceConfig:
+    """For a DVC stage process (``dvc repro`` with ``device=pool``): lease a device until the process exits.
+
+    push and run are separate processes, so ``run`` must use the device ``push`` deployed to: it is pinned to
+    ``push.json["device"]["serial"]`` (waiting if busy). ``push`` prefers that device too (its files are there:
+    incremental push sends nothing) but takes any free one.
+    """
+    from pipeline.workspace import shared_root
+
+    root = shared_root()
+    recorded = _pushed_serial(workdir / cfg.paths.artifacts / "push.json")
+    pinned = stage == "run"
+    if pinned and recorded is None:
+        raise PoolError(f"{workdir / cfg.paths.artifacts / 'push.json'}: no device serial — run the push stage "
+                        "first (`dvc repro push`)")
+    for dev, _ in _HELD.values():  # this process already holds a fitting lease (stages called in one process)
+        if not pinned or serial_of(dev) == recorded:
+            return concrete_device(cfg.device, dev, root)
+    stack = ExitStack()
+    d = cfg.device
+    dev = stack.enter_context(lease(d.pool, d.require, lock_dir_for(root), d.lease_timeout_s,
+                                    f"{stage}@{workdir}", kinds=_kinds_for(cfg), pin=recorded if pinned else None,
+                                    prefer=recorded, root=root))
+    if not _HELD:
+        atexit.register(release_held)
+    _HELD[device_key(dev)] = (dev, stack)
+    print(f"{stage}: leased pool device {dev.name} ({serial_of(dev)})", file=sys.stderr)
+    return concrete_device(d, dev, root)
+
+
+def release_held() -> None:
+    """Release the leases :func:`hold_for_stage` took (atexit does this for stage processes)."""
+    while _HELD:
+        _, (_, stack) = _HELD.popitem()
+        stack.close()
+
+
+def _pushed_serial(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text())["device"]["serial"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
