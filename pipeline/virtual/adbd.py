@@ -486,6 +486,17 @@ class SyncService:
             error = f"{path}: {e.message}"
         except OSError as e:
             error = f"{path}: {e.strerror}"
+
+        def discard() -> None:
+            """Drop the partial file: nothing half-written may survive a failed SEND."""
+            nonlocal fh, tmp
+            if fh is not None:
+                fh.close()
+                fh = None
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+                tmp = None
+
         received = 0
         link_target = bytearray()
         start = time.monotonic()
@@ -504,22 +515,12 @@ class SyncService:
                 received += n
                 if faults.drop_push_after_bytes is not None and received >= faults.drop_push_after_bytes:
                     log.warning("fault: dropping transport after %d bytes of SEND %s", received, path)
-                    if fh is not None:  # clean up before the host can observe the failure
-                        fh.close()
-                        fh = None
-                    if tmp is not None:
-                        tmp.unlink(missing_ok=True)
-                        tmp = None
+                    discard()  # clean up before the host can observe the failure
                     self.s.conn.abort()
                     raise _PushAborted
                 if error is None and received > budget:
                     error = "write failed: No space left on device"
-                    if fh is not None:
-                        fh.close()
-                        fh = None
-                    if tmp is not None:
-                        tmp.unlink(missing_ok=True)
-                        tmp = None
+                    discard()
                 if error is None:
                     if fh is not None:
                         fh.write(data)
@@ -545,22 +546,11 @@ class SyncService:
         except (_PushAborted, StreamClosed):
             return False
         except OSError as e:
-            if fh is not None:  # clean up before the host can observe the failure
-                fh.close()
-                fh = None
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-                tmp = None
+            discard()  # clean up before the host can observe the failure
             self._fail(f"write failed: {e.strerror}")
             return True
         finally:
-            if fh is not None:
-                fh.close()
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+            discard()
 
     def _recv(self, path: str) -> None:
         faults = self.d.faults.get()
