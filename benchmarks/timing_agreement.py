@@ -4,7 +4,7 @@ The app computes (steps - 1) / time with steps = prompt + answer tokens; the run
 from host timestamps (`host_blended_tok_s`). Their median ratio over a prompt set should be within 2 %. Runs the
 real fetch → push → run stages (private adb server, temp virtual device), in a shared and a fresh session.
 
-    python benchmarks/timing_agreement.py [--prompts length qa] [--limit 44]
+    python benchmarks/timing_agreement.py [--prompts length qa] [--limit 44] [--sequence s256] [--engine numpy]
 
 Two prompt sets on purpose: `length` prompts (~160 tokens of prefill, ~0.2 s per answer) are the fair test;
 `qa` answers take ~10 ms in all on the host CPU, so the 2-3 ms adb round trip alone moves the ratio by ~25 %.
@@ -35,10 +35,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", nargs="+", default=["length", "qa"])
     ap.add_argument("--limit", type=int, default=44)
+    ap.add_argument("--sequence", default="s256", help="budget; `length` prompts are padded to its context")
+    ap.add_argument("--engine", default=None, help="reference-app engine (numpy|torch); slower = longer answers")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="odeval-timing-"))
     os.environ.update(ANDROID_ADB_SERVER_PORT=str(free_port()), ODEVAL_ROOT=str(tmp), ODEVAL_QUIET="1",
                       ODEVAL_CACHE=os.environ.get("ODEVAL_CACHE", str(Path.home() / ".cache" / "odeval")))
+    if args.engine:
+        os.environ["ODEVAL_ENGINE"] = args.engine  # inherited by the virtual device and the apps it starts
     from pipeline.config import compose, to_config
     from pipeline.device.adb import run_adb
     from pipeline.stages import fetch, push, run
@@ -49,6 +53,7 @@ def main() -> None:
         for prompts, session in [(p, s) for p in args.prompts for s in ("shared", "fresh")]:
             where = ["prompts.n=20"] if prompts == "length" else [f"prompts.path={REPO / 'prompts' / prompts}.jsonl"]
             cfg = to_config(compose([f"prompts={prompts}", f"prompts.limit={args.limit}", f"session={session}", *where,
+                                     f"sequence={args.sequence}",
                                      f"device.virtual.root={tmp / 'device'}", f"device.virtual.port={vport}",
                                      f"paths.cache={tmp / 'cache'}", "tracking=none"]))
             work = tmp / f"{prompts}-{session}"
