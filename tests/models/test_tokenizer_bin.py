@@ -69,3 +69,36 @@ def test_sentencepiece_style_json_maps_space_marker(tmp_path: Path) -> None:
     with pytest.raises(TokenizerBinError, match="byte fallback"):
         tb.encode("\n")
     assert struct.calcsize("<fi") == 8
+
+
+def _naive_merge(tb: TokenizerBin, ids: list[int]) -> list[int]:
+    """llama2.c's loop as written: rescan all pairs, merge the best score, leftmost on ties (the oracle)."""
+    ids = list(ids)
+    while len(ids) > 1:
+        best, best_id, best_idx = -1e10, -1, -1
+        for k in range(len(ids) - 1):
+            tid = tb._lookup.get(tb.pieces[ids[k]] + tb.pieces[ids[k + 1]])
+            if tid is not None and tb.scores[tid] > best:
+                best, best_id, best_idx = tb.scores[tid], tid, k
+        if best_idx < 0:
+            break
+        ids[best_idx : best_idx + 2] = [best_id]
+    return ids
+
+
+def test_fast_merge_equals_llama2c_loop(tiny_model) -> None:
+    import random
+
+    tb = TokenizerBin.load(tiny_model("tiny-fp") / "tokenizer.bin")
+    rng = random.Random(7)
+    words = ["the", "capital", "of", "France", "is", "Paris", "tell", "me", "a", "joke", "aaaa", "ababab", "🤖",
+             "中文", "x", " ", "\n", "<|user|>", "</s>", "\xff", "ééé"]
+    for _ in range(200):
+        text = "".join(rng.choice(words) + rng.choice(["", " ", "  "]) for _ in range(rng.randint(0, 40)))
+        chars = [tb._lookup.get(ch.encode()) for ch in text]
+        if None in chars:  # byte fallback path: compare through the public encode on both sides
+            start = list(text.encode())
+            start = [b + 3 for b in start]
+        else:
+            start = chars
+        assert tb._merge(start) == _naive_merge(tb, start), text
