@@ -62,6 +62,12 @@ def test_default_pipeline_end_to_end(virtual_device, workdir, stage_cache):
     tags = runs[0].data.tags
     assert tags["device.kind"] == "virtual" and tags["model.manifest_sha256"] == fetch["model"]["manifest_sha256"]
     assert runs[0].data.params["model.name"] == "tiny-fp" and "quality.score" in runs[0].data.metrics
+    from mlflow.tracking import MlflowClient
+
+    names = {a.path for a in MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+             .list_artifacts(runs[0].info.run_id)}
+    assert {"responses.jsonl", "prompts.csv", "score.json", "run.json", "fetch.json", "push.json",
+            "decode_tok_s_per_prompt.png"} <= names, names
     run_stages(cfg, workdir, "score")  # re-scoring updates the same MLflow run
     assert len(mlflow_runs(workdir)) == 1
 
