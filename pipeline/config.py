@@ -71,7 +71,7 @@ class AppConfig:
 @dataclass
 class VirtualConfig:
     root: str = ".odeval/virtual"
-    port: int = 15555
+    port: int | None = None  # None: derived from the root, so every checkout's virtual device has its own
     capacity_gb: float = 64
     simulate_thermal: bool = False
     standin_model: str | None = None

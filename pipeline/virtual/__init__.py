@@ -31,6 +31,14 @@ class VirtualDeviceError(Exception):
     """The virtual device daemon could not be started/stopped; the message says what to do."""
 
 
+def default_port(root: Path) -> int:
+    """A port derived from the device's storage root (15000–16999): each checkout's virtual device gets its own,
+    so two clones (or a clone and CI) never fight over one port; the same root always gets the same port."""
+    import zlib
+
+    return 15000 + zlib.crc32(str(Path(root).expanduser().resolve()).encode()) % 2000
+
+
 def serial_for(port: int, host: str = "127.0.0.1") -> str:
     return f"{host}:{port}"
 
@@ -135,7 +143,8 @@ def _spawn(root: Path, port: int, options: dict[str, Any]) -> str:
             if "in use" in tail[0]:  # most often another checkout's virtual device (they persist, like a phone)
                 hint = (f" Port {port} is taken, often by another checkout's virtual device: stop that one"
                         " (`python -m pipeline.virtual stop --root <its .odeval/virtual>`) or use another port"
-                        f" (`-S device.virtual.port={port + 1}` / `device.virtual.port={port + 1}`).")
+                        f" (`-S device.virtual.port={port + 1}` / `device.virtual.port={port + 1}`; null derives"
+                        " one from the root).")
             raise VirtualDeviceError(f"virtual device did not start (exit {proc.returncode}): {tail[0]} "
                                      f"— see {log_path}.{hint}")
         if pid_path.exists() and _listening("127.0.0.1", port):

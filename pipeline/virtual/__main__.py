@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.virtual import VirtualDeviceError, ensure_running, status, stop, write_pid_file
+from pipeline.virtual import VirtualDeviceError, default_port, ensure_running, status, stop, write_pid_file
 from pipeline.virtual.adbd import AdbdError, Daemon, check_loopback
 from pipeline.virtual.faults import FaultsError, parse_cli
 
@@ -23,7 +23,8 @@ DEFAULT_ROOT = Path(os.environ.get("ODEVAL_VIRTUAL_ROOT", "~/.cache/odeval/virtu
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.virtual", description="odeval virtual Android device")
     p.add_argument("command", choices=["start", "stop", "status", "serve"])
-    p.add_argument("--port", type=int, default=15555, help="TCP port on 127.0.0.1 (default 15555)")
+    p.add_argument("--port", type=int, default=None,
+                   help="TCP port on 127.0.0.1 (default: derived from --root, as the pipeline stages do)")
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"device storage dir (default {DEFAULT_ROOT})")
     p.add_argument("--host", default="127.0.0.1", help="bind address; only loopback is accepted")
     p.add_argument("--fault", action="append", default=[], metavar="KEY=VALUE",
@@ -47,13 +48,14 @@ def _serve(root: Path, port: int, host: str, options: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     root = args.root.expanduser().resolve()
+    port = default_port(root) if args.port is None else args.port
     try:
         check_loopback(args.host)
         options = parse_cli(args.fault)
         if args.command == "serve":
-            return _serve(root, args.port, args.host, options)
+            return _serve(root, port, args.host, options)
         if args.command == "start":
-            print(ensure_running(root, args.port, **options))
+            print(ensure_running(root, port, **options))
             return 0
         if args.command == "stop":
             print("stopped" if stop(root) else "not running")

@@ -53,11 +53,12 @@ def test_repl_streams_prompts_and_replies(app_device: VirtualDevice) -> None:
             assert out.startswith(" ".join(prompt.split()).encode()) and b"tok/s)" in out
         sh.write(b"!err\n")
         got: list[tuple[int, bytes]] = []
-        while not any(k == 1 and b">>> " in p for k, p in got):
+        # stdout and stderr are separate pipes pumped by separate threads: both must arrive, in either order
+        while not (any(k == 1 and b">>> " in p for k, p in got) and any(k == 2 for k, _ in got)):
             pkt = sh.read(10)
-            assert pkt is not None
+            assert pkt is not None, got
             got.append(pkt)
-        assert (2, b"to stderr\n") in got
+        assert b"".join(p for k, p in got if k == 2) == b"to stderr\n"
         sh.write(b"!exit\n")
         with pytest.raises(EOFError):
             while True:
