@@ -106,7 +106,7 @@ def _wait_device(client: adbutils.AdbClient, serial: str, addr: str | None, time
 
 
 def get_device(kind: str, *, serial: str | None = None, adb_host: str = "127.0.0.1", adb_port: int | None = None,
-               connect_addr: str | None = None, virtual_root: Path | None = None, virtual_port: int = 15555,
+               connect_addr: str | None = None, virtual_root: Path | None = None, virtual_port: int | None = None,
                virtual_options: dict[str, Any] | None = None) -> adbutils.AdbDevice:
     """An adbutils device in state ``device``.
 
@@ -118,14 +118,15 @@ def get_device(kind: str, *, serial: str | None = None, adb_host: str = "127.0.0
     if kind not in ("virtual", "adb"):
         raise DeviceError(f"device.kind={kind!r} is not supported; use 'virtual' or 'adb'")
     if kind == "virtual":
-        from pipeline.virtual import VirtualDeviceError, ensure_running
+        from pipeline.virtual import VirtualDeviceError, default_port, ensure_running
 
         if not _is_loopback(adb_host):
             raise DeviceError(f"device.kind=virtual needs a local adb server, not {adb_host}; set device.adb_host="
                               "127.0.0.1")
         root = Path(virtual_root or DEFAULT_VIRTUAL_ROOT).expanduser()
         try:
-            serial = ensure_running(root, virtual_port, **(virtual_options or {}))
+            vport = default_port(root) if virtual_port is None else virtual_port  # one per root: no collisions
+            serial = ensure_running(root, vport, **(virtual_options or {}))
         except VirtualDeviceError as e:
             raise DeviceError(str(e)) from None
         connect_addr = serial

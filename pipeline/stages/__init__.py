@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config import Config, ConfigError, load_params
@@ -63,14 +62,9 @@ def device_for(cfg: Config, workdir: Path, stage: str):
     v = d.virtual
     options = dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
                    standin_model=v.standin_model, **dict(v.faults)) if d.kind == "virtual" else None
-    root = resolve(v.root, shared_root())
-    if d.kind == "virtual" and v.port is None:
-        from pipeline.virtual import default_port
-
-        v = replace(v, port=default_port(root))
     try:
         return get_device(d.kind, serial=d.serial, adb_host=d.adb_host, adb_port=d.adb_port, connect_addr=d.connect,
-                          virtual_root=root, virtual_port=v.port, virtual_options=options)
+                          virtual_root=resolve(v.root, shared_root()), virtual_port=v.port, virtual_options=options)
     except DeviceError as e:
         raise StageError(str(e)) from None
 
