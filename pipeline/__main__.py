@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -37,16 +38,34 @@ def _validate_before_print(argv: list[str]) -> None:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def app(raw: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from pipeline.stages import StageError
-    from pipeline.sweep import run_job
+    from pipeline.sweep import record_job, run_job
 
+    hc = HydraConfig.get()
+    workdir = Path(hc.runtime.output_dir)
     try:
         cfg = to_config(raw)
-        return run_job(cfg, Path(HydraConfig.get().runtime.output_dir), HydraConfig.get())
-    except (ConfigError, StageError) as e:  # one clear message, not Hydra's traceback
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        result = run_job(cfg, workdir, hc)
+    except (ConfigError, StageError, Exception) as e:
+        expected = isinstance(e, ConfigError | StageError)
+        message = str(e) if expected else f"{type(e).__name__}: {e}"
+        if hc.mode != RunMode.MULTIRUN:  # one clear message, not Hydra's traceback
+            if not expected:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
+        # a sweep job fails alone: the other jobs run, and SweepSummary names this one at the end
+        if not expected:
+            traceback.print_exc()
+        print(f"error in job {hc.job.num}: {message}", file=sys.stderr)
+        workdir.mkdir(parents=True, exist_ok=True)
+        record_job(workdir, "failed", message)
+        return None
+    if hc.mode == RunMode.MULTIRUN:
+        record_job(workdir, "complete")
+    return result
 
 
 def main() -> None:

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.apps.simple_app import SimpleAppError, check_prompt_line
 from pipeline.quality.rules import RuleError, validate_rule
 
 KEYS = ("id", "prompt", "reference", "keywords", "rules", "lang", "tags")
+_MAX_BYTES_PER_TOKEN = 64  # no vocabulary piece is longer, so more bytes than this × tokens cannot fit
 
 
 class PromptSetError(ValueError):
@@ -38,6 +40,8 @@ class Prompt:
     lang: str | None = None
     tags: tuple[str, ...] = ()
     set_name: str = ""
+    where: str = field(default="", compare=False)  # "FILE:LINE" it came from, for errors raised later
+
 
     def to_item(self) -> dict[str, Any]:
         """The dict shape ``pipeline.quality.score_items`` takes (add ``response``/``eos``/``truncated``)."""
@@ -86,16 +90,55 @@ def parse_prompt(obj: Any, where: str, *, set_name: str = "", newlines: str = "r
     lang = obj.get("lang")
     if lang is not None and (not isinstance(lang, str) or not re.fullmatch(r"[a-z]{2,3}(-[A-Za-z0-9]+)?", lang)):
         raise PromptSetError(f"{where}: 'lang' must be a language code like \"en\" or \"zh\", got {lang!r}")
+    text = _single_line(where, obj["prompt"], newlines)
+    check_line(where, "prompt", text)
     return Prompt(
         id=obj["id"],
-        prompt=_single_line(where, obj["prompt"], newlines),
+        prompt=text,
         reference=_str_list(where, "reference", obj["reference"], allow_str=True) if "reference" in obj else (),
         keywords=_str_list(where, "keywords", obj["keywords"]) if "keywords" in obj else (),
         rules=tuple(dict(r) for r in rules),
         lang=lang,
         tags=_str_list(where, "tags", obj["tags"]) if "tags" in obj else (),
         set_name=set_name,
+        where=where,
     )
+
+
+def check_line(where: str, what: str, text: str) -> None:
+    """Refuse, with ``where``, a line simple_app would not answer as one prompt (NUL, leading ``!``/``-``, …).
+
+    WHY here: the runner would refuse the same line, but only after the stage cleared the previous outputs; a
+    prompt file is checked when it is loaded, before anything is touched.
+    """
+    try:
+        check_prompt_line(text)
+    except SimpleAppError as exc:
+        raise PromptSetError(f"{where}: {what}: {exc} — edit that line") from None
+
+
+def check_lengths(prompts: list[Prompt], sent: list[str], count_tokens: Callable[[str], int], context: int) -> None:
+    """Refuse every prompt whose line as sent is over ``context`` tokens (``sequence.context``), naming FILE:LINE.
+
+    The rule (explicit, never silent): a prompt that does not fit the sequence budget is refused before any
+    device work, not truncated — a truncated prompt is another question. ``sequence.context`` +
+    ``max_new_tokens`` + the app's template tokens fit ``model.max_seq_len`` (config validation), so a prompt
+    that passes here fits the model's positions.
+    """
+    problems = []
+    for p, line in zip(prompts, sent, strict=True):
+        nbytes = len(line.encode("utf-8"))
+        if nbytes > _MAX_BYTES_PER_TOKEN * context:  # certainly too long: do not spend minutes tokenising it
+            problems.append(f"{p.where or p.id}: prompt {p.id!r} is {nbytes} bytes, far over sequence.context="
+                            f"{context} tokens — shorten it, or pick a larger sequence budget (e.g. sequence=s1024)")
+            continue
+        n = count_tokens(line)
+        if n > context:
+            problems.append(f"{p.where or p.id}: prompt {p.id!r} is {n} tokens as sent, over sequence.context="
+                            f"{context} — shorten it, or pick a larger sequence budget (e.g. sequence=s1024)")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise PromptSetError("\n".join(problems[:5]) + more)
 
 
 def load_prompts(

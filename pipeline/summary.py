@@ -24,6 +24,16 @@ def measured(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in rows if not r.get("warmup")]
 
 
+def failed_answer_score(row: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The score of a row that is not an answer (crashed, timed out, refused): quality 0, off topic.
+
+    The rule: a failed prompt is a failed answer, not a skipped one — otherwise a model that crashes on hard
+    prompts would score better than one that answers them badly. Its partial text is not scored.
+    """
+    return {"id": row["prompt_id"], "quality_score": 0.0, "on_topic": False, "failed": kind,
+            "quality_score_reason": f"failed answer ({kind}): counted as 0"}
+
+
 def quality_items(rows: Sequence[Mapping[str, Any]], prompts: Mapping[str, Mapping[str, Any]]) -> list[dict]:
     """What the quality scorers take: the prompt's references/rules + the row's answer and flags."""
     items = []
@@ -63,18 +73,27 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mappi
                   bandwidth_gb_s: float | None, bandwidth_reason: str | None,
                   weight_bytes: int | None) -> dict[str, Any]:
     """score.json: throughput stats, quality per family, plausibility, drift, energy; nulls carry reasons."""
-    thr = {k: summarize(r.get(k) for r in rows) for k in THROUGHPUT_KEYS}
+    from pipeline.runner import failure_kind
+
+    kinds = [failure_kind(r) for r in rows]
+    answered = [r for r, k in zip(rows, kinds, strict=True) if k is None]  # a failed row's timings measure nothing
+    failures = {"measured": len(rows), "failed": sum(k is not None for k in kinds),
+                **{k: kinds.count(k) for k in ("crashed", "timed_out", "error")}}
+    thr = {k: summarize(r.get(k) for r in answered) for k in THROUGHPUT_KEYS}
     quality: dict[str, Any] = {"score": mean_of(p.get("quality_score") for p in prompt_rows)}
+    if rows and not answered:
+        quality["score"] = None
+        quality["score_reason"] = f"no answers to score: all {len(rows)} prompts failed"
     for fam in families:
         quality[fam] = mean_of(p.get(fam) for p in prompt_rows)
     on = [p["on_topic"] for p in prompt_rows if p.get("on_topic") is not None]
-    quality["on_topic_rate"] = (sum(on) / len(on)) if on else None
+    quality["on_topic_rate"] = (sum(on) / len(on)) if on and answered else None
     decode = thr["decode_tok_s"]["mean"]
     roof = roofline_tok_s(bandwidth_gb_s * 1e9 if bandwidth_gb_s else None, weight_bytes)
     plaus = plausibility(decode, roof)
     if roof is None:
         plaus["reason"] = bandwidth_reason or ("model.weight_bytes unknown" if not weight_bytes else plaus["reason"])
-    ratios = [r["host_blended_tok_s"] / r["app_tok_s"] for r in rows
+    ratios = [r["host_blended_tok_s"] / r["app_tok_s"] for r in answered
               if r.get("host_blended_tok_s") and r.get("app_tok_s")]
     n_tokens = sum(r.get("n_output_tokens") or 0 for r in rows)
     duration = sum(r.get("e2e_s") or 0.0 for r in rows)
@@ -89,13 +108,16 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mappi
         "n_rows": len(rows),
         "throughput": thr,
         "quality": quality,
+        "failures": failures,
         "rates": {k: mean_of(float(bool(r.get(k))) for r in rows) for k in ("eos", "truncated", "timed_out",
-                                                                           "crashed")},
+                                                                           "crashed")}
+        | {"failed": failures["failed"] / len(rows) if rows else None},
         "roofline_tok_s": roof,
         "roofline_efficiency": plaus["roofline_efficiency"],
         "plausible": plaus["plausible"],
         "plausibility_reason": plaus.get("reason"),
-        "throttle_ratio": throttle_ratio(r.get("decode_tok_s") for r in sorted(rows, key=lambda r: r["t_send"] or 0)),
+        "throttle_ratio": throttle_ratio(r.get("decode_tok_s")
+                                         for r in sorted(answered, key=lambda r: r["t_send"] or 0)),
         "timing_agreement": statistics.median(ratios) if ratios else None,
         "energy_j_per_token": energy.get("j_per_token"),
         "energy_reason": energy.get("reason"),

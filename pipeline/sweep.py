@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from pipeline.config import Config
 
 SWEEP_ENV = "ODEVAL_SWEEP_ID"
+JOB_STATUS = "job_status.json"
 
 
 def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
@@ -83,3 +85,85 @@ def parent_run(tracking_uri: str, experiment: str, sweep_id: str, lock_dir: Path
     with FileLock(str(lock_dir / f"sweep-{sweep_id}.lock"), timeout=120):
         return get_or_create_parent(tracking_uri=tracking_uri, experiment=experiment, sweep_id=sweep_id,
                                     tags={"odeval.sweep_dir": sweep_id})
+
+
+def record_job(workdir: Path, status: str, error: str | None = None) -> None:
+    """``<job dir>/job_status.json``: how the job ended, read by :class:`SweepSummary` at the end of the sweep."""
+    from pipeline.stages import write_json
+
+    write_json(workdir / JOB_STATUS, {"status": status, "error": error})
+
+
+def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job dir of a sweep with its status (``did not finish`` when it wrote none), its one-line error and
+    the overrides that tell it from the other jobs (``overrides``; all of them in ``overrides_all``)."""
+    out = []
+    for d in sorted(sweep_dir.glob("job*"), key=lambda p: int(p.name[3:]) if p.name[3:].isdigit() else 0):
+        status_file, overrides_file = d / JOB_STATUS, d / ".hydra" / "overrides.yaml"
+        info = json.loads(status_file.read_text()) if status_file.exists() else {
+            "status": "did not finish", "error": "no job_status.json: the job was killed or its host died"}
+        lines = overrides_file.read_text().splitlines() if overrides_file.exists() else []
+        info["job"] = d.name
+        info["error"] = " ".join(str(info.get("error") or "").split())  # one line
+        info["overrides_all"] = [o.removeprefix("- ").strip() for o in lines if o.strip()]
+        out.append(info)
+    common = set.intersection(*(set(j["overrides_all"]) for j in out)) if len(out) > 1 else set()
+    for j in out:
+        j["overrides"] = " ".join(o for o in j["overrides_all"] if o not in common)
+    return out
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency
+    Callback = object  # type: ignore[assignment,misc]
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, name the jobs that failed and end the sweep non-zero if any did.
+
+    WHY: each job catches its own failure (so the other jobs still run), which means Hydra itself would end the
+    sweep with status 0; this puts the truth back at the end, on the terminal and on the MLflow parent run.
+    """
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = job_outcomes(sweep_dir)
+        bad = [j for j in jobs if j["status"] != "complete"]
+        print(f"sweep {sweep_dir.name}: {len(jobs) - len(bad)} of {len(jobs)} jobs complete", file=sys.stderr)
+        for j in bad:
+            print(f"  {j['job']} ({j['overrides'] or 'no overrides'}): {j['status']} — {j['error']}",
+                  file=sys.stderr)
+        self._mark_parent(config, sweep_dir.name, bad)
+        if bad:
+            raise SystemExit(1)
+
+    @staticmethod
+    def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]]) -> None:
+        from omegaconf import OmegaConf
+
+        from pipeline.config import ConfigError, to_config
+        from pipeline.tracking import TrackingError, log_failed_job, mark_parent, resolve_tracking_uri
+        from pipeline.workspace import shared_root
+
+        base = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})  # the jobs' shared config
+        try:
+            cfg = to_config(base)
+        except ConfigError as e:
+            print(f"warning: the sweep's outcome is not recorded in MLflow (its base config: {e})", file=sys.stderr)
+            return
+        if cfg.tracking.backend == "none":
+            return
+        root = shared_root()
+        uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
+        try:
+            parent = parent_run(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
+            for j in bad:  # a FAILED child run per job that did not finish, visible next to the finished ones
+                log_failed_job(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent,
+                               run_name=f"{j['job']}:{j['status']}", error=j["error"] or j["status"],
+                               tags={"sweep_id": sweep_id, "odeval.job": j["job"], "odeval.overrides": j["overrides"]})
+            failed = "; ".join(f"{j['job']} ({j['overrides']}): {j['status']}" for j in bad)
+            mark_parent(tracking_uri=uri, parent_run_id=parent, failed=bool(bad),
+                        tags={"odeval.failed_jobs": failed or "none", "odeval.n_failed_jobs": str(len(bad))})
+        except TrackingError as e:
+            print(f"warning: could not record the sweep's outcome in MLflow: {e}", file=sys.stderr)

@@ -564,3 +564,25 @@ def provenance_tags(
         "dvc.exp_name": _first(os.environ.get("DVC_EXP_NAME")),
         "sweep_id": _first(sweep_id, _get(run_json, "sweep_id")),
     }
+
+
+def log_failed_job(*, tracking_uri: str, experiment: str, parent_run_id: str | None, run_name: str, error: str,
+                   tags: Mapping[str, str]) -> str:
+    """A child run with status FAILED for a sweep job that did not finish, so the sweep's failures show in the UI.
+
+    Its ``error`` tag holds the one-line reason (redacted like every tag)."""
+    with _session(tracking_uri) as client:
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        all_tags = {**tags, "error": _truncate(error, MAX_TAG_VAL_LENGTH), "odeval.status": "failed"}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, tags={k: str(v) for k, v in redact(all_tags).items()}, run_name=run_name)
+        client.set_terminated(run.info.run_id, status="FAILED")
+        return run.info.run_id
+
+
+def mark_parent(*, tracking_uri: str, parent_run_id: str, tags: Mapping[str, str], failed: bool) -> None:
+    """Record a sweep's outcome on its parent run (e.g. which jobs failed); FAILED when any job failed."""
+    with _session(tracking_uri) as client:
+        _set_tags(client, parent_run_id, {k: str(v) for k, v in redact(dict(tags)).items()})
+        client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")

@@ -718,3 +718,18 @@ def device_manifest_path(remote_dir: str) -> str:
 def is_part_file(name: str) -> bool:
     """True for our temp names (``.<name>.odeval-part``): never a final file."""
     return os.path.basename(name).startswith(".") and name.endswith(PART_SUFFIX)
+
+
+def verify_on_device(dev: Any, remote_dir: str, entries: Sequence[FileEntry]) -> list[str]:
+    """Re-hash every file of ``entries`` under ``remote_dir`` on the device; the problems found ([] = all match).
+
+    Each problem names the file and what is wrong (missing, or both sha256 prefixes)."""
+    hashes = _sha256_on_device(dev, remote_dir, [e.path for e in entries])
+    problems = []
+    for e in entries:
+        got = hashes.get(e.path)
+        if got is None:
+            problems.append(f"{e.path}: missing or unreadable")
+        elif got != e.sha256:
+            problems.append(f"{e.path}: sha256 {got[:12]}… on the device, {e.sha256[:12]}… in the manifest")
+    return problems

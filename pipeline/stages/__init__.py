@@ -70,14 +70,41 @@ def device_for(cfg: Config, workdir: Path, stage: str):
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Atomic, canonical (sorted keys) JSON: equal content is equal bytes, and a crash never leaves half a file."""
+    """Atomic, canonical (sorted keys) JSON: equal content is equal bytes, and a crash never leaves half a file.
+
+    The temp name is unique (mkstemp in the same dir), so two processes writing the same file never share it."""
     import json
     import os
+    import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Atomic JSON Lines (unique temp name, then rename)."""
+    import json
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import Config, config_hash
-from pipeline.runner import RunItem
+from pipeline.runner import FailureTally, RunItem
 from pipeline.stages import StageError, device_for, quiet, read_json, stage_main, write_json
 from pipeline.workspace import shared_root
 
@@ -30,21 +30,24 @@ def run(cfg: Config, workdir: Path) -> Path:
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
     count_tokens = _counter(fetch)
     prompts = load_prompt_set(cfg, count_tokens)
-    items = [RunItem(p.id, p.prompt, cfg.prompting.template.replace("{prompt}", p.prompt)) for p in prompts]
+    items = checked_items(cfg, prompts, count_tokens)  # everything the runner would refuse, refused before any I/O
     out = art / "run"
     run_key = _run_key(cfg, fetch, push)
-    done = resume_state(out, run_key)
-    with (out / "prompts.jsonl").open("w", encoding="utf-8") as f:  # what score needs: references, rules, tags
-        f.writelines(json.dumps(p.to_item() | {"set": p.set_name, "tags": list(p.tags)}, ensure_ascii=False) + "\n"
-                     for p in prompts)
-    meta = provenance(cfg, fetch, push, run_key, workdir)
-    write_json(out / "run.json", {**meta, "status": "running", "rows": len(done)})
 
     from pipeline.device.shellv2 import ShellV2
     from pipeline.device.telemetry import TelemetrySampler
     from pipeline.runner import DeviceLost, RunOptions, run_prompts
 
     dev = device_for(cfg, workdir, "run")
+    device_check = verify_device_files(dev, fetch, push)  # results are credited only to files the device holds
+    done = resume_state(out, run_key)
+    with (out / "prompts.jsonl").open("w", encoding="utf-8") as f:  # what score needs: references, rules, tags
+        f.writelines(json.dumps(p.to_item() | {"set": p.set_name, "tags": list(p.tags)}, ensure_ascii=False) + "\n"
+                     for p in prompts)
+    meta = provenance(cfg, fetch, push, run_key, workdir) | {"device_check": device_check,
+                                                             "pid": os.getpid(), "hostname": platform.node()}
+    write_json(out / "run.json", {**meta, "status": "running", "rows": len(done)})
+
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
     start_app = _launcher(cfg, push, dev, ShellV2, sampler)
     opts = RunOptions(session=cfg.session.mode, repeats=cfg.runtime.repeats, warmup=cfg.runtime.warmup,
@@ -55,10 +58,9 @@ def run(cfg: Config, workdir: Path) -> Path:
     log_file = (out / "app.log").open("a", encoding="utf-8")
     if log_file.tell() == 0:
         log_file.write(">>> ")
-    n_rows = len(done)
+    tally = FailureTally.from_file(out / "responses.jsonl")
 
     def on_row(row: dict) -> None:
-        nonlocal n_rows
         rows_file.write(json.dumps(row, ensure_ascii=False) + "\n")
         rows_file.flush()
         os.fsync(rows_file.fileno())
@@ -66,17 +68,21 @@ def run(cfg: Config, workdir: Path) -> Path:
         # each answer's bytes end with the app's next `>>> `, so the log reads like the terminal did
         log_file.write(row["sent_text"] + "\n" + (raw or f"[no output: {row['error']}]\n>>> "))
         log_file.flush()
-        n_rows += 1
+        tally.add(row)
 
     sampler.start()
-    status, error = "complete", None
+    status, reason = "failed", "the run stage stopped before its first prompt"
     try:
         run_prompts(items, start_app, opts, count_tokens=count_tokens, skip=done, on_row=on_row,
                     progress=not quiet())
+        status, reason = tally.verdict()
     except DeviceLost as e:
-        status, error = "incomplete", str(e)
+        status, reason = "interrupted", str(e)
     except KeyboardInterrupt:
-        status, error = "incomplete", "interrupted"
+        status, reason = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise
+    except BaseException as e:  # a bug or an unexpected error: never recorded as complete
+        status, reason = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
         samples = sampler.stop()
@@ -84,12 +90,58 @@ def run(cfg: Config, workdir: Path) -> Path:
             f.writelines(json.dumps(s) + "\n" for s in samples)
         rows_file.close()
         log_file.close()
-        write_json(out / "run.json", {**meta, "status": status, "error": error, "rows": n_rows,
-                                       "ended": _now()})
-    if status != "complete":
-        raise StageError(f"device lost after {n_rows} rows ({error}); finished rows are kept in {out} — reconnect "
-                         "the device and re-run (`dvc repro`) to continue where it stopped")
+        write_json(out / "run.json", {**meta, "status": status, "error": reason, "rows": tally.rows,
+                                       "failures": tally.counts(), "ended": _now()})
+    if status == "interrupted":
+        raise StageError(f"interrupted after {tally.rows} rows: {reason}. Finished rows are kept in {out}; "
+                         "re-run (`dvc repro`) to continue where it stopped")
+    if status == "failed":
+        raise StageError(f"{reason}. The rows are kept in {out} (app.log has the app's output); fix the cause "
+                         "and re-run")
+    if tally.failed:
+        print(f"run: warning — {tally.describe()}; they count as failed answers in the score", file=sys.stderr)
     return out
+
+
+def checked_items(cfg: Config, prompts: list, count_tokens) -> list[RunItem]:
+    """The lines to send, checked as the runner and the app would, with the prompt's FILE:LINE in every error."""
+    from pipeline.prompts import PromptSetError, check_lengths, check_line
+
+    sent = [cfg.prompting.template.replace("{prompt}", p.prompt) for p in prompts]
+    try:
+        for p, line in zip(prompts, sent, strict=True):
+            check_line(p.where or f"prompt {p.id!r}", f"the line sent (prompting={cfg.prompting.name})", line)
+        check_lengths(prompts, sent, count_tokens, cfg.sequence.context)
+    except PromptSetError as e:
+        raise StageError(str(e)) from None
+    return [RunItem(p.id, p.prompt, line) for p, line in zip(prompts, sent, strict=True)]
+
+
+def verify_device_files(dev, fetch: dict, push: dict) -> dict:
+    """sha256 every app and model file on the device against the fetched manifests, before the first prompt.
+
+    WHY always: push may trust files by size+mtime (`device.push_verify=stat`), and a device can be changed
+    behind DVC's back; a run's results must never be credited to a manifest the device did not hold. One
+    `sha256sum` per directory batch; on a phone this reads the model once (seconds), on the virtual device less.
+    """
+    import time
+
+    from pipeline.device.transfer import TransferError, host_entries, verify_on_device
+
+    t0, files, nbytes = time.monotonic(), 0, 0
+    for kind in ("app", "model"):
+        entries = host_entries(fetch[kind]["files"], source=f"fetch.json:{kind}")
+        try:
+            bad = verify_on_device(dev, push[kind]["remote_dir"], entries)
+        except TransferError as e:
+            raise StageError(str(e)) from None
+        if bad:
+            raise StageError(f"the {kind} files on device {dev.serial} do not match the fetched manifest "
+                             f"({'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}) — re-run push with "
+                             "`device.push_verify=full` (`python -m pipeline.stages.push --verify full`), then run")
+        files += len(entries)
+        nbytes += sum(e.size for e in entries)
+    return {"method": "sha256", "files": files, "bytes": nbytes, "seconds": round(time.monotonic() - t0, 3)}
 
 
 def load_prompt_set(cfg: Config, count_tokens) -> list:
@@ -113,13 +165,16 @@ def load_prompt_set(cfg: Config, count_tokens) -> list:
 def resume_state(out: Path, run_key: str) -> set[tuple[str, int]]:
     """Finished (prompt_id, repeat) pairs of an interrupted run with the same key; other runs are cleared."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = out / "run.json"
+    meta_path = out / "run.json"
     rows = out / "responses.jsonl"
-    old_key = json.loads(meta.read_text()).get("run_key") if meta.exists() else None
-    if old_key != run_key:
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("run_key") != run_key:
         for name in ("responses.jsonl", "telemetry.jsonl", "app.log", "run.json", "prompts.jsonl"):
             (out / name).unlink(missing_ok=True)
         return set()
+    if meta.get("status") == "running":
+        print(f"run: the previous run (pid {meta.get('pid')} on {meta.get('hostname')}) ended without recording "
+              "its status — it was killed; resuming from its finished rows", file=sys.stderr)
     done = set()
     good_lines = []
     for line in rows.read_text(encoding="utf-8").splitlines() if rows.exists() else []:
@@ -133,6 +188,27 @@ def resume_state(out: Path, run_key: str) -> set[tuple[str, int]]:
     if done:
         print(f"run: resuming — {len(done)} finished rows kept")
     return done
+
+
+def run_status(run_json: dict) -> str:
+    """The run's status as recorded, with a stale ``running`` (the process was killed) reported as ``killed``."""
+    status = run_json.get("status", "unknown")
+    if status != "running":
+        return status
+    pid, host = run_json.get("pid"), run_json.get("hostname")
+    if host == platform.node() and isinstance(pid, int) and _pid_alive(pid):
+        return "running"
+    return "killed"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _launcher(cfg: Config, push: dict, dev, shell_cls, sampler):

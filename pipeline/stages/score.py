@@ -15,13 +15,15 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Config, as_dict
-from pipeline.stages import StageError, read_json, stage_main
+from pipeline.stages import StageError, read_json, stage_main, write_json, write_jsonl
+from pipeline.stages.run import run_status
 from pipeline.workspace import shared_root
 
 
 def run(cfg: Config, workdir: Path) -> Path:
     from pipeline import plots, summary
     from pipeline.quality import FAMILIES, score_items
+    from pipeline.runner import failure_kind
 
     art, met = workdir / cfg.paths.artifacts, workdir / cfg.paths.metrics
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
@@ -32,9 +34,12 @@ def run(cfg: Config, workdir: Path) -> Path:
     if not rows:
         raise StageError(f"{art / 'run' / 'responses.jsonl'}: no measured rows — re-run the run stage")
 
-    scores = score_items(summary.quality_items(rows, prompts), relevance=cfg.scoring.relevance,
-                         embedding_model=cfg.scoring.embedding_model, fp_answers=_fp_answers(cfg),
-                         judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge")
+    answered = [r for r in rows if failure_kind(r) is None]  # crashes/timeouts/errors are failed answers
+    scored = iter(score_items(summary.quality_items(answered, prompts), relevance=cfg.scoring.relevance,
+                              embedding_model=cfg.scoring.embedding_model, fp_answers=_fp_answers(cfg),
+                              judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge"))
+    scores = [next(scored) if failure_kind(r) is None else summary.failed_answer_score(r, failure_kind(r))
+              for r in rows]
     families = [f for f in FAMILIES if any(s.get(f) is not None for s in scores)]
     prompt_rows = summary.per_prompt(rows, scores, prompts, families)
     kind = run_json["device"].get("kind", "unknown")
@@ -43,6 +48,7 @@ def run(cfg: Config, workdir: Path) -> Path:
     score = summary.summarize_run(rows, prompt_rows, families, telemetry, device_kind=kind, bandwidth_gb_s=bw,
                                   bandwidth_reason=bw_reason, weight_bytes=cfg.model.weight_bytes)
     props = run_json["device"].get("props") or {}
+    score["run_status"] = run_status(run_json)
     score["provenance"] = {"device_kind": kind, "run_key": run_json.get("run_key"),
                            "device_model": props.get("ro.product.model"),
                            "device_soc": props.get("ro.soc.model") or props.get("ro.board.platform"),
@@ -50,16 +56,19 @@ def run(cfg: Config, workdir: Path) -> Path:
                            "app_manifest": fetch["app"]["manifest_sha256"][:12],
                            "git_commit": (run_json.get("git") or {}).get("commit")}
 
+    if score["run_status"] != "complete":
+        print(f"score: warning — the run's status is {score['run_status']!r} ({run_json.get('error')}): these "
+              "numbers cover only its finished rows", file=sys.stderr)
     met.mkdir(parents=True, exist_ok=True)
-    (met / "score.json").write_text(json.dumps(score, indent=2, sort_keys=True) + "\n")
+    write_json(met / "score.json", score)
     _write_csv(met / "prompts.csv", prompt_rows, [*summary.CSV_FIELDS, *families])
     pngs = plots.run_plots(prompt_rows, families, met / "plots", kind)
-    with (art / "run" / "quality.jsonl").open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in scores)
+    quality_file = met / "quality.jsonl"  # score's own output (never inside the run stage's directory)
+    write_jsonl(quality_file, scores)
 
     _track(cfg, workdir, score, prompt_rows, run_json, fetch, push,
            artifacts=[met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json", art / "push.json",
-                      art / "run" / "run.json", art / "run" / "responses.jsonl", art / "run" / "quality.jsonl"])
+                      art / "run" / "run.json", art / "run" / "responses.jsonl", quality_file])
     _print_summary(score)
     return met / "score.json"
 
@@ -142,8 +151,14 @@ def _print_summary(score: dict) -> None:
           f" {d['n'] + d['n_missing']} answers; shorter ones are below timing resolution)")
     print(f"  app tok/s (the app's own blended figure) mean {f(t['app_tok_s']['mean'])}   TTFT p50"
           f" {f(t['ttft_s']['p50'], '.3f')} s   model load p50 {f(t['load_s']['p50'], '.2f')} s")
-    print(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
-          f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
+    fails = score["failures"]
+    print(f"  failed answers {fails['failed']}/{fails['measured']}  (crashed {fails['crashed']}, timed out"
+          f" {fails['timed_out']}, other errors {fails['error']}) — each counts as quality 0")
+    if q["score"] is None:
+        print(f"  quality score n/a — {q.get('score_reason')}")
+    else:
+        print(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
+              f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
     if score["plausible"] is False:
         print(f"  IMPLAUSIBLE: decode rate above the bandwidth roofline ({f(score['roofline_tok_s'])} tok/s)")
 

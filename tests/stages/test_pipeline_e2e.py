@@ -135,21 +135,29 @@ def test_hostile_prompts_arrive_verbatim_and_change_nothing(virtual_device, work
 
 
 @pytest.mark.parametrize(
-    "fault, check",
+    "fault, check, all_fail",
     [
-        ({"app_crash_after_tokens": 1}, lambda r: r["crashed"] and r["exit_code"] not in (None, 0) and not r["eos"]),
-        ({"app_hang": True}, lambda r: r["timed_out"] and not r["eos"]),
-        ({"app_invalid_utf8": True}, lambda r: r["replaced_chars"] > 0 and not r["crashed"]),
+        ({"app_crash_after_tokens": 1}, lambda r: r["crashed"] and r["exit_code"] not in (None, 0) and not r["eos"],
+         True),
+        ({"app_hang": True}, lambda r: r["timed_out"] and not r["eos"], True),
+        ({"app_invalid_utf8": True}, lambda r: r["replaced_chars"] > 0 and not r["crashed"], False),
     ],
     ids=["crash", "hang", "invalid-utf8"],
 )
-def test_app_faults_become_rows_and_the_run_goes_on(virtual_device, workdir, stage_cache, fault, check):
+def test_app_faults_become_rows_and_the_run_goes_on(virtual_device, workdir, stage_cache, fault, check, all_fail):
     cfg = stage_config(virtual_device, workdir, "prompts.limit=2", "tracking=none", "runtime.prompt_timeout_s=3",
                        cache=stage_cache)
     cfg.device.virtual.faults = fault
-    run_stages(cfg, workdir, "fetch", "push", "run")
+    run_stages(cfg, workdir, "fetch", "push")
+    if all_fail:  # every prompt failed: the run went on through all of them, then the stage fails
+        with pytest.raises(StageError, match="every prompt failed"):
+            run_stages(cfg, workdir, "run")
+    else:
+        run_stages(cfg, workdir, "run")
     got = rows(workdir)
     assert len(got) == 2 and all(check(r) for r in got), got
+    status = json.loads((workdir / "artifacts" / "run" / "run.json").read_text())["status"]
+    assert status == ("failed" if all_fail else "complete")
     left = virtual_device.device.shell("pidof simple_app", timeout=10).strip()
     assert left == "", f"app processes left running on the device: {left}"
 

@@ -78,3 +78,28 @@ def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp
         server.terminate()
         server.wait(timeout=30)
 
+
+
+def test_a_failing_job_fails_alone_and_is_named(virtual_device, tmp_path, stage_cache):
+    db = tmp_path / "mlflow.db"
+    sweep_dir = tmp_path / "sweep-bad"
+    cmd = [sys.executable, "-m", "pipeline", "-m", "prompts.limit=1,0,2",
+           f"device.virtual.root={virtual_device.root}", f"device.virtual.port={virtual_device.port}",
+           f"paths.cache={stage_cache}", f"tracking.tracking_uri=sqlite:///{db}", f"hydra.sweep.dir={sweep_dir}"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "2 of 3 jobs complete" in r.stderr and "job1 (prompts.limit=0): failed" in r.stderr, r.stderr[-3000:]
+    assert "prompts.limit=0" in r.stderr and "must be ≥ 1" in r.stderr
+    assert (sweep_dir / "job0" / "metrics" / "score.json").exists()  # the jobs before and after it ran
+    assert (sweep_dir / "job2" / "metrics" / "score.json").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = client.search_runs([client.get_experiment_by_name("odeval").experiment_id])
+    parent = next(x for x in runs if x.data.tags.get("odeval.role") == "sweep-parent")
+    assert parent.info.status == "FAILED" and "job1" in parent.data.tags["odeval.failed_jobs"]
+    failed = [x for x in runs if x.info.status == "FAILED" and x.data.tags.get("odeval.job") == "job1"]
+    assert len(failed) == 1 and "must be ≥ 1" in failed[0].data.tags["error"]
+    finished = [x for x in runs if x.data.tags.get("mlflow.parentRunId") and x.info.status == "FINISHED"]
+    assert len(finished) == 2
