@@ -242,3 +242,14 @@ def length_prompts(n_tokens: int, count_tokens: Callable[[str], int], n: int = 5
                           tags=("length", f"target_tokens={n_tokens}", f"tokens={count_tokens(text)}"),
                           set_name="length"))
     return out
+
+
+def sent_lines(prompts: list[Prompt], template: str, count_tokens: Callable[[str], int], context: int,
+               what: str = "the line sent") -> list[str]:
+    """The single line sent for each prompt (``template`` with ``{prompt}`` filled in), checked as the app and the
+    sequence budget require; every error names the prompt's FILE:LINE (:class:`PromptSetError`)."""
+    sent = [template.replace("{prompt}", p.prompt) for p in prompts]
+    for p, line in zip(prompts, sent, strict=True):
+        check_line(p.where or f"prompt {p.id!r}", what, line)
+    check_lengths(prompts, sent, count_tokens, context)
+    return sent

@@ -7,11 +7,9 @@ and the exact row schema. It never touches the device directly: `start_app()` re
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.apps.channel import Channel
 from pipeline.apps.simple_app import (
@@ -22,6 +20,7 @@ from pipeline.apps.simple_app import (
     check_prompt_line,
     prompt_token_count,
 )
+from pipeline.config import RuntimeConfig
 
 ROW_FIELDS: tuple[str, ...] = (
     "prompt_id", "repeat", "warmup", "prompt", "sent_text", "response", "raw_output_b64", "eos", "truncated",
@@ -66,13 +65,20 @@ class RunOptions:
     """
 
     session: str = "fresh"
-    repeats: int = 1
-    warmup: int = 0
-    cooldown_s: float = 0.0
-    prompt_timeout_s: float = 120.0
-    load_timeout_s: float = 60.0
+    repeats: int = RuntimeConfig.repeats  # defaults are the config schema's: one source of truth
+    warmup: int = RuntimeConfig.warmup
+    cooldown_s: float = RuntimeConfig.cooldown_s
+    prompt_timeout_s: float = RuntimeConfig.prompt_timeout_s
+    load_timeout_s: float = RuntimeConfig.load_timeout_s
     max_new_tokens: int = 256
-    max_output_bytes: int = 65536
+    max_output_bytes: int = RuntimeConfig.max_output_bytes
+
+    @classmethod
+    def from_config(cls, runtime: RuntimeConfig, session: str, max_new_tokens: int) -> RunOptions:
+        """From the config's ``runtime`` section, ``session.mode`` and ``sequence.max_new_tokens``."""
+        return cls(session=session, repeats=runtime.repeats, warmup=runtime.warmup, cooldown_s=runtime.cooldown_s,
+                   prompt_timeout_s=runtime.prompt_timeout_s, load_timeout_s=runtime.load_timeout_s,
+                   max_new_tokens=max_new_tokens, max_output_bytes=runtime.max_output_bytes)
 
     def __post_init__(self) -> None:
         if self.session not in ("fresh", "shared"):
@@ -99,6 +105,12 @@ class AppProcess:
     channel: Channel
     remote_kill: Callable[[int], None] | None = None
     pid: int | None = None
+    on_pid: Callable[[int | None], None] | None = None  # e.g. points the telemetry sampler at the new app
+
+    def set_pid(self, pid: int | None) -> None:
+        self.pid = pid
+        if self.on_pid is not None:
+            self.on_pid(pid)
 
     def kill(self) -> None:
         try:
@@ -209,10 +221,10 @@ class _Runner:
                 self.abandon()
                 raise DeviceLost(f"lost the device while the app was loading: {exc}; reconnect it and re-run to "
                                  "resume") from exc
-            self.proc.pid = self.session.pid
+            self.proc.set_pid(self.session.pid)
             return True
         except AppStartTimeout as exc:
-            self.proc.pid = self.session.pid
+            self.proc.set_pid(self.session.pid)
             row.update(timed_out=True, error=str(exc))
         except AppExited as exc:
             if exc.exit_code is None:
@@ -311,63 +323,3 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
                 runner.stop(kill=False)
         finally:
             runner.abandon()  # Ctrl-C / DeviceLost / bugs: leave nothing running, never mask the original error
-
-
-class FailureTally:
-    """Counts measured rows that are not answers (crashed, timed out, other errors) — over resumed rows too.
-
-    The verdict: every measured row failed → the run ``failed`` (nothing was measured); some failed → ``complete``
-    with the counts recorded (score counts each as a failed answer).
-    """
-
-    KINDS = ("crashed", "timed_out", "error")
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.measured = 0
-        self._counts = dict.fromkeys(self.KINDS, 0)
-
-    @classmethod
-    def from_file(cls, path: Path) -> FailureTally:
-        tally = cls()
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    tally.add(json.loads(line))
-        return tally
-
-    def add(self, row: dict) -> None:
-        self.rows += 1
-        if row.get("warmup"):
-            return
-        self.measured += 1
-        kind = failure_kind(row)
-        if kind is not None:
-            self._counts[kind] += 1
-
-    @property
-    def failed(self) -> int:
-        return sum(self._counts.values())
-
-    def counts(self) -> dict[str, int]:
-        return {"measured": self.measured, "failed": self.failed, **self._counts}
-
-    def describe(self) -> str:
-        parts = [f"{k.replace('_', ' ')} {v}/{self.measured}" for k, v in self._counts.items() if v]
-        return f"{self.failed} of {self.measured} prompts failed ({', '.join(parts)})"
-
-    def verdict(self) -> tuple[str, str | None]:
-        if self.measured and self.failed == self.measured:
-            return "failed", f"every prompt failed: {self.describe()}"
-        return "complete", None
-
-
-def failure_kind(row: dict) -> str | None:
-    """Why a row is not an answer: ``crashed``, ``timed_out`` or ``error`` (e.g. the app refused), else None."""
-    if row.get("crashed"):
-        return "crashed"
-    if row.get("timed_out"):
-        return "timed_out"
-    if row.get("error") and not (row.get("truncated") or row.get("eos") or row.get("app_tok_s") is not None):
-        return "error"  # (an error note on a finished or truncated answer, e.g. the app exiting after it, is not)
-    return None

@@ -73,7 +73,7 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mappi
                   bandwidth_gb_s: float | None, bandwidth_reason: str | None,
                   weight_bytes: int | None) -> dict[str, Any]:
     """score.json: throughput stats, quality per family, plausibility, drift, energy; nulls carry reasons."""
-    from pipeline.runner import failure_kind
+    from pipeline.outcomes import failure_kind
 
     kinds = [failure_kind(r) for r in rows]
     answered = [r for r, k in zip(rows, kinds, strict=True) if k is None]  # a failed row's timings measure nothing

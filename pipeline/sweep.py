@@ -9,39 +9,39 @@ second job using a model builds nothing and sends 0 bytes.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.context import RunContext
 
-SWEEP_ENV = "ODEVAL_SWEEP_ID"
 JOB_STATUS = "job_status.json"
 
 
 def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
     """Run fetch → push → run → score into `workdir`; returns the quality score (Hydra sweepers can optimise it)."""
-    from pipeline.device.pool import PoolError, check_config, leased_config
+    from pipeline.device.pool import PoolError, check_pool, leased_device
     from pipeline.stages import StageError, fetch, push, run, score
 
     try:
-        check_config(cfg)  # a label no pool device has: fail before any download
+        check_pool(cfg.device, cfg.app.virtual_only)  # a label no pool device has: fail before any download
     except PoolError as e:
         raise StageError(str(e)) from None
     workdir.mkdir(parents=True, exist_ok=True)
     sweep_id = sweep_id_of(hydra_cfg)
+    ctx = RunContext.from_env(sweep_id=sweep_id)
     job = f"{sweep_id}/{hydra_cfg.job.num}" if sweep_id else str(workdir)
-    with _sweep_env(sweep_id):
-        fetch.run(cfg, workdir)  # parallel jobs share the cache: builds are atomic and skip unchanged files
-        try:  # device.kind=pool: hold one device from push to run; fetch and score need none
-            with leased_config(cfg, job) as job_cfg:
-                push.run(job_cfg, workdir)
-                run.run(job_cfg, workdir)
-        except PoolError as e:
-            raise StageError(str(e)) from None
-        score.run(job_cfg, workdir)
+    fetch.run(cfg, workdir, ctx)  # parallel jobs share the cache: builds are atomic and skip unchanged files
+    try:  # device.kind=pool: hold one device from push to run; fetch and score need none
+        with leased_device(cfg.device, job, cfg.app.virtual_only) as device:
+            job_cfg = replace(cfg, device=device)
+            push.run(job_cfg, workdir, ctx)
+            run.run(job_cfg, workdir, ctx)
+    except PoolError as e:
+        raise StageError(str(e)) from None
+    score.run(job_cfg, workdir, ctx)
     score_json = json.loads((workdir / cfg.paths.metrics / "score.json").read_text())
     return score_json["quality"]["score"]
 
@@ -55,36 +55,6 @@ def sweep_id_of(hydra_cfg: Any) -> str | None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     return Path(hydra_cfg.sweep.dir).name.replace(" ", "_")
-
-
-def current_sweep() -> str | None:
-    return os.environ.get(SWEEP_ENV) or None
-
-
-@contextmanager
-def _sweep_env(sweep_id: str | None):
-    old = os.environ.get(SWEEP_ENV)
-    if sweep_id:
-        os.environ[SWEEP_ENV] = sweep_id
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(SWEEP_ENV, None)
-        else:
-            os.environ[SWEEP_ENV] = old
-
-
-def parent_run(tracking_uri: str, experiment: str, sweep_id: str, lock_dir: Path) -> str:
-    """The sweep's MLflow parent run id, created once even when jobs run in parallel."""
-    from filelock import FileLock
-
-    from pipeline.tracking import get_or_create_parent
-
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_dir / f"sweep-{sweep_id}.lock"), timeout=120):
-        return get_or_create_parent(tracking_uri=tracking_uri, experiment=experiment, sweep_id=sweep_id,
-                                    tags={"odeval.sweep_dir": sweep_id})
 
 
 def record_job(workdir: Path, status: str, error: str | None = None) -> None:
@@ -143,7 +113,7 @@ class SweepSummary(Callback):
         from omegaconf import OmegaConf
 
         from pipeline.config import ConfigError, to_config
-        from pipeline.tracking import TrackingError, log_failed_job, mark_parent, resolve_tracking_uri
+        from pipeline.tracking import TrackingError, log_failed_job, mark_parent, resolve_tracking_uri, sweep_parent
         from pipeline.workspace import shared_root
 
         base = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})  # the jobs' shared config
@@ -157,7 +127,7 @@ class SweepSummary(Callback):
         root = shared_root()
         uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
         try:
-            parent = parent_run(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
+            parent = sweep_parent(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
             for j in bad:  # a FAILED child run per job that did not finish, visible next to the finished ones
                 log_failed_job(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent,
                                run_name=f"{j['job']}:{j['status']}", error=j["error"] or j["status"],

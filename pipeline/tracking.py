@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import tempfile
 import time
 import warnings
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.secrets import redact
+from pipeline.workspace import git_commit, git_dirty
 
 __all__ = [
     "TrackingError",
@@ -484,30 +484,6 @@ def get_or_create_parent(
 # --------------------------------------------------------------------------------------------------- provenance
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout if proc.returncode == 0 else None
-
-
-def git_commit(root: Path) -> str | None:
-    """HEAD commit sha of the repo at ``root``; None outside a repo, before the first commit, or without git."""
-    out = _git(root, "rev-parse", "--verify", "-q", "HEAD")
-    return (out.strip() or None) if out else None
-
-
-def git_dirty(root: Path) -> bool | None:
-    """True when tracked files differ from HEAD (None when unknown). Untracked files are ignored on purpose:
-    run outputs and scratch files would otherwise mark every run dirty."""
-    if git_commit(root) is None:
-        return None
-    out = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return None if out is None else bool(out.strip())
-
-
 def _get(d: Any, *keys: str) -> Any:
     for k in keys:
         if not isinstance(d, Mapping) or k not in d:
@@ -586,3 +562,13 @@ def mark_parent(*, tracking_uri: str, parent_run_id: str, tags: Mapping[str, str
     with _session(tracking_uri) as client:
         _set_tags(client, parent_run_id, {k: str(v) for k, v in redact(dict(tags)).items()})
         client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
+
+
+def sweep_parent(tracking_uri: str, experiment: str, sweep_id: str, lock_dir: Path) -> str:
+    """The sweep's MLflow parent run id, created once even when jobs run in parallel."""
+    from filelock import FileLock
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_dir / f"sweep-{sweep_id}.lock"), timeout=120):
+        return get_or_create_parent(tracking_uri=tracking_uri, experiment=experiment, sweep_id=sweep_id,
+                                    tags={"odeval.sweep_dir": sweep_id})

@@ -9,6 +9,7 @@ root is ``<repo>``, so a queued grid logs to the same ``mlflow.db`` and reuses t
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +39,27 @@ def resolve(path: str | os.PathLike, base: Path) -> Path:
     """A config path: absolute as given, relative to `base` otherwise."""
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else (base / p)
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD commit sha of the repo at ``root``; None outside a repo, before the first commit, or without git."""
+    out = _git(root, "rev-parse", "--verify", "-q", "HEAD")
+    return (out.strip() or None) if out else None
+
+
+def git_dirty(root: Path) -> bool | None:
+    """True when tracked files differ from HEAD (None when unknown). Untracked files are ignored on purpose:
+    run outputs and scratch files would otherwise mark every run dirty."""
+    if git_commit(root) is None:
+        return None
+    out = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())

@@ -9,7 +9,7 @@ fallback (a marker file) on filesystems without flock, because a marker is *not*
 
 Locks are per host: flock over NFS is emulated (or silently local) and not trustworthy, so jobs on several hosts
 must not share a lock dir on a network filesystem. Recommended: one pool per host (each host leases the phones
-its own adb server sees, every host runs its own sweep share); see docs/many-phones.md for the trade-offs.
+its own adb server sees, every host runs its own sweep share); the README's "Many phones" has the trade-offs.
 
 Every lease appends to ``<lock_dir>/leases.jsonl`` (an ``acquire`` and a ``release`` record: job, device, serial,
 t_acquire, t_release, pid, host): the audit that each device ran at most one job at a time. A job killed while
@@ -32,10 +32,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, DeviceConfig, PoolDevice
+from pipeline.config import DeviceConfig, PoolDevice
 
 __all__ = ["PoolError", "lease", "select", "probe", "device_key", "serial_of", "lock_dir_for", "read_leases",
-           "overlaps", "concrete_device", "check_config", "leased_config", "hold_for_stage",
+           "overlaps", "concrete_device", "check_pool", "leased_device", "hold",
            "release_held", "LEASE_LOG"]
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def _order(devs: list[PoolDevice], pin: str | None, prefer: str | None, require:
     if pin is not None:
         pinned = [d for d in devs if serial_of(d) == pin or d.name == pin]
         if not pinned:
-            raise PoolError(f"device {pin!r} (recorded in push.json) is not in the pool matching "
+            raise PoolError(f"device {pin!r} (the one the files were pushed to) is not in the pool matching "
                             f"device.require={dict(require)} — re-run the push stage")
         return pinned
     if prefer is not None:
@@ -338,72 +338,59 @@ def concrete_device(device: DeviceConfig, leased: PoolDevice, root: Path | None 
     return replace(device, serial=serial_of(leased), connect=leased.connect, **common)
 
 
-def _kinds_for(cfg: Config) -> tuple[str, ...] | None:
-    return ("virtual",) if cfg.app.virtual_only else None
+def _kinds(virtual_only: bool) -> tuple[str, ...] | None:
+    return ("virtual",) if virtual_only else None
 
 
-def check_config(cfg: Config) -> None:
-    """Fail fast (before fetch) when ``device.kind=pool`` and no pool device could ever take this job."""
-    if cfg.device.kind == "pool":
-        select(cfg.device.pool, cfg.device.require, _kinds_for(cfg))
+def check_pool(device: DeviceConfig, virtual_only: bool) -> None:
+    """Fail fast (before fetch) when ``device.kind=pool`` and no pool device could ever take this job.
+
+    ``virtual_only``: the app runs only on virtual devices (the reference app)."""
+    if device.kind == "pool":
+        select(device.pool, device.require, _kinds(virtual_only))
 
 
 @contextmanager
-def leased_config(cfg: Config, job: str, root: Path | None = None) -> Iterator[Config]:
-    """For one whole job: ``cfg`` itself unless ``device.kind=pool``, else a lease and ``cfg`` with the leased
-    device made concrete."""
-    if cfg.device.kind != "pool":
-        yield cfg
+def leased_device(device: DeviceConfig, job: str, virtual_only: bool, root: Path | None = None
+                  ) -> Iterator[DeviceConfig]:
+    """For one whole job: ``device`` itself unless ``device.kind=pool``, else a lease and the leased device made
+    concrete."""
+    if device.kind != "pool":
+        yield device
         return
     from pipeline.workspace import shared_root
 
     base = root or shared_root()
-    d = cfg.device
-    with lease(d.pool, d.require, lock_dir_for(base), d.lease_timeout_s, job, kinds=_kinds_for(cfg),
-               root=base) as dev:
+    with lease(device.pool, device.require, lock_dir_for(base), device.lease_timeout_s, job,
+               kinds=_kinds(virtual_only), root=base) as dev:
         log.info("pool: job %s leased %s (%s)", job, dev.name, serial_of(dev))
-        yield replace(cfg, device=concrete_device(d, dev, base))
+        yield concrete_device(device, dev, base)
 
 
-def hold_for_stage(cfg: Config, workdir: Path, stage: str) -> DeviceConfig:
-    """For a DVC stage process (``dvc repro`` with ``device=pool``): lease a device until the process exits.
+def hold(device: DeviceConfig, job: str, virtual_only: bool, *, pin: str | None = None,
+         prefer: str | None = None) -> DeviceConfig:
+    """Lease a pool device until this process exits (a DVC stage process: push and run are separate processes).
 
-    push and run are separate processes, so ``run`` must use the device ``push`` deployed to: it is pinned to
-    ``push.json["device"]["serial"]`` (waiting if busy). ``push`` prefers that device too (its files are there:
-    incremental push sends nothing) but takes any free one.
-    """
+    ``pin``: only this serial/name (waiting while it is busy); ``prefer``: try it first. Reuses a lease this
+    process already holds when it fits."""
     from pipeline.workspace import shared_root
 
     root = shared_root()
-    recorded = _pushed_serial(workdir / cfg.paths.artifacts / "push.json")
-    pinned = stage == "run"
-    if pinned and recorded is None:
-        raise PoolError(f"{workdir / cfg.paths.artifacts / 'push.json'}: no device serial — run the push stage "
-                        "first (`dvc repro push`)")
     for dev, _ in _HELD.values():  # this process already holds a fitting lease (stages called in one process)
-        if not pinned or serial_of(dev) == recorded:
-            return concrete_device(cfg.device, dev, root)
+        if pin is None or serial_of(dev) == pin:
+            return concrete_device(device, dev, root)
     stack = ExitStack()
-    d = cfg.device
-    dev = stack.enter_context(lease(d.pool, d.require, lock_dir_for(root), d.lease_timeout_s,
-                                    f"{stage}@{workdir}", kinds=_kinds_for(cfg), pin=recorded if pinned else None,
-                                    prefer=recorded, root=root))
+    dev = stack.enter_context(lease(device.pool, device.require, lock_dir_for(root), device.lease_timeout_s, job,
+                                    kinds=_kinds(virtual_only), pin=pin, prefer=prefer, root=root))
     if not _HELD:
         atexit.register(release_held)
     _HELD[device_key(dev)] = (dev, stack)
-    print(f"{stage}: leased pool device {dev.name} ({serial_of(dev)})", file=sys.stderr)
-    return concrete_device(d, dev, root)
+    print(f"{job}: leased pool device {dev.name} ({serial_of(dev)})", file=sys.stderr)
+    return concrete_device(device, dev, root)
 
 
 def release_held() -> None:
-    """Release the leases :func:`hold_for_stage` took (atexit does this for stage processes)."""
+    """Release the leases :func:`hold` took (atexit does this for stage processes)."""
     while _HELD:
         _, (_, stack) = _HELD.popitem()
         stack.close()
-
-
-def _pushed_serial(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text())["device"]["serial"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -167,7 +167,7 @@ def _explain(dev: Any, err: BaseException, doing: str) -> TransferError:
 
 
 @contextmanager
-def _device_io(dev: Any, doing: str) -> Iterator[None]:
+def device_io(dev: Any, doing: str) -> Iterator[None]:
     """Turn AdbError/OSError/EOFError raised inside into a :class:`TransferError` naming what was going on."""
     from adbutils import AdbError
 
@@ -181,7 +181,7 @@ def _device_io(dev: Any, doing: str) -> Iterator[None]:
 
 def _shell(dev: Any, cmd: str, doing: str, timeout: float = _IO_TIMEOUT_S) -> Any:
     """Run one device shell command (protocol v2 when available: separate stderr and a real exit code)."""
-    with _device_io(dev, doing):
+    with device_io(dev, doing):
         return dev.shell2(cmd, timeout=timeout, v2=True)
 
 
@@ -377,7 +377,7 @@ class _SyncSession:
     def send(self, local: Path, remote: str, mode: int, mtime: int, on_bytes: Callable[[int], None]) -> None:
         """Send one file; raises :class:`TransferError` (device FAIL or connection lost)."""
         try:
-            with _device_io(self.dev, f"pushing {local.name} to {remote}"):
+            with device_io(self.dev, f"pushing {local.name} to {remote}"):
                 self._send(self._open(), local, remote, mode, mtime, on_bytes)
         except BaseException:
             self.close(quit_first=False)
@@ -733,3 +733,20 @@ def verify_on_device(dev: Any, remote_dir: str, entries: Sequence[FileEntry]) ->
         elif got != e.sha256:
             problems.append(f"{e.path}: sha256 {got[:12]}… on the device, {e.sha256[:12]}… in the manifest")
     return problems
+
+
+def verify_dirs(dev: Any, dirs: Sequence[tuple[str, str, Sequence[FileEntry]]]) -> dict[str, Any]:
+    """Re-hash every file of every ``(what, remote_dir, entries)`` on the device before it is used.
+
+    Raises :class:`TransferError` naming the first files that differ and the fix; returns what was checked
+    (``method``, ``files``, ``bytes``, ``seconds``) for the run's provenance."""
+    t0 = time.monotonic()
+    for what, remote_dir, entries in dirs:
+        bad = verify_on_device(dev, remote_dir, entries)
+        if bad:
+            raise TransferError(f"the {what} files on device {_serial(dev)} do not match the fetched manifest "
+                                f"({'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}) — re-run push with "
+                                "`device.push_verify=full` (`python -m pipeline.stages.push --verify full`), "
+                                "then run")
+    return {"method": "sha256", "files": sum(len(e) for _, _, e in dirs),
+            "bytes": sum(f.size for _, _, e in dirs for f in e), "seconds": round(time.monotonic() - t0, 3)}

@@ -1,10 +1,6 @@
-"""Answer-quality scoring: one module per family, combined by ``score_items`` (see score.py for which apply when).
+"""Answer-quality scoring: one module per family, combined by ``pipeline.quality.score.score_items`` (see score.py
+for which families apply when).
 
-Import cost is kept low (no torch/sentence-transformers until relevance is first used), so the CLI's --help and
-the score stage stay fast when relevance is off.
+Nothing is imported here on purpose: importing one family (e.g. ``pipeline.quality.rules`` for prompt validation)
+must not load the others, and import cost stays low (no torch/sentence-transformers until relevance is used).
 """
-
-from pipeline.quality.rules import RULES, RuleError, describe_rules, validate_rule
-from pipeline.quality.score import FAMILIES, QualityError, score_items
-
-__all__ = ["FAMILIES", "RULES", "QualityError", "RuleError", "describe_rules", "score_items", "validate_rule"]

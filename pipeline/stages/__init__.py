@@ -1,4 +1,9 @@
-"""Thin DVC stage scripts: read params.yaml, call the domain modules, write outputs (DESIGN §3)."""
+"""Thin DVC stage scripts: read params.yaml, call the domain modules, write outputs.
+
+Every stage module exposes ``run(cfg, workdir, ctx) -> Path`` (its output; the Hydra app calls these in order) and
+a ``main()`` for ``dvc.yaml`` that loads ``params.yaml``. Shared here: the CLI wrapper, one-line stage errors, atomic
+JSON writes and reading upstream artifacts.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +13,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import Config, ConfigError, load_params
+from pipeline.context import RunContext
+from pipeline.jsonio import read_jsonl, write_json, write_jsonl
+
+__all__ = ["StageError", "stage_main", "read_json", "read_jsonl", "write_json", "write_jsonl", "RunContext"]
 
 
 class StageError(RuntimeError):
     """A failure the user can act on: printed as one message, exit status 2, no traceback."""
 
 
-def stage_main(name: str, run: Callable[[Config, Path], Path], argv: list[str] | None = None) -> None:
+def stage_main(name: str, run: Callable[[Config, Path, RunContext], Path], argv: list[str] | None = None,
+               ctx: RunContext | None = None) -> None:
     """The `main()` of every stage: `python -m pipeline.stages.<name> [--params FILE] [--quiet]`."""
     ap = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{name}", description=f"DVC stage `{name}`.")
     ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    ctx = ctx or RunContext.from_env()
     if args.quiet:
-        import os
-
-        os.environ["ODEVAL_QUIET"] = "1"
+        ctx = ctx.with_(quiet=True)
     try:
         cfg = load_params(args.params)
-        out = run(cfg, Path.cwd())
+        out = run(cfg, Path.cwd(), ctx)
     except (ConfigError, StageError) as e:
         print(f"{name}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -34,77 +43,6 @@ def stage_main(name: str, run: Callable[[Config, Path], Path], argv: list[str] |
         print(f"{name}: interrupted — finished work is kept; re-run to continue", file=sys.stderr)
         raise SystemExit(130) from None
     print(f"{name}: wrote {out}")
-
-
-def quiet() -> bool:
-    """Progress bars off under --quiet, CI=true, or when stderr is not a terminal."""
-    import os
-
-    return bool(os.environ.get("ODEVAL_QUIET")) or os.environ.get("CI", "").lower() == "true"
-
-
-def device_for(cfg: Config, workdir: Path, stage: str):
-    """The adbutils device the config names (starting the virtual device if needed): push and run share it.
-
-    ``device.kind=pool`` (a DVC stage process; Hydra jobs lease in ``run_job`` and pass a concrete device):
-    lease a pool device until this process exits — for ``stage="run"`` exactly the one push.json names."""
-    from pipeline.device.connect import DeviceError, get_device
-    from pipeline.workspace import resolve, shared_root
-
-    d = cfg.device
-    if d.kind == "pool":
-        from pipeline.device.pool import PoolError, hold_for_stage
-
-        try:
-            d = hold_for_stage(cfg, workdir, stage)
-        except PoolError as e:
-            raise StageError(str(e)) from None
-    v = d.virtual
-    options = dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
-                   standin_model=v.standin_model, **dict(v.faults)) if d.kind == "virtual" else None
-    try:
-        return get_device(d.kind, serial=d.serial, adb_host=d.adb_host, adb_port=d.adb_port, connect_addr=d.connect,
-                          virtual_root=resolve(v.root, shared_root()), virtual_port=v.port, virtual_options=options)
-    except DeviceError as e:
-        raise StageError(str(e)) from None
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic, canonical (sorted keys) JSON: equal content is equal bytes, and a crash never leaves half a file.
-
-    The temp name is unique (mkstemp in the same dir), so two processes writing the same file never share it."""
-    import json
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Atomic JSON Lines (unique temp name, then rename)."""
-    import json
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from pipeline.config import AppConfig, Config, ModelConfig
-from pipeline.stages import StageError, quiet, stage_main, write_json
+from pipeline.context import RunContext
+from pipeline.stages import StageError, stage_main, write_json
 from pipeline.workspace import resolve, shared_root
 
 REFERENCE_LAUNCHER = """#!/system/bin/sh
@@ -23,28 +24,29 @@ exit 126
 """
 
 
-def run(cfg: Config, workdir: Path) -> Path:
+def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
+    progress = not (ctx or RunContext.from_env()).quiet
     cache = resolve(cfg.paths.cache, shared_root())
-    result = {"model": fetch_model(cfg.model, cache), "app": fetch_app(cfg.app, cache)}
+    result = {"model": fetch_model(cfg.model, cache, progress), "app": fetch_app(cfg.app, cache, progress)}
     out = workdir / cfg.paths.artifacts / "fetch.json"
     write_json(out, result)
     return out
 
 
-def fetch_model(m: ModelConfig, cache: Path) -> dict:
+def fetch_model(m: ModelConfig, cache: Path, progress: bool = False) -> dict:
     if m.source == "builtin":
-        from pipeline.models import MODEL_NAMES, build_model
+        from pipeline.models.tiny import MODEL_NAMES, build_model
 
         if m.name not in MODEL_NAMES:
             raise StageError(f"model.name={m.name!r} with model.source=builtin: builtin models are {MODEL_NAMES}")
         return _builtin_entry(m.name, build_model(m.name, cache / "models" / m.name))
-    return _remote_or_local(m.name, m.source, m.repo_id, m.revision, m.allow_patterns, m.path, "model")
+    return _remote_or_local(m.name, m.source, m.repo_id, m.revision, m.allow_patterns, m.path, "model", progress)
 
 
-def fetch_app(a: AppConfig, cache: Path) -> dict:
+def fetch_app(a: AppConfig, cache: Path, progress: bool = False) -> dict:
     if a.source == "builtin":
         return _builtin_entry(a.name, build_reference_app(cache / "apps" / a.name, a.binary))
-    return _remote_or_local(a.name, a.source, a.repo_id, a.revision, a.allow_patterns, a.path, "app")
+    return _remote_or_local(a.name, a.source, a.repo_id, a.revision, a.allow_patterns, a.path, "app", progress)
 
 
 def build_reference_app(out: Path, binary: str) -> Path:
@@ -78,7 +80,7 @@ def _builtin_entry(name: str, local_dir: Path) -> dict:
 
 
 def _remote_or_local(name: str, source: str, repo_id: str | None, revision: str | None,
-                     allow_patterns: list[str] | None, path: str | None, section: str) -> dict:
+                     allow_patterns: list[str] | None, path: str | None, section: str, progress: bool = False) -> dict:
     from pipeline.hub import HubError, fetch_snapshot, local_snapshot
 
     try:
@@ -88,7 +90,7 @@ def _remote_or_local(name: str, source: str, repo_id: str | None, revision: str 
                 raise StageError(f"{section}.path={path!r}: not a directory — point it at the {section} files")
             return local_snapshot(p, name=name)
         return fetch_snapshot(repo_id or "", revision or "", allow_patterns=list(allow_patterns or []) or None,
-                              endpoint=os.environ.get("HF_ENDPOINT"), progress=not quiet(), config_key=section)
+                              endpoint=os.environ.get("HF_ENDPOINT"), progress=progress, config_key=section)
     except HubError as e:
         raise StageError(f"{section}={name}: {e}") from None
 

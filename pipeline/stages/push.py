@@ -11,8 +11,8 @@ Reads ``artifacts/fetch.json``, pushes each entry's files to ``<remote_root>/app
 
 Verification level (`device.push_verify`): by default files whose on-device size+mtime are unchanged since
 they were verified are trusted (one ``stat`` round trip per dir). ``--verify full`` (or `device.push_verify=full`,
-or ``ODEVAL_PUSH_VERIFY=full``) re-hashes every file on the device with ``sha256sum`` — use it when you suspect
-the device storage; it costs a full read of the model on the phone. ``--mover adb`` (or ``ODEVAL_PUSH_MOVER=adb``)
+re-hashes every file on the device with ``sha256sum`` — use it when you suspect
+the device storage; it costs a full read of the model on the phone. ``--mover adb``
 moves bytes with the adb binary's ``push`` instead of the built-in 64 KiB sync client (both measured about equal
 on the virtual device; the built-in one has byte progress).
 """
@@ -21,31 +21,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.stages import StageError, device_for, quiet, stage_main, write_json
-
-VERIFY_ENV = "ODEVAL_PUSH_VERIFY"
-MOVER_ENV = "ODEVAL_PUSH_MOVER"
+from pipeline.context import RunContext
+from pipeline.stages import StageError, stage_main, write_json
 
 
-def run(cfg: Config, workdir: Path) -> Path:
+def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     """Push app + model named in fetch.json; write push.json (+ push_stats.json); return push.json's path."""
     from pipeline.device.transfer import TransferError
+    from pipeline.stages.device import open_stage_device
 
+    ctx = ctx or RunContext.from_env()
     artifacts = workdir / cfg.paths.artifacts
     fetched = _read_fetch(artifacts / "fetch.json")
-    verify = os.environ.get(VERIFY_ENV) or cfg.device.push_verify
-    mover = os.environ.get(MOVER_ENV, "sync") or "sync"
-    dev = device_for(cfg, workdir, "push")
+    verify, mover = ctx.push_verify or cfg.device.push_verify, ctx.push_mover
+    dev = open_stage_device(cfg, f"push@{workdir}", prefer=_pushed_serial(artifacts / "push.json"))
     try:
         root = cfg.device.remote_root
-        app = _push_one(dev, root, "apps", cfg.app.name, fetched["app"], cfg.app.binary, verify, mover)
-        model = _push_one(dev, root, "models", cfg.model.name, fetched["model"], None, verify, mover)
+        app = _push_one(dev, root, "apps", cfg.app.name, fetched["app"], cfg.app.binary, verify, mover,
+                       not ctx.quiet)
+        model = _push_one(dev, root, "models", cfg.model.name, fetched["model"], None, verify, mover, not ctx.quiet)
         device = _device_record(dev)
     except TransferError as e:
         raise StageError(str(e)) from None
@@ -72,7 +71,7 @@ def _read_fetch(path: Path) -> dict[str, Any]:
 
 
 def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str, Any], binary: str | None,
-              verify: str, mover: str) -> dict[str, Any]:
+              verify: str, mover: str, progress: bool) -> dict[str, Any]:
     from pipeline.device.transfer import host_entries, push_dir, remote_dir_for
 
     entries = host_entries(entry["files"], source=f"fetch.json:{kind}")
@@ -81,7 +80,7 @@ def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str,
                          "fix app.binary or app.allow_patterns and re-run fetch")
     remote = remote_dir_for(remote_root, kind, name, entry["commit"])
     result = push_dir(dev, Path(entry["local_dir"]), remote, entries, executables=[binary] if binary else [],
-                      verify=verify, mover=mover, progress=not quiet() and sys.stderr.isatty(), label=f"push {name}")
+                      verify=verify, mover=mover, progress=progress and sys.stderr.isatty(), label=f"push {name}")
     record = {"name": name, "remote_dir": remote, "binary": binary,
               "manifest_sha256": result.manifest_sha256, "commit": entry["commit"]}
     return {"record": record, "result": result}
@@ -90,9 +89,9 @@ def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str,
 def _device_record(dev: Any) -> dict[str, Any]:
     from pipeline.device.adb import adb_version
     from pipeline.device.connect import device_kind, device_props
-    from pipeline.device.transfer import _device_io
+    from pipeline.device.transfer import device_io
 
-    with _device_io(dev, "reading device properties"):
+    with device_io(dev, "reading device properties"):
         return {"kind": device_kind(dev), "serial": dev.serial, "props": device_props(dev),
                 "adb_version": adb_version()}
 
@@ -119,21 +118,23 @@ def _stats(app: Any, model: Any, verify: str) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m pipeline.stages.push [--params FILE] [--quiet] [--verify stat|full] [--mover sync|adb]`.
+def _pushed_serial(path: Path) -> str | None:
+    """The device the last push went to (a pool prefers it: its files are already there)."""
+    try:
+        return json.loads(path.read_text())["device"]["serial"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
-    The extra flags are parsed here and passed on as environment variables, so `stage_main` stays shared."""
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.stages.push [--params FILE] [--quiet] [--verify stat|full] [--mover sync|adb]`."""
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--verify", choices=("stat", "full"), default=None,
                     help="stat: trust files whose device size+mtime are unchanged (default); full: re-hash all")
-    ap.add_argument("--mover", choices=("sync", "adb"), default=None,
+    ap.add_argument("--mover", choices=("sync", "adb"), default="sync",
                     help="sync: built-in 64 KiB sync client (default); adb: the adb binary's push per file")
     args, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.verify:
-        os.environ[VERIFY_ENV] = args.verify
-    if args.mover:
-        os.environ[MOVER_ENV] = args.mover
-    stage_main("push", run, rest)
+    stage_main("push", run, rest, ctx=RunContext.from_env(push_verify=args.verify, push_mover=args.mover))
 
 
 if __name__ == "__main__":

@@ -15,22 +15,24 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Config, as_dict
-from pipeline.stages import StageError, read_json, stage_main, write_json, write_jsonl
-from pipeline.stages.run import run_status
+from pipeline.context import RunContext
+from pipeline.run_record import run_status
+from pipeline.stages import StageError, read_json, read_jsonl, stage_main, write_json, write_jsonl
 from pipeline.workspace import shared_root
 
 
-def run(cfg: Config, workdir: Path) -> Path:
+def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
+    ctx = ctx or RunContext.from_env()
     from pipeline import plots, summary
-    from pipeline.quality import FAMILIES, score_items
-    from pipeline.runner import failure_kind
+    from pipeline.outcomes import failure_kind
+    from pipeline.quality.score import FAMILIES, score_items
 
     art, met = workdir / cfg.paths.artifacts, workdir / cfg.paths.metrics
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
     run_json = read_json(art / "run" / "run.json", "run")
-    rows = summary.measured(_jsonl(art / "run" / "responses.jsonl"))
-    prompts = {p["id"]: p for p in _jsonl(art / "run" / "prompts.jsonl")}
-    telemetry = _jsonl(art / "run" / "telemetry.jsonl")
+    rows = summary.measured(read_jsonl(art / "run" / "responses.jsonl"))
+    prompts = {p["id"]: p for p in read_jsonl(art / "run" / "prompts.jsonl")}
+    telemetry = read_jsonl(art / "run" / "telemetry.jsonl")
     if not rows:
         raise StageError(f"{art / 'run' / 'responses.jsonl'}: no measured rows — re-run the run stage")
 
@@ -66,26 +68,25 @@ def run(cfg: Config, workdir: Path) -> Path:
     quality_file = met / "quality.jsonl"  # score's own output (never inside the run stage's directory)
     write_jsonl(quality_file, scores)
 
-    _track(cfg, workdir, score, prompt_rows, run_json, fetch, push,
+    _track(cfg, ctx, score, prompt_rows, run_json, fetch, push,
            artifacts=[met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json", art / "push.json",
                       art / "run" / "run.json", art / "run" / "responses.jsonl", quality_file])
     _print_summary(score)
     return met / "score.json"
 
 
-def _track(cfg: Config, workdir: Path, score: dict, prompt_rows: list[dict], run_json: dict, fetch: dict,
+def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], run_json: dict, fetch: dict,
            push: dict, artifacts: list[Path]) -> None:
     """One MLflow run per (run outputs, scoring config): re-scoring updates it instead of adding a duplicate."""
     if cfg.tracking.backend == "none":
         return
     from pipeline import summary
-    from pipeline.sweep import current_sweep, parent_run
-    from pipeline.tracking import TrackingError, log_run, provenance_tags, resolve_tracking_uri
+    from pipeline.tracking import TrackingError, log_run, provenance_tags, resolve_tracking_uri, sweep_parent
 
     root = shared_root()
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
     scoring = json.dumps(as_dict(cfg)["scoring"], sort_keys=True)
-    sweep_id = current_sweep()  # the same run in another sweep is another MLflow child run
+    sweep_id = ctx.sweep_id  # the same run in another sweep is another MLflow child run
     key = f"{run_json.get('run_key')}|{scoring}|{sweep_id}|{cfg.tag}"  # same outputs, other label: its own run
     run_key = hashlib.sha256(key.encode()).hexdigest()[:24]
     tags = provenance_tags(run_json, fetch, push, root=root, sweep_id=sweep_id)
@@ -95,7 +96,7 @@ def _track(cfg: Config, workdir: Path, score: dict, prompt_rows: list[dict], run
     try:
         parent_run_id = None
         if sweep_id:
-            parent_run_id = parent_run(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
+            parent_run_id = sweep_parent(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
         run_id = log_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_key=run_key, params=as_dict(cfg),
                          metrics=summary.flat_metrics(score), tags=tags, artifacts=[a for a in artifacts if a.exists()],
                          tables={"prompts": prompt_rows}, parent_run_id=parent_run_id, run_name=name)
@@ -116,16 +117,10 @@ def _fp_answers(cfg: Config) -> dict[str, str] | None:
         raise StageError(f"scoring.fp_reference={cfg.scoring.fp_reference!r}: file not found — point it at an FP "
                          "run's responses.jsonl")
     out: dict[str, str] = {}
-    for r in _jsonl(path):
+    for r in read_jsonl(path):
         if not r.get("warmup"):
             out.setdefault(r["prompt_id"], r.get("response") or "")
     return out
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:

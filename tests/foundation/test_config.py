@@ -76,11 +76,33 @@ def test_every_group_option_has_a_matching_name_key():
         assert data.get("name") == f.stem, f"{f}: name must be {f.stem!r}"
 
 
-@pytest.mark.parametrize("group", ["model", "app", "device", "prompts", "sequence", "prompting", "session", "runtime"])
-def test_every_option_composes(group):
-    for f in sorted((CONF_DIR / group).glob("*.yaml")):
-        raw = compose([f"{group}={f.stem}"])
-        assert raw[group]["name"] == f.stem
+# Options that need a companion setting to be valid; each entry says why. Every other option validates alone.
+COMPANIONS = {
+    ("app", "simple-app-8gen2"): ["app.path=/tmp/simple-app-8gen2", "device=adb"],  # local build; a phone
+    ("app", "simple-app-8gen3"): ["device=adb"],                 # a phone binary (validates with the virtual too)
+    ("device", "adb"): ["app=simple-app-8gen3"],                 # the reference app runs only on the virtual device
+    ("model", "mobilequant-w4a8-8gen3"): ["device=adb", "app=simple-app-8gen3"],  # QNN: a Snapdragon HTP only
+    ("model", "mobilequant-w8a8-8gen3"): ["device=adb", "app=simple-app-8gen3"],
+    ("prompts", "custom"): ["prompts.path=my.jsonl"],            # your own file
+}
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "local"))
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_and_preset_composes_and_validates(group, option):
+    cfg = to_config(compose([f"{group}={option}", *COMPANIONS.get((group, option), [])]))
+    if group != "experiment":
+        assert getattr(cfg, group).name == option
+
+
+def test_companions_are_needed():
+    """A companion entry that is no longer needed would hide a broken default: each must still be required."""
+    for (group, option), _ in COMPANIONS.items():
+        if (group, option) == ("app", "simple-app-8gen3"):
+            continue  # listed only to test it with a phone config
+        with pytest.raises(ConfigError):
+            to_config(compose([f"{group}={option}"]))
 
 
 def test_seed_experiment_reproduces_the_seed():

@@ -16,7 +16,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
     """Factory: model name -> a built model dir (cached by content, so each name builds once per session)."""
     import torch
 
-    from pipeline.models import build_model
+    from pipeline.models.tiny import build_model
 
     torch.set_num_threads(1)
     made: dict[str, Path] = {}

@@ -81,8 +81,7 @@ def test_stage_full_disk_via_config_fault(workdir, staged, capsys):
     assert not (workdir / "artifacts" / "push.json").exists()
 
 
-def test_stage_cli_verify_full_rehashes_on_device(workdir, staged, monkeypatch, capsys):
-    monkeypatch.setenv(push_stage.VERIFY_ENV, "stat")  # restored after the test (main() sets it)
+def test_stage_cli_verify_full_rehashes_on_device(workdir, staged, capsys):
     params = str(workdir / "params.yaml")
     push_stage.main(["--params", params])
     push_stage.main(["--params", params, "--verify", "full"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.quality import FAMILIES, QualityError, score_items
+from pipeline.quality.score import FAMILIES, QualityError, score_items
 from tests.quality.cases import INK_ANSWER, JOKE_ANSWER, JOKE_PROMPT, LOOPING_ANSWER
 
 ROOT = Path(__file__).resolve().parents[2]

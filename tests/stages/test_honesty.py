@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,11 +108,14 @@ def test_prompt_over_the_context_is_refused_before_any_device_work(virtual_devic
     rows_file, before = _keep_previous_run(cfg, workdir)
     long = workdir / "long.jsonl"
     long.write_text(json.dumps({"id": "ok", "prompt": "Name a colour."}) + "\n"
-                    + json.dumps({"id": "huge", "prompt": "word " * 5000 + "?"}) + "\n")
+                    + json.dumps({"id": "long", "prompt": "word " * 200 + "?"}) + "\n"
+                    + json.dumps({"id": "huge", "prompt": "x" * 5_000_000}) + "\n")  # the 5 MB line of the report
     cfg.prompts.path = str(long)
     virtual_device.set_faults(disk_full=True)  # any device command would now fail differently: none may run
-    with pytest.raises(StageError, match=r"long.jsonl:2: prompt 'huge' is \d+ tokens as sent, over sequence.context"):
+    with pytest.raises(StageError) as e:
         run_stages(cfg, workdir, "run")
+    assert re.search(r"long.jsonl:2: prompt 'long' is \d+ tokens as sent, over sequence.context=\d+", str(e.value))
+    assert re.search(r"long.jsonl:3: prompt 'huge' is 5000000 bytes, far over sequence.context", str(e.value))
     assert rows_file.read_text() == before
 
 
@@ -161,7 +165,7 @@ def test_unexpected_error_is_recorded_as_failed_not_complete(virtual_device, wor
 
 
 def test_a_stale_running_status_is_recognised_as_killed(tmp_path):
-    from pipeline.stages.run import run_status
+    from pipeline.run_record import run_status
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -1,0 +1,58 @@
+"""Start simple_app (or the reference app) on a device over one shell-v2 stream: the runner's ``start_app``.
+
+WHY here and not in the run stage: how an app is launched and killed on a device is app/device knowledge (the
+remote command line, the pid line, `kill -9` over a second shell), not configuration.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pipeline.apps.simple_app import app_command
+from pipeline.runner import AppProcess
+
+
+def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, template: str,
+            past_end_token: int | None) -> dict[str, str]:
+    """The environment on the device's command line: ``app.env`` with ``{app_dir}`` filled in, plus — for the
+    reference app only — its template and past-end quirk (simple_app has both compiled in)."""
+    out = {k: str(v).replace("{app_dir}", app_dir) for k, v in env.items()}
+    if virtual_only:
+        out["ODEVAL_TEMPLATE"] = template
+        if past_end_token is not None:
+            out["ODEVAL_QUIRK_PAST_END_TOKEN"] = str(past_end_token)
+    return out
+
+
+def app_launcher(dev: Any, app_dir: str, model_dir: str, device_arg: str | None, env: Mapping[str, str],
+                 binary: str, on_pid: Callable[[int | None], None] | None = None) -> Callable[[], AppProcess]:
+    """A ``start_app()`` for :func:`pipeline.runner.run_prompts`: each call opens a new app process.
+
+    ``on_pid`` is called with each new app's pid (fresh sessions start one per prompt)."""
+    from pipeline.device.shellv2 import ShellV2
+
+    cmd = app_command(app_dir, model_dir, device_arg, env, binary=binary)
+
+    def remote_kill(pid: int) -> None:
+        from adbutils import AdbError
+
+        try:
+            dev.shell(f"kill -9 {shlex.quote(str(int(pid)))}", timeout=10)
+        except (AdbError, OSError) as e:  # the device is gone: nothing we can kill; the run stops resumably
+            print(f"run: could not kill app pid {pid} on {dev.serial}: {e}", file=sys.stderr)
+
+    def start_app() -> AppProcess:
+        from adbutils import AdbError
+
+        from pipeline.device.shellv2 import ShellV2Error
+
+        try:
+            channel = ShellV2.open(dev, cmd)
+        except (AdbError, ShellV2Error, OSError) as e:  # offline / gone: the runner stops with a resumable state
+            raise ConnectionError(f"{dev.serial}: {e}") from e
+        return AppProcess(channel=channel, remote_kill=remote_kill, on_pid=on_pid)
+
+    return start_app

@@ -1,0 +1,54 @@
+"""The run context: how this invocation runs, as opposed to what the experiment is (the config).
+
+WHY a separate object: these settings never change results (progress bars, the sweep a job belongs to, a one-off
+verification level), so they must not enter the config hash or params.yaml — and they used to travel as hidden
+``ODEVAL_*`` environment variables set in one module and read in another. Entry points (``stage_main``, the Hydra
+app) build one :class:`RunContext` and pass it down explicitly.
+
+The environment variables odeval still reads are listed in :data:`ENV_VARS` (and in the README): each is read in
+exactly one place, either here (:meth:`RunContext.from_env`) or by the module named.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+# name -> (who reads it, what it does). The only environment variables odeval reads.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "HF_TOKEN": ("huggingface_hub", "token for gated/private repos; never written anywhere"),
+    "CI": ("pipeline.context", "`true`: no progress bars"),
+    "ODEVAL_QUIET": ("pipeline.context", "`1`: no progress bars (like --quiet)"),
+    "ODEVAL_ROOT": ("pipeline.workspace", "the repo root that shared state (mlflow.db, caches, virtual devices) "
+                    "resolves against, when the cwd is not inside it"),
+    "ODEVAL_HASH_CACHE": ("pipeline.manifest", "where the host's sha256 cache lives (default: under the repo)"),
+    "ODEVAL_ENGINE": ("pipeline.apps.reference_app", "reference app engine: `numpy` or `torch` (default: automatic)"),
+    "ODEVAL_THREADS": ("pipeline.apps.reference_app", "CPU threads of the reference app's engine"),
+    "ODEVAL_TEMPLATE": ("pipeline.apps.reference_app", "set by the run stage on the device command line: the "
+                        "reference app's prompt template (`app.template`)"),
+    "ODEVAL_QUIRK_PAST_END_TOKEN": ("pipeline.apps.reference_app", "set by the run stage: `app.past_end_token`"),
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Per-invocation settings passed explicitly into every stage function.
+
+    ``sweep_id``: the Hydra sweep a job belongs to (its MLflow parent run); ``quiet``: no progress bars;
+    ``push_verify``: overrides ``device.push_verify`` for this invocation (``push --verify full``);
+    ``push_mover``: ``sync`` (built-in sync client) or ``adb`` (the adb binary's push).
+    """
+
+    quiet: bool = False
+    sweep_id: str | None = None
+    push_verify: str | None = None
+    push_mover: str = "sync"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> RunContext:
+        """The context of a command-line invocation: ``CI=true`` / ``ODEVAL_QUIET=1`` mean quiet."""
+        quiet = bool(os.environ.get("ODEVAL_QUIET")) or os.environ.get("CI", "").lower() == "true"
+        return replace(cls(quiet=quiet), **overrides)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> RunContext:
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,41 @@
+"""Open the device a ``DeviceConfig`` names: a phone, the virtual device (started on demand) or a pool lease.
+
+One place turns the device section of the config into an adbutils device, for the push and run stages and for
+tools; the pool logic (which phone, leases) lives in :mod:`pipeline.device.pool`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.config import DeviceConfig
+from pipeline.device.connect import DeviceError, get_device
+from pipeline.device.pool import PoolError, hold
+
+
+def virtual_options(d: DeviceConfig) -> dict[str, Any]:
+    """The virtual device's daemon options from the config (its faults included)."""
+    v = d.virtual
+    return dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
+                standin_model=v.standin_model, **dict(v.faults))
+
+
+def open_device(d: DeviceConfig, *, job: str, virtual_only: bool = False, pin: str | None = None,
+                prefer: str | None = None) -> Any:
+    """The adbutils device ``d`` names, connected and ready.
+
+    ``device.kind=pool`` (a DVC stage process; Hydra jobs lease for the whole job and pass a concrete device):
+    lease a pool device until this process exits — ``pin`` (a serial) when the files are already on one device.
+    Raises :class:`DeviceError` / :class:`PoolError` with a one-line, actionable message.
+    """
+    from pipeline.workspace import resolve, shared_root
+
+    if d.kind == "pool":
+        d = hold(d, job, virtual_only, pin=pin, prefer=prefer)
+    options = virtual_options(d) if d.kind == "virtual" else None
+    return get_device(d.kind, serial=d.serial, adb_host=d.adb_host, adb_port=d.adb_port, connect_addr=d.connect,
+                      virtual_root=resolve(d.virtual.root, shared_root()), virtual_port=d.virtual.port,
+                      virtual_options=options)
+
+
+__all__ = ["DeviceError", "PoolError", "open_device", "virtual_options"]
