@@ -61,7 +61,8 @@ def device_for(cfg: Config, workdir: Path, stage: str):
             raise StageError(str(e)) from None
     v = d.virtual
     options = dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
-                   standin_model=v.standin_model, auth=v.auth, adb_keys=v.adb_keys, **dict(v.faults)
+                   standin_model=v.standin_model, auth=v.auth,
+                   adb_keys=str(resolve(v.adb_keys, shared_root())) if v.adb_keys else None, **dict(v.faults)
                    ) if d.kind == "virtual" else None
     try:
         return get_device(d.kind, serial=d.serial, adb_host=d.adb_host, adb_port=d.adb_port, connect_addr=d.connect,

@@ -330,6 +330,9 @@ class Daemon:
         self.host = check_loopback(host)
         self.port = port
         self.root = Path(root).resolve()
+        if auth and self.adb_keys.resolve().is_relative_to(self.root):
+            log.warning("adb_keys %s is inside the device root: anyone with adb access could add a key; keep it "
+                        "outside (the daemon's host-side state dir)", self.adb_keys)
         self.sandbox = Sandbox(self.root)
         self.faults = FaultSource(self.root, options)
         self.faults.get()  # validate early: a bad option fails at start, not at first use

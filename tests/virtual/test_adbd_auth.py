@@ -93,3 +93,24 @@ def test_key_listed_gives_device_and_auth_off_restarts(isolated_server, tmp_path
     finally:
         stop(root)
         assert os.path.exists(keys)  # never deleted by the daemon
+
+
+def test_config_keys_validate_and_reach_the_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`device.virtual.auth=true` is a switch, not a secret; device_for hands auth/adb_keys to the daemon."""
+    from pipeline.config import compose, to_config
+    from pipeline.secrets import redact
+    from pipeline.stages import device_for
+
+    cfg = to_config(compose(["device.virtual.auth=true", "device.virtual.adb_keys=keys/adb_keys"]))
+    assert cfg.device.virtual.auth is True and cfg.device.adb_host is None
+    assert redact({"auth": True})["auth"] is True and redact({"auth": "user:pw"})["auth"] == "***"
+    seen: dict = {}
+
+    def fake_get_device(kind, **kw):
+        seen.update(kw["virtual_options"])
+        return "dev"
+
+    monkeypatch.setattr("pipeline.device.connect.get_device", fake_get_device)
+    monkeypatch.setenv("ODEVAL_ROOT", str(tmp_path))
+    assert device_for(cfg, tmp_path, "push") == "dev"
+    assert seen["auth"] is True and Path(seen["adb_keys"]).is_absolute() and seen["adb_keys"].endswith("keys/adb_keys")
