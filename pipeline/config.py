@@ -75,6 +75,8 @@ class VirtualConfig:
     capacity_gb: float = 64
     simulate_thermal: bool = False
     standin_model: str | None = None
+    auth: bool = False  # require ADB AUTH like a phone: only host keys listed in adb_keys get `device`
+    adb_keys: str | None = None  # None: adb_keys in the daemon's state dir (host side, never writable over adb)
     faults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,7 +100,7 @@ class DeviceConfig:
     name: str = MISSING
     kind: str = "virtual"  # virtual | adb | pool
     serial: str | None = None
-    adb_host: str = "127.0.0.1"
+    adb_host: str | None = None  # None (and adb_port None): the server the env names, as adb does (device/adb.py)
     adb_port: int | None = None
     connect: str | None = None
     remote_root: str = "/data/local/tmp/odeval"
@@ -387,7 +389,8 @@ def _secret_keys(d: Any, prefix: str = "") -> list[str]:
     if isinstance(d, dict):
         for k, v in d.items():
             key = f"{prefix}{k}"
-            if (is_secret_key(str(k)) and v not in (None, "")) or has_secret_value(v):
+            # a boolean (device.virtual.auth: true) switches something on; it cannot hold a credential
+            if (is_secret_key(str(k)) and v not in (None, "") and not isinstance(v, bool)) or has_secret_value(v):
                 out.append(f"{key}: looks like a secret — remove it from the config and set it in the environment"
                            " (e.g. HF_TOKEN); config values are recorded in params.yaml and MLflow")
             out += _secret_keys(v, key + ".")

@@ -59,7 +59,8 @@ def redact(d: Any) -> Any:
     Masked, not dropped: seeing ``judge.api_key=***`` tells a reader the run used a key without leaking it.
     """
     if isinstance(d, Mapping):
-        return {k: (MASK if is_secret_key(str(k)) and v not in (None, "") else redact(v)) for k, v in d.items()}
+        return {k: (MASK if is_secret_key(str(k)) and v not in (None, "") and not isinstance(v, bool) else redact(v))
+                for k, v in d.items()}  # a bool (device.virtual.auth) is a switch, never a credential
     if isinstance(d, list | tuple):
         return [redact(v) for v in d]
     if isinstance(d, str):

@@ -15,9 +15,12 @@ from pipeline.device.pool import PoolError, hold
 
 def virtual_options(d: DeviceConfig) -> dict[str, Any]:
     """The virtual device's daemon options from the config (its faults included)."""
+    from pipeline.workspace import resolve, shared_root
+
     v = d.virtual
     return dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
-                standin_model=v.standin_model, **dict(v.faults))
+                standin_model=v.standin_model, auth=v.auth,
+                adb_keys=str(resolve(v.adb_keys, shared_root())) if v.adb_keys else None, **dict(v.faults))
 
 
 def open_device(d: DeviceConfig, *, job: str, virtual_only: bool = False, pin: str | None = None,

@@ -19,11 +19,13 @@ from typing import Any
 
 from pipeline.virtual.faults import make_faults, write_faults
 
-__all__ = ["VirtualDeviceError", "ensure_running", "status", "stop", "serial_for"]
+__all__ = ["VirtualDeviceError", "ensure_running", "status", "stop", "serial_for", "adb_keys_path"]
 
 STATE_DIR = ".odeval"
 PID_FILE = "adbd.json"
 LOG_FILE = "adbd.log"
+ADB_KEYS_FILE = "adb_keys"  # the authorized host keys when auth is on (a phone's /data/misc/adb/adb_keys)
+DAEMON_OPTIONS = ("auth", "adb_keys")  # fixed for the daemon's lifetime (not faults): a change restarts it
 START_TIMEOUT_S = 15.0
 
 
@@ -45,6 +47,23 @@ def serial_for(port: int, host: str = "127.0.0.1") -> str:
 
 def _state_dir(root: Path) -> Path:
     return Path(root).resolve() / STATE_DIR
+
+
+def adb_keys_path(root: Path) -> Path:
+    """Default authorized-keys file of the device for ``root``: host side, in the daemon's state dir."""
+    return _state_dir(root) / ADB_KEYS_FILE
+
+
+def _daemon_options(root: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Pop auth/adb_keys out of ``options`` → {"auth": bool, "adb_keys": str | None} (the path only with auth)."""
+    auth = options.pop("auth", False)
+    keys = options.pop("adb_keys", None)
+    if not isinstance(auth, bool):
+        auth = str(auth).strip().lower() in ("1", "true", "yes", "on")
+    if not auth:
+        return {"auth": False, "adb_keys": None}
+    path = Path(keys).expanduser().resolve() if keys else adb_keys_path(root)
+    return {"auth": True, "adb_keys": str(path)}
 
 
 def _alive(pid: int) -> bool:
@@ -100,11 +119,18 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
     """
     from filelock import FileLock
 
+    given, options = options, dict(options)
+    daemon_opts = _daemon_options(root, options)
     make_faults(options, "virtual device options")  # fail fast on a bad option
     state = _state_dir(root)
     state.mkdir(parents=True, exist_ok=True)
     with FileLock(str(state / "adbd.lock"), timeout=60):
         info = status(root)
+        wanted = (daemon_opts["auth"], daemon_opts["adb_keys"])
+        asked = any(k in given for k in DAEMON_OPTIONS)  # not given: keep whatever runs (like other options)
+        if info is not None and asked and (bool(info.get("auth")), info.get("adb_keys")) != wanted:
+            stop(root)  # auth settings are fixed for a daemon's life: restart it (as a phone reboots)
+            info = None
         if info is not None:
             if int(info["port"]) != int(port):
                 raise VirtualDeviceError(
@@ -115,10 +141,10 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
                 info["options"] = options
                 (state / PID_FILE).write_text(json.dumps(info))
             return info["serial"]
-        return _spawn(Path(root).resolve(), port, options)
+        return _spawn(Path(root).resolve(), port, options, daemon_opts)
 
 
-def _spawn(root: Path, port: int, options: dict[str, Any]) -> str:
+def _spawn(root: Path, port: int, options: dict[str, Any], daemon_opts: dict[str, Any] | None = None) -> str:
     state = root / STATE_DIR
     log_path = state / LOG_FILE
     pid_path = state / PID_FILE
@@ -132,6 +158,8 @@ def _spawn(root: Path, port: int, options: dict[str, Any]) -> str:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "pipeline.virtual", "serve", "--root", str(root), "--port", str(port),
            *_options_cli(options)]
+    if (daemon_opts or {}).get("auth"):
+        cmd += ["--auth", "--adb-keys", str(daemon_opts["adb_keys"])]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=str(root))
@@ -155,14 +183,15 @@ def _spawn(root: Path, port: int, options: dict[str, Any]) -> str:
                              f"see {log_path}")
 
 
-def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any]) -> Path:
+def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any], *, auth: bool = False,
+                   adb_keys: str | None = None) -> Path:
     """Called by the serving process once it listens (so 'pid file exists' means 'ready')."""
     state = _state_dir(root)
     state.mkdir(parents=True, exist_ok=True)
     path = state / PID_FILE
     info = {"pid": os.getpid(), "port": port, "host": host, "serial": serial_for(port, host),
             "root": str(Path(root).resolve()), "options": options, "log": str(state / LOG_FILE),
-            "started": time.time()}
+            "started": time.time(), "auth": auth, "adb_keys": adb_keys}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, path)

@@ -13,7 +13,15 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.virtual import VirtualDeviceError, default_port, ensure_running, status, stop, write_pid_file
+from pipeline.virtual import (
+    VirtualDeviceError,
+    adb_keys_path,
+    default_port,
+    ensure_running,
+    status,
+    stop,
+    write_pid_file,
+)
 from pipeline.virtual.adbd import AdbdError, Daemon, check_loopback
 from pipeline.virtual.faults import FaultsError, parse_cli
 
@@ -29,16 +37,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address; only loopback is accepted")
     p.add_argument("--fault", action="append", default=[], metavar="KEY=VALUE",
                    help="option/fault, e.g. disk_full=1, drop_push_after_bytes=1000000, simulate_thermal=1")
+    p.add_argument("--auth", action="store_true",
+                   help="require ADB AUTH like a real phone: only hosts whose key is in --adb-keys are authorized")
+    p.add_argument("--adb-keys", type=Path, default=None,
+                   help="authorized host keys (adb_keys format; default: adb_keys in the daemon's state dir)")
     return p
 
 
-def _serve(root: Path, port: int, host: str, options: dict) -> int:
+def _serve(root: Path, port: int, host: str, options: dict, auth: bool = False, adb_keys: Path | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    daemon = Daemon(root, port, host, options)
+    if auth and adb_keys is None:
+        adb_keys = adb_keys_path(root)
+    daemon = Daemon(root, port, host, options, auth=auth, adb_keys=adb_keys)
     daemon.bind()
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-    write_pid_file(root, daemon.port, daemon.host, options)
+    write_pid_file(root, daemon.port, daemon.host, options, auth=auth,
+                   adb_keys=str(daemon.adb_keys) if auth else None)
     logging.getLogger("odeval.virtual").info("serving %s:%d root=%s options=%s", daemon.host, daemon.port,
                                              daemon.root, options)
     daemon.serve_forever()
@@ -53,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         check_loopback(args.host)
         options = parse_cli(args.fault)
         if args.command == "serve":
-            return _serve(root, port, args.host, options)
+            return _serve(root, port, args.host, options, args.auth, args.adb_keys)
         if args.command == "start":
+            if args.auth:
+                options.update(auth=True, adb_keys=str(args.adb_keys) if args.adb_keys else None)
             print(ensure_running(root, port, **options))
             return 0
         if args.command == "stop":

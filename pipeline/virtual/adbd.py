@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.virtual import adbauth
 from pipeline.virtual.faults import FaultSource
 from pipeline.virtual.sandbox import Sandbox, SandboxError
 
@@ -31,12 +32,19 @@ log = logging.getLogger("odeval.virtual.adbd")
 
 A_CNXN, A_OPEN, A_OKAY, A_WRTE, A_CLSE, A_AUTH, A_STLS = (
     0x4E584E43, 0x4E45504F, 0x59414B4F, 0x45545257, 0x45534C43, 0x48545541, 0x534C5453)
-VERSION = 0x01000001  # >= this: data checksum may be 0
+VERSION = 0x01000001  # our protocol version; a negotiated version >= VERSION_SKIP_CHECKSUM drops data checksums
+VERSION_MIN = 0x01000000  # what a connection speaks until the host's CNXN says otherwise (adb's A_VERSION_MIN)
+VERSION_SKIP_CHECKSUM = 0x01000001
 MAX_PAYLOAD = 1 << 20
 SYNC_DATA_MAX = 64 * 1024
 HEADER = struct.Struct("<6I")
 FEATURES = "shell_v2,cmd,stat_v2,ls_v2,fixed_push_mkdir"
 ERRNO = {"ENOENT": errno.ENOENT, "EACCES": errno.EACCES, "ENOTDIR": errno.ENOTDIR, "EISDIR": errno.EISDIR}
+
+
+def checksum(data: bytes | memoryview) -> int:
+    """adb's data_check: the plain byte sum of the payload, as uint32."""
+    return sum(data) & 0xFFFFFFFF
 
 
 class AdbdError(Exception):
@@ -167,9 +175,14 @@ class Connection:
         self._next_id = 1
         self._lock = threading.Lock()
         self._rfile = sock.makefile("rb", buffering=1 << 20)
+        # per connection, like adbd's atransport: checksums until the CNXN negotiates a version that drops them
+        self.version = VERSION_MIN
+        self.authorized = not daemon.auth
+        self._token = b""
 
     def send_packet(self, cmd: int, arg0: int, arg1: int, data: bytes | memoryview = b"") -> None:
-        header = HEADER.pack(cmd, arg0, arg1, len(data), 0, cmd ^ 0xFFFFFFFF)
+        check = checksum(data) if self.version < VERSION_SKIP_CHECKSUM else 0
+        header = HEADER.pack(cmd, arg0, arg1, len(data), check, cmd ^ 0xFFFFFFFF)
         with self._send_lock:
             if len(data) < 4096:
                 self.sock.sendall(header + bytes(data))
@@ -197,11 +210,18 @@ class Connection:
     def serve(self) -> None:
         try:
             while True:
-                cmd, arg0, arg1, length, _check, magic = HEADER.unpack(self._read_exact(24))
+                cmd, arg0, arg1, length, check, magic = HEADER.unpack(self._read_exact(24))
                 if magic != cmd ^ 0xFFFFFFFF:
                     log.warning("bad magic, dropping connection")
                     return
+                if length > MAX_PAYLOAD:
+                    log.warning("packet of %d bytes exceeds maxdata, dropping connection", length)
+                    return
                 data = self._read_exact(length) if length else b""
+                if self.version < VERSION_SKIP_CHECKSUM and checksum(data) != check:
+                    # adbd's check_data(): a bad sum under an old protocol version ends the transport
+                    log.warning("bad data checksum (version %#x), dropping connection", self.version)
+                    return
                 self._dispatch(cmd, arg0, arg1, data)
         except (EOFError, OSError, ValueError):
             pass
@@ -218,8 +238,16 @@ class Connection:
 
     def _dispatch(self, cmd: int, arg0: int, arg1: int, data: bytes) -> None:
         if cmd == A_CNXN:
+            self.version = min(VERSION, arg0)
             self.max_payload = max(4096, min(MAX_PAYLOAD, arg1))
-            self.send_packet(A_CNXN, VERSION, MAX_PAYLOAD, self.daemon.banner().encode())
+            if self.authorized:
+                self._send_cnxn()
+            else:
+                self._send_token()
+        elif cmd == A_AUTH:
+            self._auth(arg0, data)
+        elif not self.authorized:
+            return  # adbd ignores streams on a transport that is not online (unauthorized)
         elif cmd == A_OPEN:
             service = data.rstrip(b"\0").decode("utf-8", "replace")
             with self._lock:
@@ -249,7 +277,33 @@ class Connection:
             else:
                 self.forget(arg1)
                 stream._remote_closed()
-        # AUTH/STLS are never needed: we answer CNXN directly.
+        # STLS is never offered (no TLS feature in the banner).
+
+    def _send_cnxn(self) -> None:
+        self.send_packet(A_CNXN, VERSION, MAX_PAYLOAD, self.daemon.banner().encode())
+
+    def _send_token(self) -> None:
+        self._token = adbauth.new_token()
+        self.send_packet(A_AUTH, adbauth.AUTH_TOKEN, 0, self._token)
+
+    def _auth(self, kind: int, data: bytes) -> None:
+        """Host's answer to our TOKEN: a signature checked against adb_keys (CNXN if good, a new TOKEN if not),
+        or its public key — where a phone would ask "Allow USB debugging?", we refuse and log the key."""
+        if self.authorized or not self.daemon.auth or not self._token:
+            return
+        if kind == adbauth.AUTH_SIGNATURE:
+            key = adbauth.verify(self._token, data, adbauth.load_keys(self.daemon.adb_keys))
+            if key is None:
+                self._send_token()
+                return
+            log.info("AUTH: host key %s accepted", key.comment or "(no comment)")
+            self.authorized = True
+            self._token = b""
+            self._send_cnxn()
+        elif kind == adbauth.AUTH_RSAPUBLICKEY:
+            offered = data.rstrip(b"\0").decode("ascii", "replace").strip()
+            log.warning("AUTH: unknown host key refused (no 'Allow USB debugging?' prompt here); to authorize it,"
+                        " append this line to %s: %s", self.daemon.adb_keys, offered)
 
     def _run_service(self, handler: Callable[[Stream, str], None], stream: Stream, service: str) -> None:
         try:
@@ -265,12 +319,20 @@ class Connection:
 class Daemon:
     """The listening virtual device: sandbox, options/faults, process table, services."""
 
-    def __init__(self, root: Path, port: int, host: str = "127.0.0.1", options: dict | None = None) -> None:
+    def __init__(self, root: Path, port: int, host: str = "127.0.0.1", options: dict | None = None, *,
+                 auth: bool = False, adb_keys: Path | None = None) -> None:
         from pipeline.virtual.shell import ProcessTable  # local import keeps module import order simple
 
+        if auth and adb_keys is None:
+            raise AdbdError("auth needs an adb_keys file (host side, outside the device root); pass --adb-keys")
+        self.auth = auth
+        self.adb_keys = Path(adb_keys) if adb_keys is not None else None
         self.host = check_loopback(host)
         self.port = port
         self.root = Path(root).resolve()
+        if auth and self.adb_keys.resolve().is_relative_to(self.root):
+            log.warning("adb_keys %s is inside the device root: anyone with adb access could add a key; keep it "
+                        "outside (the daemon's host-side state dir)", self.adb_keys)
         self.sandbox = Sandbox(self.root)
         self.faults = FaultSource(self.root, options)
         self.faults.get()  # validate early: a bad option fails at start, not at first use

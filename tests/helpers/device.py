@@ -2,7 +2,8 @@
 
 Fixtures:
 - ``adb_server`` (session): a free port, ANDROID_ADB_SERVER_PORT set for the session, ``adb start-server`` with the
-  bundled binary, and ``adb -P port kill-server`` at the end (only the server we started).
+  bundled binary and a temporary HOME (so the server's RSA key ``$HOME/.android/adbkey`` is a throwaway one, never
+  the user's), and ``adb -P port kill-server`` at the end (only the server we started).
 - ``virtual_device`` (function, backed by one daemon per session): connected, faults cleared before and after.
   Attributes ``.serial .root .port .device .adb_port``; ``.set_faults(**kw)``, ``.adb(*args)``, ``.reconnect()``.
 - ``make_virtual_device`` (function): factory for extra daemons (e.g. two devices in parallel), stopped at teardown.
@@ -67,12 +68,13 @@ class VirtualDevice:
 
 
 @pytest.fixture(scope="session")
-def adb_server() -> Iterator[AdbServer]:
+def adb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdbServer]:
     port = free_port()
+    home = tmp_path_factory.mktemp("adb-home")
     saved = {k: os.environ.get(k) for k in ("ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH")}
     os.environ["ANDROID_ADB_SERVER_PORT"] = str(port)
     os.environ["ADBUTILS_ADB_PATH"] = adb_path()
-    proc = run_adb(["start-server"], port=port, timeout=30)
+    proc = run_adb(["start-server"], port=port, timeout=30, env={"HOME": str(home)})
     if proc.returncode != 0:
         pytest.fail(f"cannot start adb server on port {port}: {proc.stderr.decode(errors='replace')}")
     try:

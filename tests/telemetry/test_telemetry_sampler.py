@@ -1,5 +1,5 @@
 """pipeline.device.telemetry over a temp /sys tree: a toy echo/cat/ls shell (the virtual device's subset) and the
-real /bin/sh (stderr merged, as adb shell v1 returns it). The virtual-device test comes when it lands."""
+real /bin/sh (stderr merged, as adb shell v1 returns it), and the virtual device through the real adb."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.device.telemetry import TelemetryError, TelemetrySampler, parse_sections
+from pipeline.device.telemetry import (
+    TelemetryError,
+    TelemetrySampler,
+    device_processes,
+    parse_dumpsys_battery,
+    parse_sections,
+)
 
 
 def write(root: Path, path: str, text: str) -> None:
@@ -43,8 +49,11 @@ def phone(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def toy_shell(root: Path, *, stderr_merged: bool, calls: list[str] | None = None):
-    """The virtual device's subset: `;`-separated `echo`, `cat`, `ls`; anything else is 'not found'."""
+def toy_shell(root: Path, *, stderr_merged: bool, calls: list[str] | None = None, dumpsys: str | None = None,
+              denied: tuple[str, ...] = ()):
+    """The virtual device's subset: `;`-separated `echo`, `cat`, `ls`, `2>/dev/null`; anything else is 'not found'.
+    ``dumpsys``: what `dumpsys battery` prints (None: not found, as on the virtual device); ``denied``: device path
+    prefixes whose reads fail with EACCES (SELinux on some phones)."""
 
     def shell(cmd: str) -> str:
         if calls is not None:
@@ -54,20 +63,27 @@ def toy_shell(root: Path, *, stderr_merged: bool, calls: list[str] | None = None
             argv = shlex.split(seg)
             if not argv:
                 continue
+            quiet = "2>/dev/null" in argv
+            argv = [a for a in argv if a != "2>/dev/null"]
             name, args = argv[0], argv[1:]
+            err = (lambda msg: None) if quiet or not stderr_merged else out.append
             if name == "echo":
                 out.append(" ".join(args) + "\n")
             elif name in ("cat", "ls"):
                 for a in args:
                     p = root / a.lstrip("/")
-                    if name == "cat" and p.is_file():
+                    if a.startswith(denied) and denied:
+                        err(f"{name}: {a}: Permission denied\n")
+                    elif name == "cat" and p.is_file():
                         out.append(p.read_text())
                     elif name == "ls" and p.is_dir():
                         out.append("\n".join(sorted(x.name for x in p.iterdir())) + "\n")
-                    elif stderr_merged:
-                        out.append(f"{name}: {a}: No such file or directory\n")
+                    else:
+                        err(f"{name}: {a}: No such file or directory\n")
+            elif name == "dumpsys" and dumpsys is not None and args == ["battery"]:
+                out.append(dumpsys)
             else:
-                out.append(f"{name}: not found\n")
+                err(f"{name}: not found\n")
         return "".join(out)
 
     return shell
@@ -104,19 +120,108 @@ def check_full_sample(s: dict) -> None:
 def test_sample_toy_shell(phone: Path, stderr_merged: bool) -> None:
     calls: list[str] = []
     sampler = TelemetrySampler(toy_shell(phone, stderr_merged=stderr_merged, calls=calls), pid=4242)
-    check_full_sample(sampler.sample())
+    check_full_sample(sampler.sample())  # discovery pass
     n_discovery = len(calls)
-    sampler.sample()
-    assert len(calls) == n_discovery + 1, "one shell command per sample once the tree is discovered"
-    # the command uses only echo, cat and ls (the virtual shell's subset), no loops/subshells/redirections
+    for _ in range(3):
+        check_full_sample(sampler.sample())  # steady state: positional parse of one cat
+    assert len(calls) == n_discovery + 3, "one shell command per sample once the tree is discovered"
+    # one cat (zone0/temp has no trailing newline: an `echo` keeps lines aligned, and a second cat follows it)
+    assert device_processes(calls[-1]) == 1 + 2
     for seg in calls[-1].split(";"):
-        assert shlex.split(seg)[0] in ("echo", "cat", "ls"), seg
-    assert not any(c in calls[-1] for c in ("$(", "`", "2>", "*", "|", "&&"))
+        assert shlex.split(seg)[0] in ("echo", "cat"), seg
+    assert not any(c in calls[-1] for c in ("$(", "`", "*", "|", "&&", "dumpsys"))
+    assert sampler.discoveries == 1
+
+
+def test_one_process_per_sample_when_files_end_in_newline(phone: Path) -> None:
+    write(phone, "/sys/class/thermal/thermal_zone0/temp", "45300\n")
+    calls: list[str] = []
+    sampler = TelemetrySampler(toy_shell(phone, stderr_merged=True, calls=calls), pid=4242)
+    sampler.sample()
+    check_full_sample(sampler.sample())
+    assert device_processes(calls[-1]) == 2  # the sh adb starts + one cat, whatever the number of files
+    # the previous design: `echo marker; cat file` per file (4 battery, 3 zones × type+temp, 2 CPUs, status) + 2 ls
+    types = [f"/sys/class/thermal/{z}/type" for z in ("thermal_zone0", "thermal_zone1", "thermal_zone10")]
+    files = sampler.value_paths() + types + ["/proc/4242/status"]
+    old = "; ".join(f"echo m; cat {p}" for p in files) + "; ls /sys/class/thermal; ls /sys/devices/system/cpu"
+    assert len(files) == 13 and device_processes(old) == 1 + 13 + 2
+
+
+def test_layout_change_rediscovers_without_shifting(phone: Path) -> None:
+    calls: list[str] = []
+    sampler = TelemetrySampler(toy_shell(phone, stderr_merged=False, calls=calls), pid=4242)
+    sampler.sample()
+    (phone / "sys/class/power_supply/battery/temp").unlink()  # a file vanishes mid-run (the middle of the cat)
+    s = sampler.sample()
+    assert sampler.discoveries == 2  # the line count no longer matched: re-learnt, values from discovery
+    assert s["battery_temp_c"] is None and s["reasons"]["battery_temp_c"].endswith("battery/temp")
+    assert s["battery_status"] == "Discharging" and s["battery_voltage_v"] == pytest.approx(3.87)
+    assert s["cpu_freq_khz"] == {"cpu0": 1804800} and s["vm_rss_kb"] == 198000
+    s = sampler.sample()
+    assert sampler.discoveries == 2 and s["battery_status"] == "Discharging" and s["battery_temp_c"] is None
+    (phone / "proc/4242/status").unlink()  # the app exits: not a layout change
+    s = sampler.sample()
+    assert sampler.discoveries == 2 and s["vm_rss_kb"] is None and s["cpu_freq_khz"] == {"cpu0": 1804800}
+
+
+def test_periodic_rediscovery(phone: Path) -> None:
+    sampler = TelemetrySampler(toy_shell(phone, stderr_merged=False), pid=4242, rediscover_s=0)
+    for _ in range(3):
+        check_full_sample(sampler.sample())
+    assert sampler.discoveries == 3
+
+
+DUMPSYS = """Current Battery Service state:
+  AC powered: false
+  USB powered: true
+  Max charging current: 500000
+  status: 3
+  health: 2
+  present: true
+  level: 81
+  scale: 100
+  voltage: 3912
+  temperature: 287
+  technology: Li-ion
+"""
+
+
+def test_dumpsys_battery_fallback(phone: Path) -> None:
+    calls: list[str] = []
+    shell = toy_shell(phone, stderr_merged=True, calls=calls, dumpsys=DUMPSYS, denied=("/sys/class/power_supply",))
+    sampler = TelemetrySampler(shell, pid=4242)
+    for s in (sampler.sample(), sampler.sample()):  # discovery, then steady state
+        assert s["battery_source"] == "dumpsys battery"
+        assert s["battery_voltage_v"] == pytest.approx(3.912) and s["battery_temp_c"] == pytest.approx(28.7)
+        assert s["battery_status"] == "Discharging"
+        assert s["battery_current_a"] is None and "dumpsys battery has no current" in s["reasons"]["battery_current_a"]
+        assert s["power_w"] is None and s["thermal"]["battery"] == pytest.approx(31.0) and s["vm_rss_kb"] == 198000
+    assert "dumpsys battery" in calls[-1] and device_processes(calls[-1]) == 1 + 2 + 1
+
+
+def test_no_dumpsys_no_fallback(phone: Path) -> None:
+    calls: list[str] = []
+    shell = toy_shell(phone, stderr_merged=True, calls=calls, denied=("/sys/class/power_supply",))
+    sampler = TelemetrySampler(shell, pid=4242)
+    sampler.sample()
+    s = sampler.sample()
+    assert "dumpsys" not in calls[-1]  # not found once: never spawned again
+    assert s["battery_source"] == "sysfs" and s["battery_voltage_v"] is None
+    assert s["reasons"]["battery_voltage_v"] == "not exposed by device: /sys/class/power_supply/battery/voltage_now"
+
+
+def test_parse_dumpsys_battery() -> None:
+    assert parse_dumpsys_battery(DUMPSYS) == {"voltage_v": 3.912, "temp_c": 28.7, "status": "Discharging"}
+    assert parse_dumpsys_battery("/system/bin/sh: dumpsys: not found") is None
+    assert parse_dumpsys_battery(None) is None
 
 
 def test_sample_real_sh_with_merged_stderr(phone: Path) -> None:
     (phone / "sys/class/power_supply/battery/temp").unlink()  # a missing file in the middle of the command
-    s = TelemetrySampler(host_sh(phone), pid=4242).sample()
+    sampler = TelemetrySampler(host_sh(phone), pid=4242)
+    sampler.sample()
+    s = sampler.sample()  # the steady-state command, run by a real POSIX sh
+    assert sampler.discoveries == 1
     assert s["battery_temp_c"] is None
     assert s["reasons"]["battery_temp_c"] == "not exposed by device: /sys/class/power_supply/battery/temp"
     assert s["battery_status"] == "Discharging" and s["power_w"] is not None  # neighbours unaffected
@@ -211,18 +316,27 @@ def test_bad_interval() -> None:
 def test_virtual_device_through_real_adb(virtual_device) -> None:
     """The real thing: the bundled adb binary → adbutils → the virtual device's minimal shell."""
     virtual_device.set_faults(simulate_thermal=True)
-    sampler = TelemetrySampler(lambda cmd: virtual_device.device.shell(cmd, timeout=30))
-    # The virtual device creates its /sys files on a `cat` of /sys, not on `ls` (pipeline/virtual/shell.py b_ls):
-    # the first discovery `ls` finds no zone yet; the re-listing at the end of each sample picks it up.
-    first = sampler.sample()
-    assert first["battery_current_a"] is not None
-    s = sampler.sample()
-    assert "cpu-0-0-usr" in s["thermal"] and 10 < s["thermal"]["cpu-0-0-usr"] < 80
-    assert s["battery_current_a"] is not None and s["battery_voltage_v"] is not None
-    assert s["power_w"] == pytest.approx(abs(s["battery_current_a"]) * s["battery_voltage_v"])
-    assert s["battery_temp_c"] is not None
-    assert s["cpu_freq_khz"] is None and s["reasons"]["cpu_freq_khz"].startswith("not exposed by device")
-    virtual_device.set_faults()  # simulation off: the files disappear → null with reasons, no exception
+    calls: list[str] = []
+
+    def shell(cmd: str) -> str:
+        calls.append(cmd)
+        return virtual_device.device.shell(cmd, timeout=30)
+
+    sampler = TelemetrySampler(shell)
+    first = sampler.sample()  # discovery (the virtual device creates its simulated /sys files when listed)
+    assert first["battery_current_a"] is not None and "cpu-0-0-usr" in first["thermal"]
+    n = len(calls)
+    for _ in range(3):
+        s = sampler.sample()
+        assert "cpu-0-0-usr" in s["thermal"] and 10 < s["thermal"]["cpu-0-0-usr"] < 80
+        assert s["battery_current_a"] is not None and s["battery_voltage_v"] is not None
+        assert s["power_w"] == pytest.approx(abs(s["battery_current_a"]) * s["battery_voltage_v"])
+        assert s["battery_temp_c"] is not None
+        assert s["cpu_freq_khz"] is None and s["reasons"]["cpu_freq_khz"].startswith("not exposed by device")
+    assert len(calls) == n + 3 and sampler.discoveries == 1  # steady state: one `cat` per sample
+    assert calls[-1].startswith("cat ") and device_processes(calls[-1]) == 2
+    virtual_device.set_faults()  # simulation off: the files disappear → rediscovery → null with reasons
     bare = sampler.sample()
-    assert bare["thermal"] is None and bare["battery_current_a"] is None
+    assert sampler.discoveries == 2
+    assert bare["thermal"] is None and bare["battery_current_a"] is None and "error" not in bare
     assert bare["reasons"]["battery_current_a"] == "not exposed by device: /sys/class/power_supply/battery/current_now"
