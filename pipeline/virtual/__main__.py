@@ -1,4 +1,5 @@
-"""CLI: ``python -m pipeline.virtual start|stop|status|serve [--port N] [--root DIR] [--host H] [--fault k=v]``.
+"""CLI: ``python -m pipeline.virtual start|stop|status|serve [--port N] [--root DIR] [--host H] [--fault k=v]
+[--app-cmd JSON]``.
 
 ``start`` daemonises (idempotent) and prints the serial; ``serve`` runs in the foreground (what ``start`` spawns).
 """
@@ -14,8 +15,9 @@ import sys
 from pathlib import Path
 
 from pipeline.virtual import VirtualDeviceError, default_port, ensure_running, status, stop, write_pid_file
-from pipeline.virtual.adbd import AdbdError, Daemon, check_loopback
-from pipeline.virtual.faults import FaultsError, parse_cli
+from pipeline.virtual.adbd import AdbdError, check_loopback
+from pipeline.virtual.faults import FaultsError, parse_app_cmd, parse_cli
+from pipeline.virtual.services import make_daemon
 
 DEFAULT_ROOT = Path(os.environ.get("ODEVAL_VIRTUAL_ROOT", "~/.cache/odeval/virtual-device")).expanduser()
 
@@ -25,22 +27,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=["start", "stop", "status", "serve"])
     p.add_argument("--port", type=int, default=None,
                    help="TCP port on 127.0.0.1 (default: derived from --root, as the pipeline stages do)")
-    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"device storage dir (default {DEFAULT_ROOT})")
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                   help=f"device dir: DIR/storage is the device's /, DIR/state the daemon's (default {DEFAULT_ROOT})")
     p.add_argument("--host", default="127.0.0.1", help="bind address; only loopback is accepted")
     p.add_argument("--fault", action="append", default=[], metavar="KEY=VALUE",
                    help="option/fault, e.g. disk_full=1, drop_push_after_bytes=1000000, simulate_thermal=1")
+    p.add_argument("--app-cmd", default=None, metavar="JSON",
+                   help="test hook: host argv prefix run instead of the reference app (JSON list); fixed for the "
+                        "daemon's lifetime, nothing on the device can change it")
     return p
 
 
-def _serve(root: Path, port: int, host: str, options: dict) -> int:
+def _serve(root: Path, port: int, host: str, options: dict, app_cmd: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    daemon = Daemon(root, port, host, options)
+    daemon = make_daemon(root, port, host, options, app_cmd=app_cmd)
     daemon.bind()
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
-    write_pid_file(root, daemon.port, daemon.host, options)
-    logging.getLogger("odeval.virtual").info("serving %s:%d root=%s options=%s", daemon.host, daemon.port,
-                                             daemon.root, options)
+    write_pid_file(root, daemon.port, daemon.host, options, app_cmd)
+    logging.getLogger("odeval.virtual").info("serving %s:%d root=%s storage=%s options=%s app_cmd=%s", daemon.host,
+                                             daemon.port, daemon.root, daemon.sandbox.root, options, app_cmd)
     daemon.serve_forever()
     return 0
 
@@ -52,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_loopback(args.host)
         options = parse_cli(args.fault)
+        app_cmd = parse_app_cmd(args.app_cmd)
         if args.command == "serve":
-            return _serve(root, port, args.host, options)
+            return _serve(root, port, args.host, options, app_cmd)
         if args.command == "start":
-            print(ensure_running(root, port, **options))
+            print(ensure_running(root, port, **options, **({"app_cmd": app_cmd} if app_cmd else {})))
             return 0
         if args.command == "stop":
             print("stopped" if stop(root) else "not running")
