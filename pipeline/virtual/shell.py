@@ -12,6 +12,7 @@ allowlisted environment, in its own process group wired to the stream), :mod:`~p
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import posixpath
 import re
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "serve_shell_stream", "parse_service", "MemoryIO", "ShellIO", "StreamIO", "ShellSyntaxError",
            "lex", "parse", "ProcessTable", "VProc", "VIRTUAL_PROPS", "DEVICE_ENV", "APP_BASENAME", "BUILTINS"]
+log = logging.getLogger("odeval.virtual.security")
 
 
 class Session:
@@ -309,6 +311,8 @@ class Session:
             ctx.err(_b(f"sh: {path}: Permission denied\n"))
             return 126
         if posixpath.basename(path) != APP_BASENAME:
+            log.warning("refused: exec of %r (only a file named %s starts the app; no host binaries)", path,
+                        APP_BASENAME)
             ctx.err(_b(f"sh: {path}: cannot execute - the virtual device runs no host binaries\n"))
             return 126
         return run_app(self, host, argv, assigns, ctx, exec_mode)

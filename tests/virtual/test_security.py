@@ -256,3 +256,7 @@ def test_model_dir_argument_outside_the_storage_is_refused(model_on_device) -> N
     r = _shell(vd, "/data/local/tmp/sec4/app/simple_app /data/local/tmp/sec4/escape-arg", stdin=b"hello\n")
     assert r.returncode == 127 and b"Permission denied" in r.stderr and b"tok/s" not in r.stdout
     assert "refused: simple_app model dir '/data/local/tmp/sec4/escape-arg'" in _wait_log(vd, "escape-arg", since)
+    since = len(_log(vd))
+    r = _shell(vd, "cat /data/local/tmp/sec4/escape-arg/config.json")  # the shell's own builtins refuse it too
+    assert r.returncode == 1 and b"Permission denied" in r.stderr and r.stdout == b""
+    assert "refused: device path '/data/local/tmp/sec4/escape-arg/config.json'" in _wait_log(vd, "escape-arg", since)
