@@ -89,6 +89,7 @@ def cpu_report(dev, model: Path, entries, vroot: Path, adb_port: int, serial: st
         print("(psutil missing: no CPU breakdown)")
         return
     from pipeline.virtual import status
+    from pipeline.virtual.layout import storage_dir
 
     daemon = psutil.Process(int(status(vroot)["pid"]))
     servers = [p for p in psutil.process_iter(["cmdline"])
@@ -105,7 +106,7 @@ def cpu_report(dev, model: Path, entries, vroot: Path, adb_port: int, serial: st
         else:
             adb_push(adb_port, serial, model, "/data/local/tmp/bench/cpu")
         after = (cpu(daemon), sum(cpu(s) for s in servers))
-        shutil.rmtree(vroot / "data/local/tmp/bench/cpu")
+        shutil.rmtree(storage_dir(vroot) / "data/local/tmp/bench/cpu")
         print(f"cpu seconds, {name:<20}: device daemon {after[0] - before[0]:.2f}, adb server "
               f"{after[1] - before[1]:.2f}")
 
@@ -119,6 +120,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline.virtual import stop
+    from pipeline.virtual.layout import storage_dir
 
     work = Path(tempfile.mkdtemp(prefix="odeval-bench-push-"))
     adb_port = free_port()
@@ -149,9 +151,9 @@ def main() -> None:
                 times[f"push_dir mover={mover}"].append(res.seconds)
                 if mover == "sync":
                     send_only.append(res.send_seconds)
-                shutil.rmtree(vroot / f"data/local/tmp/bench/{mover}{r}")
+                shutil.rmtree(storage_dir(vroot) / f"data/local/tmp/bench/{mover}{r}")
             times["adb push (dir)"].append(adb_push(adb_port, serial, model, f"/data/local/tmp/bench/adb{r}"))
-            shutil.rmtree(vroot / f"data/local/tmp/bench/adb{r}")
+            shutil.rmtree(storage_dir(vroot) / f"data/local/tmp/bench/adb{r}")
         med = {k: statistics.median(v) for k, v in times.items()}
         for k, v in times.items():
             runs = " ".join(f"{size / 1e6 / t:.0f}" for t in v)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import signal
 import sys
 import time
@@ -115,6 +116,31 @@ def template_ids(template: str, prompt: str | bytes, codec: TokenizerBin,
 def safe_piece(piece: bytes) -> bytes:
     """llama2.c ``safe_printf``: a single non-printable, non-space byte is dropped."""
     return b"" if len(piece) == 1 and piece[0] not in _PRINTABLE else piece
+
+
+def confined_dir(path: str, env: dict[str, str] | None = None) -> Path:
+    """Host dir of a model dir named on the device (argv, ``!reload``): under ``$ODEVAL_SANDBOX_ROOT`` (the virtual
+    device's ``/``; relative paths from the app's cwd), refused if it resolves — after symlinks — outside it, so
+    nothing typed on the device makes the app read host files.  Without the variable (host use) it is ``path``."""
+    env = os.environ if env is None else env
+    root = env.get("ODEVAL_SANDBOX_ROOT")
+    if not root:
+        return Path(path)
+    real_root, cwd = os.path.realpath(root), os.path.realpath(os.getcwd())
+    dev_cwd = "/" + os.path.relpath(cwd, real_root) if cwd.startswith(real_root + os.sep) else "/"
+    host = os.path.realpath(os.path.join(real_root, posixpath.normpath(posixpath.join(dev_cwd, path)).lstrip("/")))
+    if host != real_root and not host.startswith(real_root + os.sep):
+        _audit(f"model dir {path!r} resolves outside the device storage")
+        raise ReferenceAppError(f"{path}: outside the device storage (refused)")
+    return Path(host)
+
+
+def _audit(message: str) -> None:
+    """Tell the virtual device's daemon log about a refusal (private fd it passed; no-op on the host)."""
+    try:
+        os.write(int(os.environ["ODEVAL_AUDIT_FD"]), (message.replace("\n", " ") + "\n").encode())
+    except (KeyError, ValueError, OSError):
+        pass
 
 
 def resolve_model_dir(model_dir: Path, env: dict[str, str] | None = None) -> Path:
@@ -364,9 +390,10 @@ def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: 
                 models_dir = words[1] if len(words) > 1 else models_dir
                 stdout.write(b"Old context released\n" + _reload_lines(models_dir, max_steps, model_type).encode())
                 stdout.flush()
-                try:
-                    engine = load_engine(Path(models_dir))
+                try:  # a dir outside the device storage fails like a bad dir: Initialization errror, exit 1
+                    engine = load_engine(confined_dir(models_dir))
                 except ReferenceAppError as exc:
+                    _audit(f"!reload {models_dir!r} refused: {exc}")
                     sys.stderr.write(f"Initialization errror: {exc}\n")
                     return 1
                 stdout.write(b"Models loaded and ready\n")
@@ -390,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     quirk = os.environ.get("ODEVAL_QUIRK_PAST_END_TOKEN", "").strip()
     try:
-        engine = load_engine(Path(args.model_dir))
+        if args.template not in TEMPLATES:
+            raise ReferenceAppError(f"ODEVAL_TEMPLATE={args.template!r} is unknown; use one of {', '.join(TEMPLATES)}")
+        if quirk and not quirk.lstrip("-").isdigit():
+            raise ReferenceAppError(f"ODEVAL_QUIRK_PAST_END_TOKEN={quirk!r} is not a token id; use an integer")
+        engine = load_engine(confined_dir(args.model_dir))
     except ReferenceAppError as exc:
         sys.stderr.write(f"reference_app: {exc}\n")
         return 1

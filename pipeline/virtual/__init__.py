@@ -1,8 +1,10 @@
 """The virtual Android device: a loopback ADB daemon that the real ``adb`` server and adbutils drive like a phone.
 
-This module manages the daemon *process* (so stages can start it on demand and tests can run several): a pid file
-and a log under ``<root>/.odeval/``.  The protocol lives in :mod:`pipeline.virtual.adbd`, the shell in
-:mod:`pipeline.virtual.shell`.  Importing this package is cheap (no torch, no adbutils).
+This module manages the daemon *process* (so stages can start it on demand and tests can run several).  Layout of
+``--root DIR`` (:mod:`pipeline.virtual.layout`): ``DIR/storage`` is the device's ``/``; ``DIR/state`` (0700, never
+reachable over adb) holds ``adbd.json`` (pid file), ``adbd.log``, ``adbd.lock`` and ``faults.json`` (control file).
+The protocol lives in :mod:`pipeline.virtual.adbd`, the shell in :mod:`pipeline.virtual.shell`, the app launch
+(and its environment allowlist) in :mod:`pipeline.virtual.app_launch`.  Importing this package is cheap.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.virtual.faults import make_faults, write_faults
+from pipeline.virtual.faults import make_faults, split_options, write_faults
+from pipeline.virtual.layout import state_dir, storage_dir
 
 __all__ = ["VirtualDeviceError", "ensure_running", "status", "stop", "serial_for", "adb_keys_path"]
 
-STATE_DIR = ".odeval"
 PID_FILE = "adbd.json"
 LOG_FILE = "adbd.log"
 ADB_KEYS_FILE = "adb_keys"  # the authorized host keys when auth is on (a phone's /data/misc/adb/adb_keys)
@@ -45,13 +47,9 @@ def serial_for(port: int, host: str = "127.0.0.1") -> str:
     return f"{host}:{port}"
 
 
-def _state_dir(root: Path) -> Path:
-    return Path(root).resolve() / STATE_DIR
-
-
 def adb_keys_path(root: Path) -> Path:
     """Default authorized-keys file of the device for ``root``: host side, in the daemon's state dir."""
-    return _state_dir(root) / ADB_KEYS_FILE
+    return state_dir(root) / ADB_KEYS_FILE
 
 
 def _daemon_options(root: Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -87,9 +85,12 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
-def status(root: Path) -> dict | None:
+LEGACY_PID_FILE = Path(".odeval") / PID_FILE  # before storage/ + state/: inside the device storage (stop only)
+
+
+def status(root: Path, path: Path | None = None) -> dict | None:
     """The running daemon for ``root`` (pid, port, serial, root, options, log) or None if none runs."""
-    path = _state_dir(root) / PID_FILE
+    path = path or state_dir(root) / PID_FILE
     try:
         info = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -115,15 +116,17 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
     """Start the daemon for ``root`` on ``port`` unless it already runs; return its serial ``127.0.0.1:<port>``.
 
     Idempotent.  If a daemon already serves this root with other options, the options are applied through the
-    faults control file (no restart, so the adb server keeps its connection).
+    faults control file (no restart, so the adb server keeps its connection).  ``app_cmd`` (test hook) is a start
+    option: a running daemon with another one is an error, never changed in place.
     """
     from filelock import FileLock
 
-    given, options = options, dict(options)
+    given = dict(options)
+    given_app_cmd = "app_cmd" in options
+    options, app_cmd = split_options(options)
     daemon_opts = _daemon_options(root, options)
     make_faults(options, "virtual device options")  # fail fast on a bad option
-    state = _state_dir(root)
-    state.mkdir(parents=True, exist_ok=True)
+    state = state_dir(root, create=True)
     with FileLock(str(state / "adbd.lock"), timeout=60):
         info = status(root)
         wanted = (daemon_opts["auth"], daemon_opts["adb_keys"])
@@ -136,16 +139,21 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
                 raise VirtualDeviceError(
                     f"virtual device for {root} already runs on port {info['port']}, not {port}; "
                     f"use port {info['port']} or run `python -m pipeline.virtual stop --root {root}`")
+            if given_app_cmd and info.get("app_cmd") != app_cmd:
+                raise VirtualDeviceError(
+                    f"virtual device for {root} already runs with app_cmd={info.get('app_cmd')!r}, not {app_cmd!r}; "
+                    f"the app command is fixed at start: `python -m pipeline.virtual stop --root {root}` first")
             if options and info.get("options") != options:
                 write_faults(root, **options)
                 info["options"] = options
                 (state / PID_FILE).write_text(json.dumps(info))
             return info["serial"]
-        return _spawn(Path(root).resolve(), port, options, daemon_opts)
+        return _spawn(Path(root).resolve(), port, options, app_cmd, daemon_opts)
 
 
-def _spawn(root: Path, port: int, options: dict[str, Any], daemon_opts: dict[str, Any] | None = None) -> str:
-    state = root / STATE_DIR
+def _spawn(root: Path, port: int, options: dict[str, Any], app_cmd: list[str] | None = None,
+           daemon_opts: dict[str, Any] | None = None) -> str:
+    state = state_dir(root, create=True)
     log_path = state / LOG_FILE
     pid_path = state / PID_FILE
     pid_path.unlink(missing_ok=True)
@@ -157,12 +165,12 @@ def _spawn(root: Path, port: int, options: dict[str, Any], daemon_opts: dict[str
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "pipeline.virtual", "serve", "--root", str(root), "--port", str(port),
-           *_options_cli(options)]
+           *_options_cli(options), *(["--app-cmd", json.dumps(app_cmd)] if app_cmd else [])]
     if (daemon_opts or {}).get("auth"):
         cmd += ["--auth", "--adb-keys", str(daemon_opts["adb_keys"])]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, cwd=str(root))
+                                start_new_session=True, cwd=str(state))
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -170,7 +178,7 @@ def _spawn(root: Path, port: int, options: dict[str, Any], daemon_opts: dict[str
             hint = ""
             if "in use" in tail[0]:  # most often another checkout's virtual device (they persist, like a phone)
                 hint = (f" Port {port} is taken, often by another checkout's virtual device: stop that one"
-                        " (`python -m pipeline.virtual stop --root <its .odeval/virtual>`) or use another port"
+                        " (`python -m pipeline.virtual stop --root <its device root>`) or use another port"
                         f" (`-S device.virtual.port={port + 1}` / `device.virtual.port={port + 1}`; null derives"
                         " one from the root).")
             raise VirtualDeviceError(f"virtual device did not start (exit {proc.returncode}): {tail[0]} "
@@ -183,15 +191,15 @@ def _spawn(root: Path, port: int, options: dict[str, Any], daemon_opts: dict[str
                              f"see {log_path}")
 
 
-def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any], *, auth: bool = False,
-                   adb_keys: str | None = None) -> Path:
+def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any],
+                   app_cmd: list[str] | None = None, *, auth: bool = False, adb_keys: str | None = None) -> Path:
     """Called by the serving process once it listens (so 'pid file exists' means 'ready')."""
-    state = _state_dir(root)
-    state.mkdir(parents=True, exist_ok=True)
+    state = state_dir(root, create=True)
     path = state / PID_FILE
     info = {"pid": os.getpid(), "port": port, "host": host, "serial": serial_for(port, host),
-            "root": str(Path(root).resolve()), "options": options, "log": str(state / LOG_FILE),
-            "started": time.time(), "auth": auth, "adb_keys": adb_keys}
+            "root": str(Path(root).resolve()), "storage": str(storage_dir(root)), "state": str(state),
+            "options": options, "app_cmd": app_cmd, "log": str(state / LOG_FILE), "started": time.time(),
+            "auth": auth, "adb_keys": adb_keys}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, path)
@@ -199,9 +207,12 @@ def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any], *,
 
 
 def stop(root: Path, timeout: float = 10.0) -> bool:
-    """Stop the daemon serving ``root`` (only that one).  True if one was running."""
+    """Stop the daemon serving ``root`` (only that one; also one of the old layout).  True if one was running."""
     info = status(root)
-    path = _state_dir(root) / PID_FILE
+    path = state_dir(root) / PID_FILE
+    if info is None and (Path(root).resolve() / LEGACY_PID_FILE).is_file():
+        path = Path(root).resolve() / LEGACY_PID_FILE
+        info = status(root, path)
     if info is None:
         path.unlink(missing_ok=True)
         return False

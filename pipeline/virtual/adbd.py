@@ -26,6 +26,9 @@ from pathlib import Path
 
 from pipeline.virtual import adbauth
 from pipeline.virtual.faults import FaultSource
+from pipeline.virtual.layout import storage_dir
+from pipeline.virtual.procs import ProcessTable
+from pipeline.virtual.props import VIRTUAL_PROPS
 from pipeline.virtual.sandbox import Sandbox, SandboxError
 
 log = logging.getLogger("odeval.virtual.adbd")
@@ -316,13 +319,21 @@ class Connection:
             stream.close()
 
 
+ShellService = Callable[["Daemon", Stream, str], None]
+
+
 class Daemon:
-    """The listening virtual device: sandbox, options/faults, process table, services."""
+    """The listening virtual device: sandbox, options/faults, process table, services.
+
+    ``root`` is the device dir (``root/storage`` = device ``/``, ``root/state`` = host-only state).  The shell
+    service is injected (:func:`pipeline.virtual.services.make_daemon`) so this module never imports the shell.
+    ``app_cmd`` (test hook) is fixed here for the daemon's lifetime. ``auth``: require ADB AUTH against the
+    host-side ``adb_keys`` file (like a phone's /data/misc/adb/adb_keys).
+    """
 
     def __init__(self, root: Path, port: int, host: str = "127.0.0.1", options: dict | None = None, *,
-                 auth: bool = False, adb_keys: Path | None = None) -> None:
-        from pipeline.virtual.shell import ProcessTable  # local import keeps module import order simple
-
+                 app_cmd: list[str] | None = None, shell_service: ShellService | None = None, auth: bool = False,
+                 adb_keys: Path | None = None) -> None:
         if auth and adb_keys is None:
             raise AdbdError("auth needs an adb_keys file (host side, outside the device root); pass --adb-keys")
         self.auth = auth
@@ -330,29 +341,33 @@ class Daemon:
         self.host = check_loopback(host)
         self.port = port
         self.root = Path(root).resolve()
-        if auth and self.adb_keys.resolve().is_relative_to(self.root):
-            log.warning("adb_keys %s is inside the device root: anyone with adb access could add a key; keep it "
+        self.sandbox = Sandbox(storage_dir(self.root))
+        if auth and self.adb_keys.resolve().is_relative_to(self.sandbox.root):
+            log.warning("adb_keys %s is inside the device storage: anyone with adb access could add a key; keep it "
                         "outside (the daemon's host-side state dir)", self.adb_keys)
-        self.sandbox = Sandbox(self.root)
+        self._app_cmd = tuple(app_cmd) if app_cmd else None
+        self._shell_service = shell_service
         self.faults = FaultSource(self.root, options)
         self.faults.get()  # validate early: a bad option fails at start, not at first use
         self.procs = ProcessTable()
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
 
-    def banner(self) -> str:
-        from pipeline.virtual.shell import VIRTUAL_PROPS
+    @property
+    def app_cmd(self) -> tuple[str, ...] | None:
+        """The host argv prefix replacing the reference app (read-only: set once at start)."""
+        return self._app_cmd
 
+    def banner(self) -> str:
         return ("device::ro.product.name=odeval_virtual;ro.product.model={};ro.product.device=odeval_virtual;"
                 "features={}").format(VIRTUAL_PROPS["ro.product.model"], FEATURES)
 
     def service_for(self, service: str) -> Callable[[Stream, str], None] | None:
-        from pipeline.virtual import shell
-
         if service.startswith("sync:"):
             return lambda s, _svc: SyncService(self, s).run()
-        if service.startswith(("shell:", "shell,")) or service.startswith("exec:"):
-            return lambda s, svc: shell.serve_shell_stream(self, s, svc)
+        shell = self._shell_service
+        if shell is not None and (service.startswith(("shell:", "shell,")) or service.startswith("exec:")):
+            return lambda s, svc: shell(self, s, svc)
         return None
 
     def bind(self) -> socket.socket:

@@ -1,20 +1,27 @@
 """Options and injectable faults of the virtual device.
 
 Options come from two layers: the ones given when the daemon starts (CLI ``--fault key=value``) and a JSON control
-file ``<root>/.odeval/faults.json`` that is re-read (cheaply, by mtime) before every operation.  The file layer
+file ``<root>/state/faults.json`` that is re-read (cheaply, by mtime) before every operation.  The file layer
 exists so that tests can change faults on a *running* daemon without restarting it (a restart would make the adb
-server see the device go offline).
+server see the device go offline).  The control file lives in the host-only state dir (0700), never in the device
+storage: nothing pushed over adb can change the daemon's behaviour.  The app command (test hook ``app_cmd``) is
+not a fault at all: it is fixed when the daemon starts (``--app-cmd``) and a control file naming it is refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.virtual.layout import state_dir
+
 GIB = 1 << 30
+START_ONLY = frozenset({"app_cmd"})  # fixed when the daemon starts; never from the control file
+log = logging.getLogger("odeval.virtual.security")
 
 
 class FaultsError(Exception):
@@ -33,8 +40,7 @@ class Faults:
     app_hang: bool = False  # -> ODEVAL_FAULT_HANG=1
     app_invalid_utf8: bool = False  # -> ODEVAL_FAULT_INVALID_UTF8=1
     simulate_thermal: bool = False  # create /sys thermal + battery files with changing values
-    standin_model: str | None = None  # host HF model dir used instead of a MobileQuant QNN dir
-    app_cmd: list[str] | None = field(default=None)  # test hook: host argv prefix replacing the reference app
+    standin_model: str | None = None  # host HF model dir used instead of a MobileQuant QNN dir (host-side only)
 
     def app_env(self) -> dict[str, str]:
         """Environment variables through which the reference app learns about app-level faults."""
@@ -79,15 +85,30 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             if n < 0:
                 raise ValueError(value)
             return n
-        if key == "app_cmd":
-            cmd = json.loads(value) if isinstance(value, str) else value
-            if not (isinstance(cmd, list) and cmd and all(isinstance(x, str) for x in cmd)):
-                raise ValueError(value)
-            return cmd
         return str(value)
-    except (ValueError, TypeError, json.JSONDecodeError):
+    except (ValueError, TypeError):
         raise FaultsError(f"{where}: bad value {value!r} for {key}; fix the value (see pipeline/virtual/faults.py)")\
             from None
+
+
+def parse_app_cmd(value: Any, where: str = "--app-cmd") -> list[str] | None:
+    """The test hook's host argv prefix (a JSON list of strings) — a daemon *start* option, never a fault."""
+    if value is None:
+        return None
+    try:
+        cmd = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        cmd = None
+    if not (isinstance(cmd, list) and cmd and all(isinstance(x, str) and x for x in cmd)):
+        raise FaultsError(f"{where}: bad value {value!r}; give a JSON list of strings, e.g. "
+                          '[\"/usr/bin/python3\", \"stub.py\"]')
+    return cmd
+
+
+def split_options(options: dict[str, Any] | None) -> tuple[dict[str, Any], list[str] | None]:
+    """(faults, app_cmd): the start-only app command taken out of a dict of virtual device options."""
+    faults = dict(options or {})
+    return faults, parse_app_cmd(faults.pop("app_cmd", None), "app_cmd")
 
 
 def make_faults(options: dict[str, Any] | None, where: str = "options") -> Faults:
@@ -101,19 +122,25 @@ def parse_cli(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if key in START_ONLY:
+            raise FaultsError(f"--fault {item}: {key} is not a fault; give it at start with --app-cmd JSON")
         out[key] = _coerce(key, value if sep else "1", f"--fault {item}")
     return out
 
 
 def faults_path(root: Path) -> Path:
-    return Path(root) / ".odeval" / "faults.json"
+    """The control file: host-side, in the 0700 state dir, outside the device storage."""
+    return state_dir(root) / "faults.json"
 
 
 def write_faults(root: Path, **options: Any) -> Path:
     """Atomically replace the control file (the running daemon picks it up on its next operation)."""
+    if START_ONLY & options.keys():
+        raise FaultsError(f"write_faults: {sorted(START_ONLY & options.keys())} cannot change on a running daemon; "
+                          "start a daemon with that option instead (--app-cmd / virtual_options)")
     make_faults(options, "write_faults")  # validate before publishing
     path = faults_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    state_dir(root, create=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(options, sort_keys=True))
     os.replace(tmp, path)
@@ -144,6 +171,9 @@ class FaultSource:
                     raise FaultsError(f"{self._path}: unreadable ({e}); rewrite it as a JSON object") from None
                 if not isinstance(data, dict):
                     raise FaultsError(f"{self._path}: must hold a JSON object of fault names to values")
+                for key in START_ONLY & data.keys():
+                    log.warning("refused: control file %s sets %r=%r; ignored (the app command is fixed when the "
+                                "daemon starts)", self._path, key, data.pop(key))
                 merged.update(data)
             self._current = make_faults(merged, str(self._path))
             self._key = key

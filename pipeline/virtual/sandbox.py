@@ -8,6 +8,7 @@ daemon restarts, like a phone's storage.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import posixpath
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from pipeline.virtual.faults import Faults
 
+log = logging.getLogger("odeval.virtual.security")
 DEFAULT_DIRS = ("data/local/tmp", "sdcard", "system/bin", "proc", "sys")
 THERMAL_FILES = {
     "sys/class/thermal/thermal_zone0/type": None,
@@ -62,6 +64,7 @@ class Sandbox:
         probe = host if follow else os.path.dirname(host)
         real = os.path.realpath(probe)
         if real != self._real_root and not real.startswith(self._real_root + os.sep):
+            log.warning("refused: device path %r resolves outside the device storage (to %s)", dev, real)
             raise SandboxError(path, "EACCES", "Permission denied")
         return Path(host)
 

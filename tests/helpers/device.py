@@ -5,8 +5,10 @@ Fixtures:
   bundled binary and a temporary HOME (so the server's RSA key ``$HOME/.android/adbkey`` is a throwaway one, never
   the user's), and ``adb -P port kill-server`` at the end (only the server we started).
 - ``virtual_device`` (function, backed by one daemon per session): connected, faults cleared before and after.
-  Attributes ``.serial .root .port .device .adb_port``; ``.set_faults(**kw)``, ``.adb(*args)``, ``.reconnect()``.
-- ``make_virtual_device`` (function): factory for extra daemons (e.g. two devices in parallel), stopped at teardown.
+  Attributes ``.serial .root .port .device .adb_port``, ``.storage`` (host dir of the device's ``/``) and
+  ``.log_path``; ``.set_faults(**kw)``, ``.adb(*args)``, ``.reconnect()``.
+- ``make_virtual_device`` (function): factory for extra daemons (e.g. two devices in parallel, or one started with
+  the ``app_cmd`` test hook, which is fixed at start), stopped at teardown.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.device.adb import adb_path, run_adb
 from pipeline.device.connect import get_device
 from pipeline.virtual import stop
 from pipeline.virtual.faults import write_faults
+from pipeline.virtual.layout import state_dir, storage_dir
 
 __all__ = ["AdbServer", "VirtualDevice", "free_port", "adb_server", "virtual_device", "make_virtual_device"]
 
@@ -52,6 +55,16 @@ class VirtualDevice:
     port: int
     adb_port: int
     device: adbutils.AdbDevice
+
+    @property
+    def storage(self) -> Path:
+        """Host dir that is the device's ``/`` (``root/storage``)."""
+        return storage_dir(self.root)
+
+    @property
+    def log_path(self) -> Path:
+        """The daemon's log (host-side state dir)."""
+        return state_dir(self.root) / "adbd.log"
 
     def set_faults(self, **faults: Any) -> None:
         """Replace the running daemon's faults (re-read on its next operation); no args clears them."""

@@ -73,7 +73,7 @@ def fresh_log(pool: Pool) -> Pool:
     """The pool with an empty lease log (each test reads only its own leases) and no leftover faults."""
     (pool.lock_dir / LEASE_LOG).unlink(missing_ok=True)
     for d in pool.devices:
-        if Path(d.virtual_root or "", ".odeval").exists():
+        if Path(d.virtual_root or "", "state").exists():  # pipeline/virtual/layout.py: the host-side state dir
             write_faults(Path(d.virtual_root or ""))
     return pool
 

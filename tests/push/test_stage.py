@@ -48,7 +48,7 @@ def test_stage_writes_contract_and_is_deterministic(virtual_device, workdir, sta
         assert rec["name"] == name and rec["commit"] == fetch[key]["commit"]
         assert rec["manifest_sha256"] == fetch[key]["manifest_sha256"]
         assert rec["remote_dir"] == f"/data/local/tmp/odeval-stage/{kind}/{name}@{fetch[key]['commit'][6:13]}"
-        assert (virtual_device.root / rec["remote_dir"].lstrip("/") / ".odeval-manifest.json").is_file()
+        assert (virtual_device.storage / rec["remote_dir"].lstrip("/") / ".odeval-manifest.json").is_file()
     assert "gemma" in doc["model"]["remote_dir"].rsplit("/", 1)[-1]
     assert doc["app"]["binary"] == "simple_app"
     stats = json.loads((workdir / "artifacts" / "push_stats.json").read_text())

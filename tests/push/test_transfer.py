@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def sandbox(vd, remote: str) -> Path:
     """Host path of a device path inside the virtual device's storage root."""
-    return vd.root / remote.lstrip("/")
+    return vd.storage / remote.lstrip("/")
 
 
 def device_files(vd, remote_dir: str) -> dict[str, bytes]:
@@ -154,7 +154,7 @@ def test_full_disk_is_a_clear_error(virtual_device, host_tree, remote):
 def test_capacity_precheck_names_bytes(virtual_device, host_tree, remote):
     vd = virtual_device
     entries = scan_dir(host_tree)
-    used = sum(p.stat().st_size for p in vd.root.rglob("*") if p.is_file() and not p.is_symlink())
+    used = sum(p.stat().st_size for p in vd.storage.rglob("*") if p.is_file() and not p.is_symlink())
     vd.set_faults(capacity_bytes=used + 100_000)  # room for ~100 kB only
     with pytest.raises(TransferError, match=rf"need {sum(e.size for e in entries)} bytes, \d+ bytes available"):
         push_dir(vd.device, host_tree, remote, entries)

@@ -109,18 +109,19 @@ HOSTILE = ["; rm -rf /data/local/tmp/*", "$(reboot)", "`id`", "it's \"quoted\" a
            "say !exit then continue", "emoji 🤖🎉 and RTL مرحبا بالعالم", "back\\slash & pipe | amp"]
 
 
-def test_hostile_prompts_arrive_verbatim_and_change_nothing(virtual_device, workdir, stage_cache):
+def test_hostile_prompts_arrive_verbatim_and_change_nothing(make_virtual_device, workdir, stage_cache):
+    stub = [sys.executable, str(REPO / "tests" / "run" / "stub_app.py")]
+    device = make_virtual_device(app_cmd=stub)  # the app command is fixed when the daemon starts
     prompts = workdir / "hostile.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"h{i}", "prompt": p}) + "\n" for i, p in enumerate(HOSTILE)))
-    cfg = stage_config(virtual_device, workdir, "prompts=custom", f"prompts.path={prompts}", "session=shared",
+    cfg = stage_config(device, workdir, "prompts=custom", f"prompts.path={prompts}", "session=shared",
                        "tracking=none", cache=stage_cache)
-    cfg.device.virtual.faults = {"app_cmd": [sys.executable, str(REPO / "tests" / "run" / "stub_app.py")]}
+    cfg.device.virtual.faults = {"app_cmd": stub}
     run_stages(cfg, workdir, "fetch", "push")
-    sandbox = Path(virtual_device.root)
+    sandbox = device.storage
 
     def tree() -> set[str]:
-        return {str(p.relative_to(sandbox)) for p in sandbox.rglob("*")
-                if ".odeval" not in p.parts and p.name != "stub_log.jsonl"}
+        return {str(p.relative_to(sandbox)) for p in sandbox.rglob("*") if p.name != "stub_log.jsonl"}
 
     before = tree()
     run_stages(cfg, workdir, "run")

@@ -1,6 +1,7 @@
 """Stand-in for the reference app in tests: a line REPL with simple_app's banner/prompt shape.
 
-Commands: ``!exit``; ``!info`` prints JSON (argv, cwd, selected env); ``!sleep`` hangs; ``!pid`` prints host pid;
+Commands: ``!exit``; ``!info`` prints JSON (argv, cwd, selected env); ``!environ`` the whole env as JSON;
+``!sleep`` hangs; ``!pid`` prints host pid;
 ``!err`` writes to stderr; anything else is echoed back word by word (flushed per word) then ``(N tok/s)``.
 """
 
@@ -19,6 +20,8 @@ for line in sys.stdin:
     if line == "!info":
         keys = [k for k in os.environ if k.startswith(("ODEVAL_", "LD_", "MYVAR"))]
         out.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ[k] for k in keys}}))
+    elif line == "!environ":
+        out.write(json.dumps(dict(os.environ)))
     elif line == "!sleep":
         time.sleep(3600)
     elif line == "!pid":

@@ -77,7 +77,11 @@ def test_cli_start_idempotent_status_stop(tmp_path: Path) -> None:
         pid = _cli("status", "--root", root).stdout
         again = _cli("start", "--root", root, "--port", port)
         assert again.stdout == first.stdout and _cli("status", "--root", root).stdout == pid
-        assert (tmp_path / "dev" / "data" / "local" / "tmp").is_dir()
+        assert (tmp_path / "dev" / "storage" / "data" / "local" / "tmp").is_dir()  # storage = the device's /
+        state = tmp_path / "dev" / "state"  # host-only: pid file, log, lock, control file; never under storage
+        assert (state / "adbd.json").is_file() and (state / "adbd.log").is_file()
+        assert state.stat().st_mode & 0o777 == 0o700
+        assert not list((tmp_path / "dev" / "storage").rglob("adbd.*"))
     finally:
         assert _cli("stop", "--root", root).stdout.strip() == "stopped"
     assert _cli("status", "--root", root).returncode == 1

@@ -16,6 +16,7 @@ import pytest
 from pipeline.device.adb import run_adb
 from pipeline.device.connect import DeviceError, get_device
 from pipeline.virtual import adb_keys_path, stop
+from pipeline.virtual.layout import state_dir
 from tests.helpers.device import free_port
 
 
@@ -56,7 +57,7 @@ def test_unauthorized_then_key_added(isolated_server, tmp_path: Path) -> None:
         assert _state(port, serial) == "unauthorized"
         offered = pub.read_text().split()[0]
         deadline = time.monotonic() + 20  # the server sends its public key around the time connect gives up
-        while offered not in (log := (root / ".odeval" / "adbd.log").read_text()) and time.monotonic() < deadline:
+        while offered not in (log := (state_dir(root) / "adbd.log").read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert offered in log  # the offered key is logged for the user to add
 
@@ -96,10 +97,10 @@ def test_key_listed_gives_device_and_auth_off_restarts(isolated_server, tmp_path
 
 
 def test_config_keys_validate_and_reach_the_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`device.virtual.auth=true` is a switch, not a secret; device_for hands auth/adb_keys to the daemon."""
+    """`device.virtual.auth=true` is a switch, not a secret; open_device hands auth/adb_keys to the daemon."""
     from pipeline.config import compose, to_config
+    from pipeline.device.select import open_device
     from pipeline.secrets import redact
-    from pipeline.stages import device_for
 
     cfg = to_config(compose(["device.virtual.auth=true", "device.virtual.adb_keys=keys/adb_keys"]))
     assert cfg.device.virtual.auth is True and cfg.device.adb_host is None
@@ -110,7 +111,7 @@ def test_config_keys_validate_and_reach_the_daemon(monkeypatch: pytest.MonkeyPat
         seen.update(kw["virtual_options"])
         return "dev"
 
-    monkeypatch.setattr("pipeline.device.connect.get_device", fake_get_device)
+    monkeypatch.setattr("pipeline.device.select.get_device", fake_get_device)
     monkeypatch.setenv("ODEVAL_ROOT", str(tmp_path))
-    assert device_for(cfg, tmp_path, "push") == "dev"
+    assert open_device(cfg.device, job="push") == "dev"
     assert seen["auth"] is True and Path(seen["adb_keys"]).is_absolute() and seen["adb_keys"].endswith("keys/adb_keys")

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from pipeline.virtual import adbauth
 from pipeline.virtual.adbd import Daemon
+from pipeline.virtual.services import make_daemon
 from tests.helpers.miniadb import MiniAdb
 
 
@@ -43,7 +44,7 @@ def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
 
 @contextlib.contextmanager
 def _serve(tmp_path: Path, **kw) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "root", 0, **kw)
+    d = make_daemon(tmp_path / "root", 0, **kw)
     d.bind()
     t = threading.Thread(target=d.serve_forever, daemon=True)
     t.start()
@@ -69,7 +70,7 @@ def test_v1_0_host_shell_push_pull_with_checksums(daemon: Daemon) -> None:
         assert c.shell("echo hi") == b"hi\n"
         payload = bytes(range(256)) * 40 + b"tail"  # 10 244 bytes: spans several 4096-byte WRTEs both ways
         c.push("/data/local/tmp/mini.bin", payload)
-        assert (daemon.root / "data/local/tmp/mini.bin").read_bytes() == payload
+        assert (daemon.sandbox.root / "data/local/tmp/mini.bin").read_bytes() == payload
         assert c.pull("/data/local/tmp/mini.bin") == payload
         assert 0 < c.max_wrte <= 4096  # the device honoured our maxdata
         assert c.checked > 5  # every device packet with data carried a correct sum (recv() raises otherwise)

@@ -11,7 +11,7 @@ DEST = "/data/local/tmp/faults/model.bin"
 
 
 def _partials(vd: VirtualDevice) -> list[str]:
-    d = vd.root / "data/local/tmp/faults"
+    d = vd.storage / "data/local/tmp/faults"
     return [p.name for p in d.iterdir()] if d.exists() else []
 
 
@@ -27,7 +27,7 @@ def test_push_interrupted_leaves_no_partial_and_retry_succeeds(virtual_device: V
     virtual_device.reconnect()
     r = virtual_device.adb("push", str(src), DEST, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert (virtual_device.root / DEST.lstrip("/")).read_bytes() == src.read_bytes()
+    assert (virtual_device.storage / DEST.lstrip("/")).read_bytes() == src.read_bytes()
     assert _partials(virtual_device) == ["model.bin"]
     virtual_device.adb("shell", "rm -rf /data/local/tmp/faults")
 
@@ -67,7 +67,7 @@ def test_capacity_is_enforced_like_df_reports(make_virtual_device, tmp_path: Pat
     src.write_bytes(os.urandom(3_000_000))
     r = vd.adb("push", str(src), "/data/local/tmp/big.bin")
     assert r.returncode != 0 and b"No space left on device" in r.stderr
-    assert not (vd.root / "data/local/tmp/big.bin").exists()
+    assert not (vd.storage / "data/local/tmp/big.bin").exists()
     small = tmp_path / "small.bin"
     small.write_bytes(b"y" * 500_000)
     assert vd.adb("push", str(small), "/data/local/tmp/small.bin").returncode == 0

@@ -35,7 +35,7 @@ def run(daemon: Daemon, script: str, stdin: bytes = b"") -> tuple[int, str, str]
 def test_shlex_quoted_argument_arrives_verbatim(daemon: Daemon, arg: str) -> None:
     code, out, _ = run(daemon, "echo " + shlex.quote(arg))
     assert (code, out) == (0, arg + "\n")
-    assert not (daemon.root / "data" / "x").exists()
+    assert not (daemon.sandbox.root / "data" / "x").exists()
 
 
 def test_many_quoted_args_keep_boundaries(daemon: Daemon) -> None:
@@ -44,7 +44,7 @@ def test_many_quoted_args_keep_boundaries(daemon: Daemon) -> None:
     script = "; ".join(f"echo {shlex.quote(a)} >> /data/local/tmp/args.txt" for a in args)
     code, _, err = run(daemon, script + "; cat /data/local/tmp/args.txt")
     assert code == 0, err
-    assert (daemon.root / "data/local/tmp/args.txt").read_text() == "".join(a + "\n" for a in args)
+    assert (daemon.sandbox.root / "data/local/tmp/args.txt").read_text() == "".join(a + "\n" for a in args)
 
 
 def test_command_substitution_is_refused_not_executed(daemon: Daemon) -> None:
@@ -52,7 +52,7 @@ def test_command_substitution_is_refused_not_executed(daemon: Daemon) -> None:
                    'echo "$(touch /data/local/tmp/pwned)"'):
         code, out, err = run(daemon, script)
         assert code == 2 and out == "" and "not supported" in err
-    assert not (daemon.root / "data/local/tmp/pwned").exists()
+    assert not (daemon.sandbox.root / "data/local/tmp/pwned").exists()
 
 
 def test_control_flow_and_exit_codes(daemon: Daemon) -> None:
@@ -101,7 +101,7 @@ def test_file_builtins(daemon: Daemon) -> None:
 
 def test_sha256sum_matches_hashlib_and_coreutils_format(daemon: Daemon) -> None:
     data = os.urandom(300_000)
-    (daemon.root / "data/local/tmp/x.bin").write_bytes(data)
+    (daemon.sandbox.root / "data/local/tmp/x.bin").write_bytes(data)
     code, out, err = run(daemon, "cd /data/local/tmp && sha256sum x.bin missing.bin")
     assert code == 1 and "missing.bin: No such file or directory" in err
     assert out == f"{hashlib.sha256(data).hexdigest()}  x.bin\n"
@@ -131,15 +131,15 @@ def test_sandbox_confinement(daemon: Daemon, tmp_path: Path) -> None:
     secret.write_text("host secret")
     code, out, err = run(daemon, "cat ../../../../../../" + str(secret))
     assert code == 1 and "host secret" not in out
-    os.symlink(str(tmp_path), daemon.root / "data/local/tmp/escape")
+    os.symlink(str(tmp_path), daemon.sandbox.root / "data/local/tmp/escape")
     code, out, err = run(daemon, "cat /data/local/tmp/escape/secret.txt; ls /data/local/tmp/escape")
     assert "host secret" not in out and "Permission denied" in err
     code, out, err = run(daemon, "rm -rf /")
-    assert code == 1 and (daemon.root / "data").exists()
+    assert code == 1 and (daemon.sandbox.root / "data").exists()
 
 
 def test_executing_other_files_is_refused(daemon: Daemon) -> None:
-    f = daemon.root / "data/local/tmp/tool"
+    f = daemon.sandbox.root / "data/local/tmp/tool"
     f.write_text("#!/bin/sh\ntouch /tmp/should-not-run\n")
     f.chmod(0o755)
     code, _, err = run(daemon, "/data/local/tmp/tool")

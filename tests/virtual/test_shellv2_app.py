@@ -7,25 +7,37 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.device.shellv2 import ShellV2
-from tests.helpers.device import VirtualDevice
+from tests.helpers.device import VirtualDevice, _start_device, _teardown_device
 
 REPL = Path(__file__).with_name("repl_app.py")
 APP_DIR = "/data/local/tmp/odeval/apps/x"
 MODEL_DIR = "/data/local/tmp/odeval/models/m"
 
 
+@pytest.fixture(scope="module")
+def _app_daemon(adb_server, tmp_path_factory) -> Iterator[VirtualDevice]:
+    """A daemon started with the app_cmd test hook (fixed at start: nothing on the device can change it)."""
+    vd = _start_device(tmp_path_factory.mktemp("app-device"), adb_server.port, app_cmd=[sys.executable, str(REPL)])
+    try:
+        yield vd
+    finally:
+        _teardown_device(vd)
+
+
 @pytest.fixture
-def app_device(virtual_device: VirtualDevice) -> VirtualDevice:
-    d = virtual_device.device
+def app_device(_app_daemon: VirtualDevice) -> Iterator[VirtualDevice]:
+    d = _app_daemon.reconnect()
+    _app_daemon.set_faults()
     d.sync.push(b"\x7fELF fake arm binary", f"{APP_DIR}/simple_app", mode=0o755)
     d.sync.push(b"x", f"{MODEL_DIR}/tokenizer.bin")
-    virtual_device.set_faults(app_cmd=[sys.executable, str(REPL)])
-    return virtual_device
+    yield _app_daemon
+    _app_daemon.set_faults()
 
 
 def read_until(sh: ShellV2, marker: bytes, timeout: float = 20) -> bytes:
@@ -76,18 +88,18 @@ def test_split_packets_large_stdin(app_device: VirtualDevice) -> None:
 
 
 def test_app_argv_cwd_env_and_faults(app_device: VirtualDevice) -> None:
-    app_device.set_faults(app_cmd=[sys.executable, str(REPL)], app_crash_after_tokens=5, app_hang=True,
-                          app_invalid_utf8=True, standin_model="/host/model")
-    with launch(app_device, extra="MYVAR='a b' ") as sh:
+    app_device.set_faults(app_crash_after_tokens=5, app_hang=True, app_invalid_utf8=True, standin_model="/host/model")
+    with launch(app_device, extra="MYVAR='a b' ODEVAL_TEMPLATE=raw ") as sh:
         read_until(sh, b">>> ")
         sh.write(b"!info\n")
         info = json.loads(read_until(sh, b"\n>>> ").split(b"\n>>> ")[0])
         sh.write(b"!exit\n")
-    root = app_device.root.resolve()
-    assert info["argv"] == [str(root / MODEL_DIR.lstrip("/")), "8gen3"]
+    root = app_device.storage.resolve()
+    assert info["argv"] == [MODEL_DIR, "8gen3"]  # device paths; the app maps them under ODEVAL_SANDBOX_ROOT
     assert os.path.realpath(info["cwd"]) == str(root / APP_DIR.lstrip("/"))
     env = info["env"]
-    assert env["MYVAR"] == "a b" and env["ODEVAL_DEVICE_LD_LIBRARY_PATH"] == "."
+    assert env["ODEVAL_SANDBOX_ROOT"] == str(root) and env["ODEVAL_TEMPLATE"] == "raw"
+    assert "MYVAR" not in env and env["ODEVAL_DEVICE_LD_LIBRARY_PATH"] == "."  # allowlist: MYVAR is refused
     assert "LD_LIBRARY_PATH" not in env
     assert env["ODEVAL_FAULT_CRASH_AFTER_TOKENS"] == "5" and env["ODEVAL_FAULT_HANG"] == "1"
     assert env["ODEVAL_FAULT_INVALID_UTF8"] == "1" and env["ODEVAL_STANDIN_MODEL"] == "/host/model"

@@ -1,0 +1,362 @@
+"""Builtins of the virtual device shell that are not about files: the registry, the call context, and
+true/false/exit/echo/cd/pwd/export/unset/id/whoami/uname/getprop/sleep/test/kill/ps/pidof.
+
+File builtins live in :mod:`pipeline.virtual.fs_builtins` (they register into the same :data:`BUILTINS`).
+Messages name device paths only: an ``OSError`` is reported by its ``strerror``, never ``str(exc)`` (which can
+hold host paths).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import posixpath
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.virtual.procs import VProc, kill_group
+from pipeline.virtual.props import HOST_ARCH, VIRTUAL_PROPS
+from pipeline.virtual.sandbox import Sandbox, SandboxError
+from pipeline.virtual.shell_parse import _NAME
+
+if TYPE_CHECKING:
+    from pipeline.virtual.shell import Session
+
+_SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15, "CONT": 18, "STOP": 19}
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+@dataclass
+class Ctx:
+    """Where one command's streams go (after redirections)."""
+
+    out: Callable[[bytes], None]
+    err: Callable[[bytes], None]
+    read_in: Callable[[], bytes]
+    out_file: Any = None
+    err_file: Any = None
+    in_file: Any = None
+    err_to_out: bool = False
+
+
+def _b(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+
+Builtin = Callable[["Session", list[str], Ctx], int]
+BUILTINS: dict[str, Builtin] = {}
+
+
+def builtin(*names: str) -> Callable[[Builtin], Builtin]:
+    def deco(fn: Builtin) -> Builtin:
+        for n in names:
+            BUILTINS[n] = fn
+        return fn
+    return deco
+
+
+def _flags(args: list[str], allowed: str) -> tuple[set[str], list[str]]:
+    """Split leading single-letter flags (``-rf``) from operands; ``--`` ends flags."""
+    flags: set[str] = set()
+    rest = list(args)
+    while rest and rest[0].startswith("-") and rest[0] != "-":
+        a = rest.pop(0)
+        if a == "--":
+            break
+        if not all(ch in allowed for ch in a[1:]):
+            rest.insert(0, a)
+            break
+        flags.update(a[1:])
+    return flags, rest
+
+
+def _err(ctx: Ctx, cmd: str, path: str, exc: BaseException) -> None:
+    if isinstance(exc, SandboxError):
+        msg = exc.message
+    elif isinstance(exc, OSError):
+        msg = exc.strerror or "Input/output error"  # str(exc) of e.g. shutil.Error lists host paths
+    else:
+        msg = str(exc)
+    ctx.err(_b(f"{cmd}: {path}: {msg}\n"))
+
+
+@builtin("true", ":")
+def b_true(sh: Session, args: list[str], ctx: Ctx) -> int:
+    return 0
+
+
+@builtin("false")
+def b_false(sh: Session, args: list[str], ctx: Ctx) -> int:
+    return 1
+
+
+@builtin("exit")
+def b_exit(sh: Session, args: list[str], ctx: Ctx) -> int:
+    try:
+        code = int(args[0]) & 0xFF if args else sh.status
+    except ValueError:
+        ctx.err(_b(f"sh: exit: {args[0]}: bad number\n"))
+        code = 2
+    raise _Exit(code)
+
+
+@builtin("echo")
+def b_echo(sh: Session, args: list[str], ctx: Ctx) -> int:
+    newline, escapes = True, False
+    while args and re.fullmatch(r"-[neE]+", args[0]):
+        opts = args.pop(0)
+        newline = newline and "n" not in opts
+        escapes = ("e" in opts) or (escapes and "E" not in opts)
+    text = " ".join(args)
+    if escapes:
+        text = text.encode("utf-8", "surrogateescape").decode("unicode_escape").encode("latin-1").decode(
+            "utf-8", "surrogateescape")
+    ctx.out(_b(text + ("\n" if newline else "")))
+    return 0
+
+
+@builtin("cd")
+def b_cd(sh: Session, args: list[str], ctx: Ctx) -> int:
+    target = args[0] if args else sh.vars.get("HOME", "/")
+    try:
+        if not sh.host(target).is_dir():
+            raise NotADirectoryError(20, "Not a directory" if sh.host(target).exists() else "No such file or directory")
+    except (OSError, SandboxError) as e:
+        _err(ctx, "sh: cd", target, e)
+        return 1
+    sh.cwd = Sandbox.normalize(target, sh.cwd)
+    sh.vars["PWD"] = sh.cwd
+    return 0
+
+
+@builtin("pwd")
+def b_pwd(sh: Session, args: list[str], ctx: Ctx) -> int:
+    ctx.out(_b(sh.cwd + "\n"))
+    return 0
+
+
+@builtin("export")
+def b_export(sh: Session, args: list[str], ctx: Ctx) -> int:
+    for a in args:
+        name, sep, value = a.partition("=")
+        if not _NAME.fullmatch(name):
+            ctx.err(_b(f"sh: export: {name}: bad variable name\n"))
+            return 1
+        if sep:
+            sh.vars[name] = value
+        sh.exported.add(name)
+    return 0
+
+
+@builtin("unset")
+def b_unset(sh: Session, args: list[str], ctx: Ctx) -> int:
+    for a in args:
+        sh.vars.pop(a, None)
+        sh.exported.discard(a)
+    return 0
+
+
+@builtin("id")
+def b_id(sh: Session, args: list[str], ctx: Ctx) -> int:
+    ctx.out(b"uid=2000(shell) gid=2000(shell) groups=2000(shell) context=u:r:shell:s0\n")
+    return 0
+
+
+@builtin("whoami")
+def b_whoami(sh: Session, args: list[str], ctx: Ctx) -> int:
+    ctx.out(b"shell\n")
+    return 0
+
+
+@builtin("uname")
+def b_uname(sh: Session, args: list[str], ctx: Ctx) -> int:
+    flags, _ = _flags(args, "amnrsv")
+    parts = []
+    if not flags or "s" in flags or "a" in flags:
+        parts.append("Linux")
+    if flags & {"n", "a"}:
+        parts.append("localhost")
+    if flags & {"r", "a"}:
+        parts.append(platform.release())
+    if flags & {"v", "a"}:
+        parts.append("#1 SMP odeval-virtual")
+    if flags & {"m", "a"}:
+        parts.append(HOST_ARCH)
+    ctx.out(_b(" ".join(parts) + "\n"))
+    return 0
+
+
+@builtin("getprop")
+def b_getprop(sh: Session, args: list[str], ctx: Ctx) -> int:
+    if not args:
+        ctx.out(_b("".join(f"[{k}]: [{v}]\n" for k, v in sorted(VIRTUAL_PROPS.items()))))
+    else:
+        ctx.out(_b(VIRTUAL_PROPS.get(args[0], args[1] if len(args) > 1 else "") + "\n"))
+    return 0
+
+
+@builtin("sleep")
+def b_sleep(sh: Session, args: list[str], ctx: Ctx) -> int:
+    try:
+        seconds = sum(float(a.rstrip("s")) for a in args) if args else None
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        ctx.err(_b(f"sleep: invalid number '{' '.join(args)}'\n"))
+        return 1
+    return 0 if sh.sleep(seconds) else 137
+
+def _proc_file(sh: Session, dev: str) -> bytes | None:
+    """``/proc/<vpid>/status|cmdline`` for processes this device started (real host data for the app)."""
+    m = re.fullmatch(r"/proc/(\d+|self)/(status|cmdline)", dev)
+    if not m:
+        return None
+    vpid = sh.vpid if m.group(1) == "self" else int(m.group(1))
+    proc = sh.d.procs.get(vpid)
+    if proc is None:
+        return None
+    popen = proc.popen
+    if popen is not None:
+        if m.group(2) == "cmdline":  # the device argv: the host one names host paths (python, repo, storage)
+            return b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in proc.argv or [proc.name])
+        try:
+            raw = Path(f"/proc/{popen.pid}/status").read_bytes()
+        except OSError:
+            return None
+        text = raw.decode("utf-8", "replace")
+        text = re.sub(r"(?m)^Name:\t.*$", f"Name:\t{proc.name}", text)
+        text = re.sub(r"(?m)^(Pid|Tgid):\t\d+$", lambda mm: f"{mm.group(1)}:\t{vpid}", text)
+        text = re.sub(r"(?m)^PPid:\t\d+$", f"PPid:\t{proc.ppid}", text)
+        return text.encode()
+    if m.group(2) == "cmdline":
+        return b"sh\0"
+    return (f"Name:\t{proc.name}\nState:\tS (sleeping)\nTgid:\t{vpid}\nPid:\t{vpid}\nPPid:\t{proc.ppid}\n"
+            "Uid:\t2000\t2000\t2000\t2000\nGid:\t2000\t2000\t2000\t2000\n").encode()
+
+
+
+
+@builtin("test", "[")
+def b_test(sh: Session, args: list[str], ctx: Ctx) -> int:
+    if args and args[-1] == "]":
+        args = args[:-1]
+    negate = bool(args) and args[0] == "!"
+    if negate:
+        args = args[1:]
+
+    def ev() -> bool:
+        if not args:
+            return False
+        if len(args) == 1:
+            return args[0] != ""
+        if len(args) == 2:
+            op, operand = args
+            if op in ("-n", "-z"):
+                return (operand != "") == (op == "-n")
+            try:
+                host = sh.host(operand)
+            except SandboxError:
+                return False
+            checks = {"-e": host.exists, "-f": host.is_file, "-d": host.is_dir,
+                      "-s": lambda: host.is_file() and host.stat().st_size > 0,
+                      "-x": lambda: host.exists() and os.access(host, os.X_OK),
+                      "-r": host.exists, "-w": host.exists, "-L": host.is_symlink}
+            return bool(checks.get(op, lambda: False)())
+        a, op, b = args[:3]
+        if op in ("=", "=="):
+            return a == b
+        if op == "!=":
+            return a != b
+        nums = {"-eq": int.__eq__, "-ne": int.__ne__, "-lt": int.__lt__, "-le": int.__le__, "-gt": int.__gt__,
+                "-ge": int.__ge__}
+        if op in nums:
+            return nums[op](int(a), int(b))
+        raise ValueError(op)
+
+    try:
+        result = ev()
+    except ValueError:
+        ctx.err(_b(f"test: bad expression: {' '.join(args)}\n"))
+        return 2
+    return 0 if result != negate else 1
+
+
+def _parse_signal(spec: str) -> int | None:
+    spec = spec.upper().removeprefix("SIG")
+    if spec.isdigit():
+        return int(spec)
+    return _SIGNALS.get(spec)
+
+
+@builtin("kill")
+def b_kill(sh: Session, args: list[str], ctx: Ctx) -> int:
+    sig = signal.SIGTERM
+    rest = list(args)
+    if rest and rest[0] == "-s" and len(rest) > 1:
+        s = _parse_signal(rest[1])
+        rest = rest[2:]
+        if s is None:
+            ctx.err(_b(f"kill: unknown signal '{args[1]}'\n"))
+            return 1
+        sig = s
+    elif rest and rest[0].startswith("-") and len(rest[0]) > 1:
+        s = _parse_signal(rest[0][1:])
+        if s is None:
+            ctx.err(_b(f"kill: unknown signal '{rest[0][1:]}'\n"))
+            return 1
+        sig, rest = s, rest[1:]
+    if not rest:
+        ctx.err(b"usage: kill [-s SIG | -SIG] PID...\n")
+        return 1
+    status = 0
+    for p in rest:
+        proc = sh.d.procs.get(int(p)) if p.isdigit() else None
+        if proc is None:
+            ctx.err(_b(f"kill: {p}: No such process\n"))
+            status = 1
+            continue
+        if sig == 0:
+            continue
+        if proc.popen is not None:
+            kill_group(proc.popen, sig)
+        elif proc.session is not None and sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            proc.session.abort(sig)
+    return status
+
+
+def _rss_kb(proc: VProc) -> int:
+    if proc.popen is None:
+        return 0
+    try:
+        m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{proc.popen.pid}/status").read_text())
+        return int(m.group(1)) if m else 0
+    except OSError:
+        return 0
+
+
+@builtin("ps")
+def b_ps(sh: Session, args: list[str], ctx: Ctx) -> int:
+    lines = ["USER            PID   PPID        VSZ    RSS WCHAN            ADDR S NAME"]
+    for p in sh.d.procs.all():
+        lines.append(f"shell      {p.vpid:>8} {p.ppid:>6} {0:>10} {_rss_kb(p):>6} 0                   0 S {p.name}")
+    ctx.out(_b("\n".join(lines) + "\n"))
+    return 0
+
+
+@builtin("pidof")
+def b_pidof(sh: Session, args: list[str], ctx: Ctx) -> int:
+    pids = [str(p.vpid) for p in reversed(sh.d.procs.all()) if p.name in args or posixpath.basename(p.name) in args]
+    if not pids:
+        return 1
+    ctx.out(_b(" ".join(pids) + "\n"))
+    return 0
+
