@@ -35,8 +35,8 @@ def sh(*args: str) -> None:
         raise SystemExit(r.returncode)
 
 
-def _num(x: float | None, fmt: str) -> str:
-    return "n/a (below timing resolution)" if x is None else format(x, fmt)
+def _num(x: float | None, fmt: str, why: str = "below timing resolution") -> str:
+    return f"n/a ({why})" if x is None else format(x, fmt)
 
 
 def show_answers(responses: Path) -> None:
@@ -45,9 +45,11 @@ def show_answers(responses: Path) -> None:
     rows.sort(key=lambda r: r.get("prompt") != "tell me a joke.")
     print("\nSmolLM2-135M-Instruct (Q4_1, as shipped) on the VIRTUAL device (this host's CPU, real adb path):")
     for r in rows[:3]:
+        app_why = "cut at max_new_tokens" if r.get("truncated") else "not printed"
         print(f"\n>>> {r['prompt']}\n{r['response'].strip()}\n   [virtual device / host CPU: decode "
               f"{_num(r.get('decode_tok_s'), '.1f')} tok/s, TTFT {_num(r.get('ttft_s'), '.3f')} s, app's own "
-              f"line {_num(r.get('app_tok_s'), '.1f')} tok/s]")
+              f"line {_num(r.get('app_tok_s'), '.1f', app_why)}"
+              " tok/s]")
 
 
 def main() -> None:
