@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 LADDER = "smollm2-ref,smollm2-w8,smollm2-w4,smollm2-w3"
-SWEEP_PROMPTS = 3  # qa prompts per sweep job: 8 jobs must fit the demo's 5-minute budget on 2 cores
+SWEEP_PROMPTS = 2  # qa prompts per sweep job: 8 jobs must fit the demo's 5-minute budget on 2 cores
 
 
 def sh(*args: str) -> None:
