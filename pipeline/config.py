@@ -37,16 +37,22 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    source: str = "builtin"  # hub | builtin | local
+    source: str = "builtin"  # hub | builtin | local | package
     repo_id: str | None = None
     revision: str | None = None
     allow_patterns: list[str] | None = None
     path: str | None = None
+    # source=package: a file inside an installed PyPI distribution (pipeline/package_source.py), pinned by the
+    # distribution's version and the file's sha256, converted to a model dir (pipeline/models/gguf_model.py)
+    package: str | None = None
+    package_version: str | None = None
+    package_file: str | None = None
+    sha256: str | None = None
+    variant: str | None = None  # gguf (as shipped) | fp16 | w8 | w4 | w3
     format: str = "hf"  # hf | mobilequant-qnn
     quant: str = "fp32"
     max_seq_len: int = 1024
     chip: str = "any"
-    params_b: float | None = None
     weight_bytes: int | None = None
 
 
@@ -60,7 +66,6 @@ class AppConfig:
     path: str | None = None
     binary: str = "simple_app"
     device_arg: str | None = "8gen3"
-    protocol: str = "simple_app"
     template: str = "mobilequant"  # mobilequant | hf-chat | raw (only the reference app can change it)
     template_tokens: int = 15
     past_end_token: int | None = None  # reference app: emulate simple_app's read past the prompt (see conf/app)
@@ -303,7 +308,9 @@ def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...])
 
 
 def _check_source(problems: list[str], sec: str, c: ModelConfig | AppConfig) -> None:
-    _choice(problems, f"{sec}.source", c.source, ("hub", "builtin", "local"))
+    _choice(problems, f"{sec}.source", c.source, ("hub", "builtin", "local") + (("package",) if sec == "model" else ()))
+    if isinstance(c, ModelConfig) and c.source == "package":
+        _check_package(problems, c)
     if c.source == "hub":
         if not c.repo_id:
             problems.append(f"{sec}.repo_id=None: required when {sec}.source=hub — set the Hugging Face repo id")
@@ -314,6 +321,17 @@ def _check_source(problems: list[str], sec: str, c: ModelConfig | AppConfig) -> 
             )
     if c.source == "local" and not c.path:
         problems.append(f"{sec}.path=None: required when {sec}.source=local — set {sec}.path=/path/to/dir")
+
+
+def _check_package(problems: list[str], m: ModelConfig) -> None:
+    """source=package needs the distribution, its version, the file and its sha256 (pinned twice), and a variant."""
+    for key in ("package", "package_version", "package_file", "sha256"):
+        if not getattr(m, key):
+            problems.append(f"model.{key}=None: required when model.source=package — see conf/model/smollm2-q4.yaml")
+    sha = m.sha256 or ""
+    if sha and not (len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha.lower())):
+        problems.append(f"model.sha256={sha!r}: must be the file's 64-hex-digit sha256")
+    _choice(problems, "model.variant", m.variant, ("gguf", "fp16", "w8", "w4", "w3"))
 
 
 def validate(cfg: Config, source: str = "config") -> None:

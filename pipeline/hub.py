@@ -1,4 +1,4 @@
-"""Verified, pinned downloads from the Hugging Face Hub (the fetch half of DESIGN §3).
+"""Verified, pinned downloads from the Hugging Face Hub (the fetch stage's domain module).
 
 Why not just ``snapshot_download(revision="main")``: with huggingface_hub 2.4 its first metadata call
 (``repo_info``) and its tree listing are sent with *no* timeout, so a server that accepts and never answers hangs
@@ -141,7 +141,7 @@ def fetch_snapshot(
     config_key: str = "model",
     hash_cache: HashCache | None = None,
 ) -> dict[str, Any]:
-    """Download (or reuse) ``repo_id`` at ``revision`` and return the verified DESIGN §3 fetch entry.
+    """Download (or reuse) ``repo_id`` at ``revision`` and return the verified fetch.json entry.
 
     ``config_key`` only words the messages (``model`` or ``app``); ``hash_cache`` defaults to
     :func:`~pipeline.manifest.default_hash_cache_path`. Raises :class:`HubError` (one line, with the fix).
@@ -426,7 +426,7 @@ def _map_error(ctx: _Ctx, err: Exception, *, commit: str | None = None) -> HubEr
 
 
 def _result(ctx: _Ctx, source: str, commit: str, expected: list[str], listing: dict[str, Any]) -> dict[str, Any]:
-    """Hash + verify every selected file against the Hub's checksums, then build the DESIGN §3 entry."""
+    """Hash + verify every selected file against the Hub's checksums, then build the fetch.json entry."""
     base = ctx.base_dir(commit)
     files: list[FileEntry] = []
     try:

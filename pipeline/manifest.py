@@ -47,7 +47,7 @@ class FileEntry:
     sha256: str
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict in the DESIGN §3 order (``path``, ``size``, ``sha256``) for JSON artifacts."""
+        """Plain dict in the fetch.json order (``path``, ``size``, ``sha256``) for JSON artifacts."""
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
     @classmethod

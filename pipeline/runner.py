@@ -1,4 +1,4 @@
-"""Feed a prompt set through simple_app sessions and produce `responses.jsonl` rows (DESIGN §3 run).
+"""Feed a prompt set through simple_app sessions and produce `responses.jsonl` rows (the run stage's row contract).
 
 The stage (`pipeline/stages/run.py`) owns config, device connection, files and resume; this module owns the loop:
 warm-up passes then measured passes, fresh or shared sessions, timeouts with a remote kill, truncation, crashes,
@@ -121,7 +121,7 @@ class AppProcess:
 
 
 def empty_row(item: RunItem, repeat: int, warmup: bool, session: str) -> dict:
-    """A row with every DESIGN §3 field present (null/false), so failed starts keep the exact schema."""
+    """A row with every row field present (null/false), so failed starts keep the exact schema."""
     row = dict.fromkeys(ROW_FIELDS)
     row.update(prompt_id=item.prompt_id, repeat=repeat, warmup=warmup, prompt=item.prompt, sent_text=item.sent_text,
                response="", raw_output_b64="", eos=False, truncated=False, timed_out=False, crashed=False,

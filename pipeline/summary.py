@@ -11,11 +11,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.socs import chip_of, soc_of
 from pipeline.stats import energy_per_token, plausibility, roofline_tok_s, summarize, temperature_span, throttle_ratio
 
 THROUGHPUT_KEYS = ("decode_tok_s", "ttft_s", "app_tok_s", "e2e_s", "load_s", "host_blended_tok_s")
-# simple_app's Snapdragon model numbers (ro.soc.model) → the chip names used by conf/scoring's bandwidth table
-SOC_ALIASES = {"SM8650": "8gen3", "SM8550": "8gen2", "SM8475": "8gen1", "SM8450": "8gen1"}
 CSV_FIELDS = ("prompt_id", "set", "n_repeats", "quality_score", "on_topic", "decode_tok_s", "ttft_s", "app_tok_s",
               "e2e_s", "n_prompt_tokens", "n_output_tokens", "eos", "truncated", "timed_out", "crashed")
 
@@ -135,8 +134,7 @@ def device_bandwidth(push_device: Mapping[str, Any], override_gb_s: float | None
     if push_device.get("kind") == "virtual":
         return None, "virtual device: the host's memory bandwidth is not a phone's — no roofline"
     props = push_device.get("props") or {}
-    soc = str(props.get("ro.soc.model") or props.get("ro.board.platform") or "")
-    chip = SOC_ALIASES.get(soc.upper(), soc.lower())
+    soc, chip = soc_of(props) or "", chip_of(props) or ""
     if chip in table:
         return float(table[chip]), None
     return None, f"SoC {soc or 'unknown'} not in scoring.soc_bandwidth_gb_s — set device.bandwidth_gb_s"

@@ -105,6 +105,8 @@ class SweepSummary(Callback):
             print(f"  {j['job']} ({j['overrides'] or 'no overrides'}): {j['status']} — {j['error']}",
                   file=sys.stderr)
         self._mark_parent(config, sweep_dir.name, bad)
+        print(f"compare: python -m pipeline.report --sweep {sweep_dir.name} --out reports/{sweep_dir.name}",
+              file=sys.stderr)
         if bad:
             raise SystemExit(1)
 

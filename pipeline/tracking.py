@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.secrets import redact
+from pipeline.socs import soc_of
 from pipeline.workspace import git_commit, git_dirty
 
 __all__ = [
@@ -66,6 +67,7 @@ HTTP_BACKOFF_FACTOR = 1
 RUN_KEY_TAG = "run_key"
 SWEEP_TAG = "sweep_id"
 PARENT_ROLE_TAG = "odeval.role"
+PARENT_ROLE = "sweep-parent"
 REVISION_TAG = "odeval.revision"
 MISSING_METRICS_TAG = "missing_metrics"
 MISSING_ARTIFACTS_TAG = "missing_artifacts"
@@ -463,13 +465,13 @@ def get_or_create_parent(
                             "characters")
     with _session(tracking_uri) as client:
         exp_id = _experiment_id(client, experiment, tracking_uri)
-        found = _find_runs(client, exp_id, {SWEEP_TAG: sweep_id, PARENT_ROLE_TAG: "sweep-parent"})
+        found = _find_runs(client, exp_id, {SWEEP_TAG: sweep_id, PARENT_ROLE_TAG: PARENT_ROLE})
         if found:
             return found[0].info.run_id
-        run = client.create_run(exp_id, tags={SWEEP_TAG: sweep_id, PARENT_ROLE_TAG: "sweep-parent"},
+        run = client.create_run(exp_id, tags={SWEEP_TAG: sweep_id, PARENT_ROLE_TAG: PARENT_ROLE},
                                 run_name=f"sweep-{sweep_id}")
         run_id = run.info.run_id
-        oldest = _find_runs(client, exp_id, {SWEEP_TAG: sweep_id, PARENT_ROLE_TAG: "sweep-parent"})
+        oldest = _find_runs(client, exp_id, {SWEEP_TAG: sweep_id, PARENT_ROLE_TAG: PARENT_ROLE})
         if oldest and oldest[0].info.run_id != run_id:  # lost a race (http stores have no file lock)
             client.delete_run(run_id)
             return oldest[0].info.run_id
@@ -521,9 +523,7 @@ def provenance_tags(
     def dev(*keys: str) -> Any:
         return _first(_get(run_dev, *keys), _get(push_dev, *keys))
 
-    soc = dev("props", "ro.soc.model")
-    if soc == UNKNOWN:
-        soc = dev("props", "ro.board.platform")
+    soc = _first(soc_of(_get(run_dev, "props")), soc_of(_get(push_dev, "props")))
     commit = _get(run_json, "git", "commit")
     dirty = _get(run_json, "git", "dirty")
     if commit is None and root is not None:

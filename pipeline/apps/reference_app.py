@@ -1,4 +1,4 @@
-"""Host reference implementation of MobileQuant's ``simple_app`` REPL (DESIGN §4/§6) on numpy or torch CPU.
+"""Host reference implementation of MobileQuant's ``simple_app`` REPL on numpy or torch CPU.
 
 Engines (``$ODEVAL_ENGINE``): ``numpy`` (``pipeline/apps/npllama.py``, no torch/transformers import: ~0.2 s start-up),
 ``torch`` (transformers), ``auto`` (default: numpy for small default-RoPE Llamas in one model.safetensors, else torch).
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.models.tokenizer_bin import TokenizerBin, TokenizerBinError
+from pipeline.models.tokenizer_bin import SPECIAL_TEXTS, TokenizerBin, TokenizerBinError, load_for_model
 
 BANNER = "Hello, how can I help you today?\n>>> "
 GEMMA_BANNER = "Please enter the prompt\n>>> "
@@ -52,6 +52,9 @@ TEMPLATES = ("mobilequant", "hf-chat", "raw")
 LLAMA2_PREFIX = (29966, 29989, 1792, 29989, 29958, 13)  # "<|user|>\n"
 LLAMA2_SUFFIX = (2, 13, 29966, 29989, 465, 22137, 29989, 29958, 13)  # "</s>\n<|assistant|>\n"
 STOP_IDS = frozenset({0, 1, 2})  # llm.cpp: if (next == 1 || next == 2 || next == 0) break;
+# What simple_app prints for a stop id with MobileQuant's tokenizer.bin; used when this model's own piece for it is
+# something else (SmolLM2: <|endoftext|>/<|im_start|>/<|im_end|>) so the transcript keeps the protocol's stop piece.
+PROTOCOL_STOP_PIECES = {0: b"<unk>", 1: b"<s>", 2: b"</s>"}
 MAX_STEPS = 2048
 SEQ_LEN = 1024
 BOS_ID, EOS_ID = 1, 2
@@ -85,10 +88,13 @@ def is_llama2_vocab(codec: TokenizerBin) -> bool:
 
 def mobilequant_markers(codec: TokenizerBin) -> tuple[list[int], list[int]]:
     """(prefix, suffix) ids: the hard-coded Llama-2 ids, or ``<|user|>\\n`` / ``</s>\\n<|assistant|>\\n`` encoded
-    by this tokenizer (``</s>`` as the EOS id, the rest with the app's own encoder)."""
+    by this tokenizer (``</s>`` as the EOS id when that is the EOS piece, as in our tiny models; otherwise, e.g.
+    SmolLM2 whose EOS is ``<|im_end|>``, ``</s>`` is plain text like the rest of simple_app's strings)."""
     if is_llama2_vocab(codec):
         return list(LLAMA2_PREFIX), list(LLAMA2_SUFFIX)
-    return codec.encode("<|user|>\n"), [EOS_ID, *codec.encode("\n<|assistant|>\n")]
+    if len(codec) > EOS_ID and codec.pieces[EOS_ID] == b"</s>":
+        return codec.encode("<|user|>\n"), [EOS_ID, *codec.encode("\n<|assistant|>\n")]
+    return codec.encode("<|user|>\n"), codec.encode("</s>\n<|assistant|>\n")
 
 
 def mobilequant_prompt_ids(prompt: str | bytes, codec: TokenizerBin) -> list[int]:
@@ -98,18 +104,21 @@ def mobilequant_prompt_ids(prompt: str | bytes, codec: TokenizerBin) -> list[int
 
 
 def template_ids(template: str, prompt: str | bytes, codec: TokenizerBin,
-                 chat: Callable[[str], list[int]] | None = None) -> list[int]:
-    """Ids fed for ``prompt`` under ``template`` (``chat`` renders+tokenises the HF chat template)."""
+                 chat: Callable[[str], list[int]] | None = None, bos: bool = True) -> list[int]:
+    """Ids fed for ``prompt`` under ``template`` (``chat`` renders+tokenises the HF chat template).
+
+    ``bos``: the model's tokenizer adds BOS (``add_bos_token``; default True like Llama); SmolLM2's does not, so
+    ``raw`` is the bare prompt and ``hf-chat`` is exactly what its chat template renders."""
     if template == "mobilequant":
         return mobilequant_prompt_ids(prompt, codec)
     text = prompt.decode("utf-8", errors="replace") if isinstance(prompt, bytes) else prompt
     if template == "raw":
-        return [BOS_ID, *codec.encode(text)]
+        return [BOS_ID, *codec.encode(text)] if bos else codec.encode(text)
     if template == "hf-chat":
         if chat is None:
             raise ReferenceAppError("template hf-chat needs the model's tokenizer_config.json chat_template")
         ids = chat(text)
-        return ids if ids[:1] == [BOS_ID] else [BOS_ID, *ids]
+        return ids if ids[:1] == [BOS_ID] or not bos else [BOS_ID, *ids]
     raise ReferenceAppError(f"--template {template!r} is unknown; use one of {', '.join(TEMPLATES)}")
 
 
@@ -180,6 +189,16 @@ class Engine:
     load_s: float = 0.0
     eos_piece: bytes = field(default=b"</s>")
     backend: str = "torch"
+    add_bos: bool = True
+
+    def piece(self, token: int) -> bytes:
+        """Bytes printed for ``token``: its tokenizer.bin piece, the protocol's text for a stop id."""
+        if token >= len(self.codec):
+            return b""
+        p = self.codec.piece_bytes(token)
+        if token in PROTOCOL_STOP_PIECES and p not in SPECIAL_TEXTS:
+            return PROTOCOL_STOP_PIECES[token]
+        return p
 
     def reset(self) -> None:
         self.cache, self.pos = None, -1
@@ -215,8 +234,7 @@ def load_engine(model_dir: Path, threads: int | None = None, engine: str | None 
         raise ReferenceAppError(f"ODEVAL_ENGINE={choice!r} is unknown; use one of {', '.join(ENGINES)}")
     n_threads = threads or int(os.environ.get("ODEVAL_THREADS", "1") or 1)
     try:
-        tb = hf_dir / "tokenizer.bin"
-        codec = TokenizerBin.load(tb) if tb.is_file() else TokenizerBin.from_tokenizer_json(hf_dir / "tokenizer.json")
+        codec = load_for_model(hf_dir)
     except (OSError, ValueError, TokenizerBinError) as exc:
         raise ReferenceAppError(f"{hf_dir}: cannot load model/tokenizer ({exc})") from exc
     model, eos, backend = None, None, "torch"
@@ -227,18 +245,27 @@ def load_engine(model_dir: Path, threads: int | None = None, engine: str | None 
         model, eos = _load_torch(hf_dir, n_threads)
     extra = set(eos if isinstance(eos, list) else [eos]) - {None}
     return Engine(model, codec, _chat_renderer(hf_dir), STOP_IDS | extra, load_s=time.perf_counter() - t0,
-                  backend=backend)
+                  backend=backend, add_bos=_adds_bos(hf_dir))
+
+
+def _adds_bos(hf_dir: Path) -> bool:
+    """``add_bos_token`` of tokenizer_config.json (absent: True, the Llama default our tiny models follow)."""
+    try:
+        cfg = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return bool(cfg.get("add_bos_token", True)) if isinstance(cfg, dict) else True
 
 
 def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
     """(NumpyLlama, eos_token_id), or (None, None) when ``auto`` should fall back to torch."""
+    if "numpy" not in sys.modules:  # BLAS reads its thread count once, at numpy import (npllama imports it)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
     from pipeline.apps import npllama
 
     reason = npllama.numpy_ineligible_reason(hf_dir)
     if reason is None:
-        if "numpy" not in sys.modules:  # BLAS reads its thread count once, at numpy import
-            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ.setdefault(var, str(threads))
         try:
             model = npllama.NumpyLlama.from_pretrained(hf_dir)
             return model, npllama.read_config(hf_dir).get("eos_token_id")
@@ -318,7 +345,7 @@ def generate(engine: Engine, ids: list[int], out: BinaryIO, max_steps: int = MAX
             nxt = past_end_token
         else:
             nxt = int(logits.argmax())
-            out.write(safe_piece(engine.codec.piece_bytes(nxt)) if nxt < len(engine.codec) else b"")
+            out.write(safe_piece(engine.piece(nxt)))
             out.flush()
             times.append(time.perf_counter())
             output.append(nxt)
@@ -402,7 +429,7 @@ def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: 
         elif not cmd.startswith(b"-"):
             if template != "mobilequant":
                 engine.reset()
-            ids = template_ids(template, cmd, engine.codec, engine.chat)
+            ids = template_ids(template, cmd, engine.codec, engine.chat, engine.add_bos)
             generate(engine, ids, stdout, max_steps, faults, past_end_token)
         welcome = PROMPT
 

@@ -1,6 +1,6 @@
 """The simple_app REPL protocol (MobileQuant `capp/test/simple_app.cpp`): command line, output parser, session client.
 
-Protocol facts this module relies on (DESIGN §4, checked against the app's source):
+Protocol facts this module relies on (checked against MobileQuant's capp/ source):
 - stdout: a banner (`Hello, how can I help you today?\\n>>> `, gemma: `Please enter the prompt\\n>>> `), then per
   prompt the streamed answer pieces, the stop token's piece (`</s>`; llama2.c-style exports print `\\n</s>\\n`;
   token ids 0/1 `<unk>`/`<s>` also stop), then `(%f tok/s)\\n` (printed only when >1 step ran; `%f` of a division

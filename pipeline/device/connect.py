@@ -20,8 +20,8 @@ from pipeline.device.adb import AdbServer, AdbToolError, adb_client, check_serve
 __all__ = ["DeviceError", "get_device", "device_props", "device_kind", "DEFAULT_VIRTUAL_ROOT", "PROP_KEYS"]
 
 DEFAULT_VIRTUAL_ROOT = Path("~/.cache/odeval/virtual-device")
-PROP_KEYS = ("ro.product.model", "ro.product.manufacturer", "ro.soc.model", "ro.build.version.release",
-             "ro.build.fingerprint", "ro.product.cpu.abi", "ro.odeval.virtual")
+PROP_KEYS = ("ro.product.model", "ro.product.manufacturer", "ro.soc.model", "ro.board.platform",
+             "ro.build.version.release", "ro.build.fingerprint", "ro.product.cpu.abi", "ro.odeval.virtual")
 WAIT_DEVICE_S = 30.0
 RECONNECT_AFTER_S = 2.0
 
@@ -186,17 +186,14 @@ _PROP_LINE = re.compile(r"^\[([^\]]+)\]: \[(.*)\]$")
 
 
 def device_props(dev: adbutils.AdbDevice) -> dict[str, str | None]:
-    """The provenance props (PROP_KEYS) from one ``getprop``; missing ones are None; soc falls back to board."""
+    """The provenance props (PROP_KEYS) from one ``getprop``; missing ones are None."""
     text = dev.shell("getprop", timeout=30)
     props: dict[str, str] = {}
     for line in str(text).splitlines():
         m = _PROP_LINE.match(line.strip())
         if m:
             props[m.group(1)] = m.group(2)
-    out: dict[str, str | None] = {k: (props.get(k) or None) for k in PROP_KEYS}
-    if out["ro.soc.model"] is None:
-        out["ro.soc.model"] = props.get("ro.board.platform") or None
-    return out
+    return {k: (props.get(k) or None) for k in PROP_KEYS}  # as reported; pipeline.socs reads the SoC from them
 
 
 def device_kind(dev: adbutils.AdbDevice) -> str:

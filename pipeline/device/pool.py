@@ -1,4 +1,4 @@
-"""A pool of phones (or virtual devices) that parallel jobs lease one at a time (DESIGN §9).
+"""A pool of phones (or virtual devices) that parallel jobs lease one at a time.
 
 Why leases and not a scheduler: Hydra's launchers (joblib, Ray) already run jobs in parallel and ADB's
 client/server split already reaches phones on other hosts (``adb -H host -P port``). The one thing missing is

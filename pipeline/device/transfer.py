@@ -1,4 +1,4 @@
-"""Incremental, verified deploys of a host directory to a device directory over ADB (DESIGN §3 push).
+"""Incremental, verified deploys of a host directory to a device directory over ADB.
 
 Why it works the way it does:
 

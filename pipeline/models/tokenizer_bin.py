@@ -13,6 +13,14 @@ form is overwritten by its second loop, which is why the seed transcript shows `
 sentencepiece's ``▁`` becomes a space; ``<0xNN>`` byte tokens stay literal (the app's ``decode`` parses them).
 For byte-level BPE vocabularies (GPT-2 style, our tiny models) each token is written as its raw bytes and a
 merged token's score is minus its merge rank, so the greedy loop reproduces the BPE ids.
+
+Two additions for byte-level vocabularies whose ids are not in byte order (SmolLM2, converted from GGUF):
+a codepoint missing from the vocab falls back to each byte's *own* single-byte token when the vocab has one
+(else llama2.c's ``byte + 3``, unchanged for Llama-2 and the tiny models, where the two agree); and
+:func:`load_for_model` splits the text with the model's HF pre-tokenizer first (``tokenizer.json``) when it has one
+that splits with a regex — llama2.c's loop otherwise merges across GPT-2 pre-token boundaries (``" 'sun'"`` →
+``" " "'s" "un"`` instead of HF's ``" '" "sun"``). Only the reference app and the host use this; the phone's
+simple_app never sees these models.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import heapq
 import json
 import re
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SPECIAL_TEXTS = (b"<unk>", b"<s>", b"</s>", b"\n<s>\n", b"\n</s>\n")
@@ -112,6 +121,7 @@ class TokenizerBin:
     pieces: list[bytes]
     scores: list[float]
     max_token_length: int
+    pretokenize: Callable[[str], list[bytes]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # bsearch in the app returns *a* match; the first id for duplicated strings is the stable choice here.
@@ -162,6 +172,16 @@ class TokenizerBin:
         """Tokenise like MobileQuant's ``encode``: no BOS, no dummy-prefix space, per-codepoint lookup with
         byte fallback (id = byte + 3), then repeatedly merge the leftmost best-scoring adjacent pair."""
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        if self.pretokenize is not None:
+            try:
+                chunks = self.pretokenize(data.decode("utf-8"))
+            except UnicodeDecodeError:  # invalid UTF-8 cannot be pre-tokenised: the plain loop, as the app
+                chunks = [data]
+            return [t for chunk in chunks for t in self._merge(self._initial_ids(chunk))]
+        return self._merge(self._initial_ids(data))
+
+    def _initial_ids(self, data: bytes) -> list[int]:
+        """Per-codepoint lookup, else per-byte fallback (own single-byte token if any, else byte + 3)."""
         ids: list[int] = []
         i = 0
         while i < len(data):
@@ -172,12 +192,15 @@ class TokenizerBin:
             tid = self._lookup.get(cp)
             if tid is not None:
                 ids.append(tid)
-            elif cp[-1] + 3 < len(self.pieces):
-                ids.extend(b + 3 for b in cp)
             else:
-                raise TokenizerBinError(f"byte fallback for {cp!r} needs id {cp[-1] + 3}, vocab has {len(self.pieces)}")
+                for b in cp:
+                    own = self._lookup.get(bytes([b]))
+                    if own is None and b + 3 >= len(self.pieces):
+                        raise TokenizerBinError(f"byte fallback for {cp!r} needs id {b + 3}, "
+                                                f"vocab has {len(self.pieces)}")
+                    ids.append(own if own is not None else b + 3)
             i = j
-        return self._merge(ids)
+        return ids
 
     def _merge(self, ids: list[int]) -> list[int]:
         """llama2.c's merge loop — repeatedly merge the best-scoring adjacent pair, leftmost on ties — in
@@ -221,3 +244,45 @@ class TokenizerBin:
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         """Text of ``ids`` (invalid UTF-8 replaced), comparable to HF ``decode(skip_special_tokens=True)``."""
         return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
+
+
+def hf_pretokenizer(tokenizer_json: Path) -> Callable[[str], list[bytes]] | None:
+    """The byte chunks HF's pre-tokenizer cuts ``text`` into, or None when it has none / does not split.
+
+    Only byte-level pre-tokenizers qualify (their chunks map back to exact bytes)."""
+    try:
+        spec = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pre = spec.get("pre_tokenizer")
+    if not pre or not _is_byte_level(spec):
+        return None
+    from tokenizers import Tokenizer
+
+    pre_tok = Tokenizer.from_file(str(tokenizer_json)).pre_tokenizer
+    unmap = {c: b for b, c in bytes_to_unicode().items()}
+
+    def split(text: str) -> list[bytes]:
+        return [bytes(unmap[c] for c in piece) for piece, _ in pre_tok.pre_tokenize_str(text)]
+
+    return split
+
+
+def load_for_model(model_dir: Path) -> TokenizerBin:
+    """The app's tokenizer for a model dir: ``tokenizer.bin`` (else built from ``tokenizer.json``), with HF
+    pre-tokenisation attached when the dir's ``tokenizer.json`` pre-tokenises with the Digits splitter (the
+    GGUF-converted models; see the module docstring for why)."""
+    model_dir = Path(model_dir)
+    tj = model_dir / "tokenizer.json"
+    tb = model_dir / "tokenizer.bin"
+    codec = TokenizerBin.load(tb) if tb.is_file() else TokenizerBin.from_tokenizer_json(tj)
+    if tj.is_file() and '"Digits"' in json.dumps(_pre_tokenizer_of(tj)):
+        codec.pretokenize = hf_pretokenizer(tj)
+    return codec
+
+
+def _pre_tokenizer_of(tokenizer_json: Path) -> object:
+    try:
+        return json.loads(Path(tokenizer_json).read_text(encoding="utf-8")).get("pre_tokenizer")
+    except (OSError, ValueError):
+        return None

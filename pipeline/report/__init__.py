@@ -1,6 +1,6 @@
 """Sweep comparison report from MLflow runs: table, plots, factor analysis and fidelity to the FP reference.
 
-Entry point: ``python -m pipeline.report [--experiment NAME | --sweep ID] --out DIR`` (DESIGN §1, issue 9).
+Entry point: ``python -m pipeline.report [--experiment NAME | --sweep ID] --out DIR``.
 Submodules import numpy/matplotlib/mlflow lazily so ``--help`` stays fast.
 """
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline.report`: a Markdown + PNG comparison report from MLflow runs (DESIGN §1, issue 9).
+"""`python -m pipeline.report`: a Markdown + PNG comparison report from MLflow runs.
 
     python -m pipeline.report --sweep 2025-01-01_12-00-00 --out reports/sweep
     python -m pipeline.report --experiment odeval --tag diagnose-offtopic --out reports/offtopic --embeddings

@@ -19,7 +19,7 @@ from pipeline.report.runs import ARTIFACTS, RunRecord, select_runs
 from pipeline.report.table import NA, fmt, footnotes, markdown_table, table_rows
 from pipeline.report.variants import DEFAULT_IGNORE, Factor, factors, sort_records, value, variant_label
 
-FP_MODELS = ("tiny-fp", "tinyllama-chat-fp")
+FP_MODELS = ("tiny-fp", "smollm2-ref", "tinyllama-chat-fp")
 
 
 @dataclass

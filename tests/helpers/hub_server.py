@@ -1,4 +1,4 @@
-"""A local, loopback-only Hugging Face Hub look-alike for tests (DESIGN §8), plus pytest fixtures.
+"""A local, loopback-only Hugging Face Hub look-alike for tests, plus pytest fixtures.
 
 It implements exactly what ``huggingface_hub`` 2.4's ``model_info``/``snapshot_download``/``hf_hub_download``
 call (read from its source):

@@ -54,7 +54,7 @@ def test_summarize_rejects_non_numbers() -> None:
 
 
 def test_roofline_seed_numbers() -> None:
-    # DESIGN §7: 8 Gen 3 ~76.8 GB/s, 1.1 B params at 4 bits ≈ 0.55 GB → ≈ 140 tok/s
+    # MobileQuant facts: 8 Gen 3 ~76.8 GB/s, 1.1 B params at 4 bits ≈ 0.55 GB → ≈ 140 tok/s
     bw, wb = 76.8e9, int(1.1e9 * 4 / 8)
     assert stats.roofline_tok_s(bw, wb) == pytest.approx(bw / wb)
     assert stats.roofline_tok_s(None, wb) is None

