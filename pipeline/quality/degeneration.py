@@ -170,7 +170,7 @@ def degeneration_scores(response: str) -> dict[str, float | int | None | str]:
     if not response.strip():
         return {"degeneration": None, "distinct_2": None, "longest_repeat": 0, "longest_repeat_ratio": None,
                 "repeated_line_ratio": None, "phrase_repeat": None, "char_loop": None, "template_leak": None,
-                "list_skeleton": None, "degeneration_reason": "empty response"}
+                "template_leaks": 0, "list_skeleton": None, "degeneration_reason": "empty response"}
     toks = tokens(response)
     d2 = distinct_n(toks, 2)
     lrn = longest_repeated_ngram(toks)
@@ -184,6 +184,7 @@ def degeneration_scores(response: str) -> dict[str, float | int | None | str]:
         "phrase_repeat": phrase_repeat(toks),
         "char_loop": char_loop(response),
         "template_leak": template_leak(response),
+        "template_leaks": template_leaks(response),  # how many, for the reader; the signal saturates at one
         "list_skeleton": list_skeleton(response),
     }
     signals = [1 - d2 if d2 is not None else 0.0, lrn_ratio, rlr or 0.0, parts["phrase_repeat"],

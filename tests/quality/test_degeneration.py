@@ -77,6 +77,7 @@ def test_layout_and_ordinary_numbers_are_not_char_loops(text):
 
 def test_template_token_leaks():
     assert template_leaks("Sure!<|assistant|>\n<|assistant|>") == 2
+    assert degeneration_scores("a <|user|> b <|user|> c <|user|>")["template_leaks"] == 3
     assert degeneration_scores("Sure! <|im_end|> <|im_start|>assistant")["template_leak"] == 1.0
     assert degeneration_scores("Paris.</s>")["template_leak"] == 1.0  # one leaked control token is a broken template
     assert degeneration_scores("Hi <|bee|> there")["template_leak"] == 1.0  # any <|name|> chat marker
