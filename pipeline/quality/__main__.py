@@ -8,6 +8,12 @@ responses.jsonl can be scored directly). Output: one JSON object per input line,
 ``--fp`` gives the FP reference model's answers (lines with ``id``/``prompt_id`` and ``response``) for fidelity;
 ``--judge-url`` turns on the optional LLM judge (pipeline/quality/judge.py documents the rubric).
 Exit status 2 with one line on stderr for unusable input.
+
+    python -m pipeline.quality auc LABELLED.jsonl [--no-relevance] [--json]
+
+scores a labelled file (each line also has ``label``: 1 good / 0 failure, e.g. tests/quality/smollm2_labelled.jsonl)
+and prints the ROC AUC of quality_score and of each family (pipeline/quality/evaluation.py) as a Markdown table.
+(To score a file literally named ``auc``, pass it as ``./auc``.)
 """
 
 from __future__ import annotations
@@ -53,7 +59,44 @@ def _fp_answers(path: str) -> dict[str, str]:
     return out
 
 
+def _labels(rows: list[tuple[int, dict[str, Any]]], path: str) -> list[int]:
+    out = []
+    for n, obj in rows:
+        if obj.get("label") not in (0, 1) or isinstance(obj.get("label"), bool):
+            raise QualityError(f"{path}:{n}: 'label' must be 0 (failure) or 1 (good), got {obj.get('label')!r}")
+        out.append(int(obj["label"]))
+    return out
+
+
+def auc_main(argv: list[str]) -> int:
+    """``auc`` subcommand: the AUC table of a labelled file."""
+    from pipeline.quality.evaluation import auc_table, format_auc_table
+    from pipeline.quality.score import PASS_THRESHOLD
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.quality auc",
+                                 description="ROC AUC of quality_score and each family on a labelled JSONL file")
+    ap.add_argument("file", help="JSONL with prompt/response/label per line")
+    ap.add_argument("--no-relevance", action="store_true", help="skip the embedding model")
+    ap.add_argument("--json", action="store_true", help="print the table as JSON instead of Markdown")
+    args = ap.parse_args(argv)
+    try:
+        rows = _read_jsonl(args.file)
+        for n, obj in rows:
+            check_item(obj, f"{args.file}:{n}")
+        labels = _labels(rows, args.file)
+        scored = score_items([obj for _, obj in rows], relevance=not args.no_relevance)
+    except (QualityError, RelevanceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = auc_table(scored, labels, PASS_THRESHOLD)
+    print(json.dumps(table) if args.json else format_auc_table(table))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "auc":
+        return auc_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m pipeline.quality", description=__doc__.split("\n\n")[0])
     ap.add_argument("file", help="JSONL with prompt/response per line ('-' = stdin)")
     ap.add_argument("--no-relevance", action="store_true", help="skip the embedding model (relevance, on_topic)")

@@ -15,6 +15,15 @@ Calibration. Raw cosines of MiniLM are small for short prompts even when on topi
 joke." is ~0.15; the ink paragraph ~0.02). ``ON_TOPIC_THRESHOLD`` was chosen on the labelled pairs in
 ``tests/quality/relevance_labelled.jsonl`` (see the test that re-derives it); ``relevance_score`` maps the raw
 cosine to [0, 1] with the threshold at 0.5, and is what quality_score averages.
+
+What is embedded. A loop or a template leak can keep an answer "near" the prompt in embedding space although it
+says nothing: SmolLM2's ``<!--\n\nA: 1.\n\nA: 2.…`` reply to "tell me a joke." had cosine 0.16 (on-topic).
+So the answer is first reduced to its content (``answer_content``): control/template tokens and ``<!--``/``-->``
+removed, list-skeleton lines ("A: 1.", "3.", "- **2.**") dropped, repeated lines kept once. ``relevance`` is the
+cosine of the prompt with that content, times ``content_share`` (the share of the answer's non-empty lines that
+carry content). An answer with no content left is defined as relevance 0 (not measured). For ordinary prose
+nothing is removed and the value is the plain cosine, so the labelled pairs and the threshold are unchanged
+(test_relevance re-checks the threshold on the cleaned texts).
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.quality.degeneration import is_skeleton_line, strip_markup
+from pipeline.quality.text import tokens
 
 # sha256 of the files that define the embedding (see module doc for provenance).
 PINNED_SHA256 = {
@@ -143,3 +155,15 @@ def cosine_pairs(a: Sequence[str], b: Sequence[str], model: str | None = None) -
 def calibrated(cosine: float, threshold: float = ON_TOPIC_THRESHOLD) -> float:
     """Map a raw cosine to [0, 1] with the on-topic threshold at 0.5 (linear, clipped)."""
     return float(min(1.0, max(0.0, cosine / (2 * threshold))))
+
+
+def answer_content(response: str) -> tuple[str, float]:
+    """(the answer's content text, share of its non-empty lines that are content); see the module doc.
+
+    ("", 0.0) when nothing but markup, template tokens and list scaffolding is left.
+    """
+    lines = [ln.strip() for ln in strip_markup(response).splitlines() if ln.strip()]
+    content = [ln for ln in lines if not is_skeleton_line(ln) and tokens(ln)]
+    if not content:
+        return "", 0.0
+    return "\n".join(dict.fromkeys(content)), len(content) / len(lines)

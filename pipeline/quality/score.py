@@ -14,6 +14,24 @@ eos_rate, truncation_rate and answer_len are reported per item (eos_rate = 1.0/0
 mean over items is the rate) but do NOT enter quality_score: they describe the stop condition, which depends on
 max_new_tokens, and a looping answer is already penalised by degeneration.
 A family that does not apply is null and ``<family>_reason`` says why.
+
+Degeneration gate. A strongly degenerate answer is a failure however well its other families do — the seed's
+``<!--\n\nA: 1.\n\nA: 2.…`` joke had a mean of 0.88 — so when ``degeneration`` >= ``DEGENERATE_AT`` (0.6) its
+quality_score is capped at ``1 - degeneration`` (<= 0.4, below ``PASS_THRESHOLD``) and ``quality_gate`` says why.
+0.6 sits between a text said twice (a period-p loop repeated k times scores 1 - 1/k: k = 2 -> 0.5, an answer that
+restates itself once, which is common and mild) and three times (k = 3 -> 0.67, a loop); a leaked control token
+(1.0) and a list skeleton (share of empty list lines) are above it. Below 0.6 degeneration only enters the mean.
+
+``PASS_THRESHOLD`` (0.5) is the quality_score at or above which an answer counts as acceptable; it mirrors
+relevance's calibration (on-topic threshold -> 0.5). Only the degeneration gate forces a score under it: a wrong
+fact or a broken instruction lowers one family of several, so such answers rank below good ones (what AUC
+measures) but often stay above 0.5. On the labelled real SmolLM2 answers (tests/quality/smollm2_labelled.jsonl,
+rule in tests/quality/data/README.md) tests/quality/test_smollm2_labelled.py checks the AUC of quality_score;
+``python -m pipeline.quality auc FILE`` prints the table for every family.
+
+Relevance is measured on the answer's content (relevance.answer_content: template tokens and list scaffolding
+removed, scaled by the content share); the raw cosine of that content is in ``relevance_cosine`` and the share in
+``content_share`` (both added keys; every earlier key is unchanged).
 """
 
 from __future__ import annotations
@@ -52,6 +70,10 @@ _SCORE_INPUTS: tuple[tuple[str, str, bool], ...] = (
     ("language_match", "language_match", False),
     ("judge", "judge_score", False),  # only present when a judge URL is given
 )
+
+
+DEGENERATE_AT = 0.6
+PASS_THRESHOLD = 0.5
 
 
 class QualityError(ValueError):
@@ -118,6 +140,10 @@ def _finish(out: dict[str, Any]) -> dict[str, Any]:
             used.append(family)
             values.append(1 - v if invert else v)
     out["quality_score"] = sum(values) / len(values) if values else None
+    deg = out.get("degeneration")
+    if out["quality_score"] is not None and deg is not None and deg >= DEGENERATE_AT:
+        out["quality_score"] = min(out["quality_score"], 1 - deg)
+        out["quality_gate"] = f"degeneration {deg:.2f} >= {DEGENERATE_AT}: capped at 1 - degeneration"
     out["quality_families"] = ",".join(used)
     if not values:
         out["quality_score_reason"] = "no family applies"
@@ -144,9 +170,10 @@ def score_items(
     rows = [_basic(item, fp_answers) for item in items]
     cos_prompt: list[float | None] = [None] * len(rows)
     cos_fp: list[float | None] = [None] * len(rows)
+    content = [rel.answer_content(it["response"]) for it in items]
     if relevance and rows:
         a = [it["prompt"] for it in items]
-        b = [it["response"] for it in items]
+        b = [text or it["response"] for it, (text, _) in zip(items, content, strict=True)]
         fp_idx = [i for i, r in enumerate(rows) if r["_fp"] is not None]
         sims = rel.cosine_pairs(a + [items[i]["response"] for i in fp_idx], b + [rows[i]["_fp"] for i in fp_idx],
                                 embedding_model)
@@ -162,10 +189,15 @@ def score_items(
             # An empty answer answers nothing: defined as 0, not measured (the embedding of "" is meaningless).
             row.update({"relevance": 0.0, "relevance_score": 0.0, "on_topic": False,
                         "relevance_reason": "empty response (defined as 0)"})
+        elif not content[i][0]:
+            row.update({"relevance": 0.0, "relevance_score": 0.0, "on_topic": False, "relevance_cosine": None,
+                        "content_share": 0.0, "relevance_reason": "no content after removing template tokens, "
+                        "markup and list scaffolding (defined as 0)"})
         else:
-            c = cos_prompt[i]
+            c = cos_prompt[i] * content[i][1]
             row.update({"relevance": c, "relevance_score": rel.calibrated(c),
-                        "on_topic": bool(c >= rel.ON_TOPIC_THRESHOLD)})
+                        "on_topic": bool(c >= rel.ON_TOPIC_THRESHOLD), "relevance_cosine": cos_prompt[i],
+                        "content_share": content[i][1]})
     if judge_url:
         from pipeline.quality.judge import judge_items
 

@@ -2,7 +2,9 @@
 
 WHY one module: reference match, keyword recall, fidelity and degeneration must agree on what a "word" is, or the
 same answer would count as containing "4" for one family and not for another. Tokens are lower-cased, NFKC-folded
-words; numbers keep their decimal point and drop thousands separators ("1,000" == "1000", "4" != "42" != "4.2");
+words; numbers keep their decimal point and drop thousands separators ("1,000" == "1000", "4" != "42" != "4.2")
+and a decimal number is written canonically, trailing fractional zeros dropped ("100.0" == "100", "2.50" == "2.5"),
+so "approximately 100.0 degrees" contains the reference "100" while "1000" still does not;
 CJK ideographs are one token each (Chinese has no spaces; character-level matching is the usual choice for zh).
 """
 
@@ -27,13 +29,22 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
 
 
+def canonical_number(tok: str) -> str:
+    """"100.0" -> "100", "2.50" -> "2.5"; anything that is not one plain decimal (e.g. "1.1.1", "1,5") unchanged."""
+    m = re.fullmatch(r"(\d+)\.(\d+)", tok)
+    if not m:
+        return tok
+    frac = m.group(2).rstrip("0")
+    return f"{m.group(1)}.{frac}" if frac else m.group(1)
+
+
 def tokens(text: str, *, drop_articles: bool = False) -> list[str]:
     """Words of ``text`` (see module doc). ``drop_articles`` is the SQuAD convention for exact match / F1."""
     out = []
     for tok in _TOKEN_RE.findall(normalize(text)):
         if tok[0].isdigit():
             # "1,000" -> "1000"; keep a decimal point so "4.2" stays distinct from "42".
-            tok = re.sub(r",(?=\d{3}(?:\D|$))", "", tok)
+            tok = canonical_number(re.sub(r",(?=\d{3}(?:\D|$))", "", tok))
         if drop_articles and tok in _ARTICLES:
             continue
         out.append(tok)

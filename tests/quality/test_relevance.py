@@ -94,3 +94,20 @@ def test_default_model_loads_without_network(monkeypatch):
     monkeypatch.setattr(rel, "_CACHE", {})
     (c,) = rel.cosine_pairs([JOKE_PROMPT], [JOKE_ANSWER])
     assert c > rel.ON_TOPIC_THRESHOLD
+
+
+def test_content_extraction_leaves_the_labelled_set_and_its_threshold_unchanged(labelled):
+    """relevance is measured on answer_content(): for the labelled prose answers it must change nothing."""
+    rows = [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
+    content = [rel.answer_content(r["response"]) for r in rows]
+    assert all(share == 1.0 for _, share in content)
+    cos = rel.cosine_pairs([r["prompt"] for r in rows], [text for text, _ in content])
+    assert _accuracy(list(zip(cos, [r["on_topic"] for r in rows], strict=True)), rel.ON_TOPIC_THRESHOLD) == 1.0
+
+
+def test_answer_content_drops_markup_and_scaffolding():
+    assert rel.answer_content("<!--\n\nA: 1.\n\nA: 2.\n\nA: 3.") == ("", 0.0)
+    assert rel.answer_content("~~~~~~~~") == ("", 0.0)
+    assert rel.answer_content("Here is a joke:\nA: 1.\nA: 2.\nA: 3.") == ("Here is a joke:", 0.25)
+    text, share = rel.answer_content("Paris <|im_end|>\nParis <|im_end|>")
+    assert text.split() == ["Paris"] and share == 1.0

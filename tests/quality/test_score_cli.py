@@ -128,3 +128,29 @@ def test_correct_answers_to_the_qa_set_score_one_on_reference_match():
              for p, q in zip(qa, qa[1:] + qa[:1], strict=True) if not set(p.reference) & set(q.reference)]
     assert all(r["reference_match"] == 1.0 for r in score_items(right, relevance=False))
     assert sum(r["reference_match"] == 1.0 for r in score_items(wrong, relevance=False)) <= len(wrong) // 10
+
+
+def test_strongly_degenerate_answers_are_capped_below_the_pass_threshold():
+    from pipeline.quality.score import DEGENERATE_AT, PASS_THRESHOLD
+
+    twice, thrice, leak = score_items(
+        [{"prompt": "How many months are in a year?", "response": "The answer is 12.\n\nThe answer is 12.",
+          "reference": ["12"]},
+         {"prompt": "How many months are in a year?",
+          "response": "The answer is 12.\n\nThe answer is 12.\n\nThe answer is 12.", "reference": ["12"]},
+         {"prompt": "What is the capital of Italy?", "response": "The capital of Italy is Rome.</s>",
+          "reference": ["Rome"]}],
+        relevance=False,
+    )
+    assert twice["degeneration"] < DEGENERATE_AT and "quality_gate" not in twice  # said twice: mild, only averaged
+    assert twice["quality_score"] > PASS_THRESHOLD
+    for row in (thrice, leak):
+        assert row["degeneration"] >= DEGENERATE_AT and "capped" in row["quality_gate"]
+        assert row["quality_score"] == pytest.approx(1 - row["degeneration"]) and row["quality_score"] < PASS_THRESHOLD
+        assert row["reference_match"] == 1.0  # the cap, not the fact, sinks them
+
+
+def test_content_free_answer_has_zero_relevance_and_is_off_topic():
+    (row,) = score_items([{"prompt": JOKE_PROMPT, "response": "<!--\n\nA: 1.\n\nA: 2.\n\nA: 3.\n\nA: 4."}])
+    assert row["relevance"] == 0.0 and row["on_topic"] is False and "no content" in row["relevance_reason"]
+    assert row["quality_score"] == 0.0
