@@ -52,7 +52,7 @@ def decode_rate(model_dir: Path, engine: str, prompts: list[str], repeats: int) 
         for _ in range(repeats):
             for i, p in enumerate(prompts):
                 eng.reset()
-                r = ra.generate(eng, ra.mobilequant_prompt_ids(p, eng.codec), sink)
+                r = ra.generate(eng, eng.prompt_format("mobilequant").ids(p), sink)
                 first = r.output_ids if i == 0 else first
                 if len(r.token_times) > 1:
                     n_tot += len(r.token_times) - 1

@@ -53,7 +53,7 @@ def bench(model_dir: Path, prompts: list[str], max_new: int, repeats: int) -> di
     with open(os.devnull, "wb", buffering=0) as sink:
         for _ in range(repeats):
             for p in prompts:
-                ids = ra.mobilequant_prompt_ids(p, eng.codec)
+                ids = eng.prompt_format("mobilequant").ids(p)
                 eng.reset()
                 r = ra.generate(eng, ids, sink, max_steps=len(ids) - 1 + max_new)
                 n, t = _rate(r.token_times)

@@ -43,8 +43,10 @@ def run_plots(prompt_rows: Sequence[Mapping[str, Any]], families: Sequence[str],
 
     fams = [f for f in ("quality_score", *families) if any(r.get(f) is not None for r in prompt_rows)]
     means = [mean_of(r.get(f) for r in prompt_rows) for f in fams]
+    means = [1 - m if f == "degeneration" and m is not None else m for f, m in zip(fams, means, strict=True)]
+    names = ["1 − degeneration" if f == "degeneration" else f for f in fams]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(fams) + 1.2))
-    ax.barh(fams, [m or 0 for m in means], color="tab:green")
+    ax.barh(names, [m or 0 for m in means], color="tab:green")
     ax.set_xlim(0, 1)
     ax.set_xlabel("mean over prompts (higher is better; degeneration is reported as 1 − rate)")
     ax.set_title(f"Answer quality per family — {label}", fontsize=9)

@@ -117,25 +117,31 @@ def check_line(where: str, what: str, text: str) -> None:
         raise PromptSetError(f"{where}: {what}: {exc} — edit that line") from None
 
 
-def check_lengths(prompts: list[Prompt], sent: list[str], count_tokens: Callable[[str], int], context: int) -> None:
-    """Refuse every prompt whose line as sent is over ``context`` tokens (``sequence.context``), naming FILE:LINE.
+def check_lengths(prompts: list[Prompt], sent: list[str], count_tokens: Callable[[str], int], context: int,
+                  count_prompt: Callable[[str], int] | None = None, positions: int | None = None) -> None:
+    """Refuse every prompt that does not fit, naming FILE:LINE: its line as sent over ``context`` tokens
+    (``sequence.context``), or — with ``count_prompt`` (the ids the app feeds, template included) — over
+    ``positions`` (the model's positions left after ``max_new_tokens``).
 
     The rule (explicit, never silent): a prompt that does not fit the sequence budget is refused before any
-    device work, not truncated — a truncated prompt is another question. ``sequence.context`` +
-    ``max_new_tokens`` + the app's template tokens fit ``model.max_seq_len`` (config validation), so a prompt
-    that passes here fits the model's positions.
+    device work, not truncated — a truncated prompt is another question.
     """
     problems = []
     for p, line in zip(prompts, sent, strict=True):
+        where = p.where or p.id
         nbytes = len(line.encode("utf-8"))
         if nbytes > _MAX_BYTES_PER_TOKEN * context:  # certainly too long: do not spend minutes tokenising it
-            problems.append(f"{p.where or p.id}: prompt {p.id!r} is {nbytes} bytes, far over sequence.context="
+            problems.append(f"{where}: prompt {p.id!r} is {nbytes} bytes, far over sequence.context="
                             f"{context} tokens — shorten it, or pick a larger sequence budget (e.g. sequence=s1024)")
             continue
         n = count_tokens(line)
         if n > context:
-            problems.append(f"{p.where or p.id}: prompt {p.id!r} is {n} tokens as sent, over sequence.context="
+            problems.append(f"{where}: prompt {p.id!r} is {n} tokens as sent, over sequence.context="
                             f"{context} — shorten it, or pick a larger sequence budget (e.g. sequence=s1024)")
+        elif count_prompt is not None and positions is not None and (m := count_prompt(line)) > positions:
+            problems.append(f"{where}: prompt {p.id!r} is {m} tokens with the app's template, over the {positions} "
+                            "positions left for it (model.max_seq_len − sequence.max_new_tokens) — shorten it or "
+                            "lower sequence.max_new_tokens")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise PromptSetError("\n".join(problems[:5]) + more)
@@ -245,11 +251,12 @@ def length_prompts(n_tokens: int, count_tokens: Callable[[str], int], n: int = 5
 
 
 def sent_lines(prompts: list[Prompt], template: str, count_tokens: Callable[[str], int], context: int,
-               what: str = "the line sent") -> list[str]:
+               what: str = "the line sent", count_prompt: Callable[[str], int] | None = None,
+               positions: int | None = None) -> list[str]:
     """The single line sent for each prompt (``template`` with ``{prompt}`` filled in), checked as the app and the
     sequence budget require; every error names the prompt's FILE:LINE (:class:`PromptSetError`)."""
     sent = [template.replace("{prompt}", p.prompt) for p in prompts]
     for p, line in zip(prompts, sent, strict=True):
         check_line(p.where or f"prompt {p.id!r}", what, line)
-    check_lengths(prompts, sent, count_tokens, context)
+    check_lengths(prompts, sent, count_tokens, context, count_prompt, positions)
     return sent

@@ -18,7 +18,6 @@ from pipeline.apps.simple_app import (
     AppStartTimeout,
     SimpleAppError,
     check_prompt_line,
-    prompt_token_count,
 )
 from pipeline.config import RuntimeConfig
 
@@ -200,8 +199,9 @@ def _validate(items: Iterable[RunItem]) -> None:
 class _Runner:
     """State of one run_prompts call: the live process (shared sessions) and the row builder."""
 
-    def __init__(self, start_app: Callable[[], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int]):
-        self.start_app, self.opts, self.count_tokens = start_app, opts, count_tokens
+    def __init__(self, start_app: Callable[[], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int],
+                 count_prompt: Callable[[str], int]):
+        self.start_app, self.opts, self.count_tokens, self.count_prompt = start_app, opts, count_tokens, count_prompt
         self.proc: AppProcess | None = None
         self.session: AppSession | None = None
 
@@ -275,19 +275,18 @@ class _Runner:
             raise DeviceLost(f"app stream for prompt {item.prompt_id!r} ended with no exit status; reconnect the "
                              "device and re-run to resume")
         row.update(res)
-        model_type = self.session.model_type or "llama"
-        finish_row(row, prompt_token_count(item.sent_text, self.count_tokens, model_type))
+        finish_row(row, self.count_prompt(item.sent_text))
 
 
 def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts: RunOptions, *,
-                count_tokens: Callable[[str], int], skip: set[tuple[str, int]] | frozenset = frozenset(),
-                on_row: Callable[[dict], None], progress: bool = True) -> None:
+                count_tokens: Callable[[str], int], count_prompt: Callable[[str], int],
+                skip: set[tuple[str, int]] | frozenset = frozenset(), on_row: Callable[[dict], None],
+                progress: bool = True) -> None:
     """Run every (pass, prompt) not in `skip`, calling `on_row(row)` once per finished row, in order.
 
-    Rows have exactly `ROW_FIELDS`. `n_prompt_tokens` = tokens of the templated prompt the app feeds
-    (`<|user|>\\n` + sent_text + `</s>\\n<|assistant|>\\n`, the template's `</s>` counted as the one EOS id the
-    app feeds; see `prompt_token_count`); `n_output_tokens` = `count_tokens(response)` (stop token excluded).
-    `count_tokens` must behave like the app's encoder: no BOS, no special tokens added.
+    Rows have exactly `ROW_FIELDS`. `n_prompt_tokens` = `count_prompt(sent_text)`: the ids the app feeds for the
+    line under its template (pipeline/apps/prompt_format.py `PromptFormat.count`); `n_output_tokens` =
+    `count_tokens(response)` (stop token excluded; the app's encoder: no BOS, no special tokens added).
 
     A row whose process was started for it has `load_s` set: in shared sessions that marks the first prompt of a
     pass and every restart (after a crash, timeout or truncation of the previous row, which that row's flags
@@ -296,7 +295,7 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
     """
     _validate(items)
     passes = plan_passes(opts.repeats, opts.warmup)
-    runner = _Runner(start_app, opts, count_tokens)
+    runner = _Runner(start_app, opts, count_tokens, count_prompt)
     first = True
     with _Progress(len(passes) * len(items), progress) as prog:
         try:
@@ -310,7 +309,7 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
                     first = False
                     row = empty_row(item, repeat, warm, opts.session)
                     if runner.proc is None and not runner.start(row):
-                        finish_row(row, prompt_token_count(item.sent_text, count_tokens))
+                        finish_row(row, count_prompt(item.sent_text))
                         end: bool | None = None
                     else:
                         runner.ask(item, row)

@@ -32,25 +32,21 @@ prompt), ``raw`` (BOS + prompt, fresh context per prompt). Default: ``$ODEVAL_TE
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import posixpath
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.apps.prompt_format import TEMPLATES, PromptFormat, PromptFormatError, load_format
 from pipeline.models.tokenizer_bin import SPECIAL_TEXTS, TokenizerBin, TokenizerBinError, load_for_model
 
 BANNER = "Hello, how can I help you today?\n>>> "
 GEMMA_BANNER = "Please enter the prompt\n>>> "
 PROMPT = ">>> "
-TEMPLATES = ("mobilequant", "hf-chat", "raw")
-LLAMA2_PREFIX = (29966, 29989, 1792, 29989, 29958, 13)  # "<|user|>\n"
-LLAMA2_SUFFIX = (2, 13, 29966, 29989, 465, 22137, 29989, 29958, 13)  # "</s>\n<|assistant|>\n"
 STOP_IDS = frozenset({0, 1, 2})  # llm.cpp: if (next == 1 || next == 2 || next == 0) break;
 # What simple_app prints for a stop id with MobileQuant's tokenizer.bin; used when this model's own piece for it is
 # something else (SmolLM2: <|endoftext|>/<|im_start|>/<|im_end|>) so the transcript keeps the protocol's stop piece.
@@ -79,47 +75,6 @@ class Faults:
         n = env.get("ODEVAL_FAULT_CRASH_AFTER_TOKENS", "").strip()
         hang, bad = env.get("ODEVAL_FAULT_HANG") == "1", env.get("ODEVAL_FAULT_INVALID_UTF8") == "1"
         return cls(int(n) if n else None, hang, bad)
-
-
-def is_llama2_vocab(codec: TokenizerBin) -> bool:
-    """The 32 000-entry Llama-2/TinyLlama vocabulary the app's hard-coded template ids belong to."""
-    return len(codec) == 32000 and codec.pieces[1792] == b"user" and codec.pieces[22137] == b"istant"
-
-
-def mobilequant_markers(codec: TokenizerBin) -> tuple[list[int], list[int]]:
-    """(prefix, suffix) ids: the hard-coded Llama-2 ids, or ``<|user|>\\n`` / ``</s>\\n<|assistant|>\\n`` encoded
-    by this tokenizer (``</s>`` as the EOS id when that is the EOS piece, as in our tiny models; otherwise, e.g.
-    SmolLM2 whose EOS is ``<|im_end|>``, ``</s>`` is plain text like the rest of simple_app's strings)."""
-    if is_llama2_vocab(codec):
-        return list(LLAMA2_PREFIX), list(LLAMA2_SUFFIX)
-    if len(codec) > EOS_ID and codec.pieces[EOS_ID] == b"</s>":
-        return codec.encode("<|user|>\n"), [EOS_ID, *codec.encode("\n<|assistant|>\n")]
-    return codec.encode("<|user|>\n"), codec.encode("</s>\n<|assistant|>\n")
-
-
-def mobilequant_prompt_ids(prompt: str | bytes, codec: TokenizerBin) -> list[int]:
-    """The exact ids simple_app feeds for ``prompt``: prefix + encode(prompt) + suffix, no BOS (pure function)."""
-    prefix, suffix = mobilequant_markers(codec)
-    return prefix + codec.encode(prompt) + suffix
-
-
-def template_ids(template: str, prompt: str | bytes, codec: TokenizerBin,
-                 chat: Callable[[str], list[int]] | None = None, bos: bool = True) -> list[int]:
-    """Ids fed for ``prompt`` under ``template`` (``chat`` renders+tokenises the HF chat template).
-
-    ``bos``: the model's tokenizer adds BOS (``add_bos_token``; default True like Llama); SmolLM2's does not, so
-    ``raw`` is the bare prompt and ``hf-chat`` is exactly what its chat template renders."""
-    if template == "mobilequant":
-        return mobilequant_prompt_ids(prompt, codec)
-    text = prompt.decode("utf-8", errors="replace") if isinstance(prompt, bytes) else prompt
-    if template == "raw":
-        return [BOS_ID, *codec.encode(text)] if bos else codec.encode(text)
-    if template == "hf-chat":
-        if chat is None:
-            raise ReferenceAppError("template hf-chat needs the model's tokenizer_config.json chat_template")
-        ids = chat(text)
-        return ids if ids[:1] == [BOS_ID] or not bos else [BOS_ID, *ids]
-    raise ReferenceAppError(f"--template {template!r} is unknown; use one of {', '.join(TEMPLATES)}")
 
 
 def safe_piece(piece: bytes) -> bytes:
@@ -182,14 +137,20 @@ class Engine:
 
     model: Any
     codec: TokenizerBin
-    chat: Callable[[str], list[int]] | None
+    model_dir: Path
     stop_ids: frozenset[int]
     cache: Any = None
     pos: int = -1  # llm.cpp: last_token_position starts at -1
     load_s: float = 0.0
     eos_piece: bytes = field(default=b"</s>")
     backend: str = "torch"
-    add_bos: bool = True
+
+    def prompt_format(self, template: str, gemma: bool = False) -> PromptFormat:
+        """The ids this model is fed per prompt under ``template`` (pipeline/apps/prompt_format.py)."""
+        try:
+            return load_format(template, self.model_dir, codec=self.codec, gemma=gemma)
+        except PromptFormatError as exc:
+            raise ReferenceAppError(str(exc)) from None
 
     def piece(self, token: int) -> bytes:
         """Bytes printed for ``token``: its tokenizer.bin piece, the protocol's text for a stop id."""
@@ -244,17 +205,7 @@ def load_engine(model_dir: Path, threads: int | None = None, engine: str | None 
     if model is None:
         model, eos = _load_torch(hf_dir, n_threads)
     extra = set(eos if isinstance(eos, list) else [eos]) - {None}
-    return Engine(model, codec, _chat_renderer(hf_dir), STOP_IDS | extra, load_s=time.perf_counter() - t0,
-                  backend=backend, add_bos=_adds_bos(hf_dir))
-
-
-def _adds_bos(hf_dir: Path) -> bool:
-    """``add_bos_token`` of tokenizer_config.json (absent: True, the Llama default our tiny models follow)."""
-    try:
-        cfg = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return bool(cfg.get("add_bos_token", True)) if isinstance(cfg, dict) else True
+    return Engine(model, codec, hf_dir, STOP_IDS | extra, load_s=time.perf_counter() - t0, backend=backend)
 
 
 def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
@@ -292,31 +243,6 @@ def _load_torch(hf_dir: Path, threads: int) -> tuple[Any, Any]:
     except (OSError, ValueError) as exc:
         raise ReferenceAppError(f"{hf_dir}: cannot load model/tokenizer ({exc})") from exc
     return model, model.config.eos_token_id
-
-
-def _chat_renderer(hf_dir: Path) -> Callable[[str], list[int]] | None:
-    """Render the chat_template with jinja2 and tokenise with ``tokenizers`` (no AutoTokenizer import cost)."""
-    try:
-        cfg = json.loads((hf_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    tmpl = cfg.get("chat_template")
-    if not isinstance(tmpl, str) or not (hf_dir / "tokenizer.json").is_file():
-        return None
-
-    def render(prompt: str) -> list[int]:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-        from tokenizers import Tokenizer
-
-        def tok_text(v: Any) -> str:
-            return v.get("content", "") if isinstance(v, dict) else (v or "")
-
-        text = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(tmpl).render(
-            messages=[{"role": "user", "content": prompt}], add_generation_prompt=True,
-            bos_token=tok_text(cfg.get("bos_token")), eos_token=tok_text(cfg.get("eos_token")))
-        return Tokenizer.from_file(str(hf_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
-
-    return render
 
 
 @dataclass
@@ -399,6 +325,7 @@ def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: 
     """simple_app's ``main`` loop over ``stdin``/``stdout`` (bytes). Returns the exit status."""
     model_type = "gemma" if "gemma" in models_dir else "llama"
     welcome = GEMMA_BANNER if model_type == "gemma" else BANNER
+    fmt = engine.prompt_format(template, gemma=model_type == "gemma")
     while True:
         stdout.write(welcome.encode())
         stdout.flush()
@@ -423,13 +350,14 @@ def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: 
                     _audit(f"!reload {models_dir!r} refused: {exc}")
                     sys.stderr.write(f"Initialization errror: {exc}\n")
                     return 1
+                fmt = engine.prompt_format(template, gemma=model_type == "gemma")
                 stdout.write(b"Models loaded and ready\n")
             elif name != "!log":
                 sys.stderr.write(f"Unknown command: {name}\n")
         elif not cmd.startswith(b"-"):
-            if template != "mobilequant":
+            if not fmt.carries_context:
                 engine.reset()
-            ids = template_ids(template, cmd, engine.codec, engine.chat, engine.add_bos)
+            ids = fmt.ids(cmd)
             generate(engine, ids, stdout, max_steps, faults, past_end_token)
         welcome = PROMPT
 
@@ -449,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         if quirk and not quirk.lstrip("-").isdigit():
             raise ReferenceAppError(f"ODEVAL_QUIRK_PAST_END_TOKEN={quirk!r} is not a token id; use an integer")
         engine = load_engine(confined_dir(args.model_dir))
+        engine.prompt_format(args.template, gemma="gemma" in args.model_dir)  # a template the model cannot use
     except ReferenceAppError as exc:
         sys.stderr.write(f"reference_app: {exc}\n")
         return 1

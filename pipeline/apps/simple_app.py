@@ -34,11 +34,6 @@ PROMPT = b">>> "
 BANNER_LLAMA = "Hello, how can I help you today?"
 BANNER_GEMMA = "Please enter the prompt"
 PID_PREFIX = b"odeval-pid:"
-# The chat template simple_app wraps every prompt in (hard-coded token ids in llm.cpp; no BOS, no system prompt).
-TEMPLATES: dict[str, tuple[str, str]] = {
-    "llama": ("<|user|>\n", "</s>\n<|assistant|>\n"),
-    "gemma": ("<bos><start_of_turn>", "<end_of_turn><start_of_turn>"),  # ids 2 106 / 107 106 as the app feeds them
-}
 STDERR_TAIL_BYTES = 2048
 
 _TOKS_NUM = rb"-?(?:[0-9]+(?:\.[0-9]*)?|inf|nan)"
@@ -113,27 +108,6 @@ def check_prompt_line(line: str) -> None:
 def model_type_of(model_dir: str) -> str:
     """simple_app picks the gemma code path (banner, template) when 'gemma' appears anywhere in the model dir."""
     return "gemma" if "gemma" in model_dir else "llama"
-
-
-def templated_prompt(sent_text: str, model_type: str = "llama") -> str:
-    """The text the app actually feeds for a prompt: its hard-coded chat template around the line (no BOS)."""
-    prefix, suffix = TEMPLATES[model_type]
-    return prefix + sent_text + suffix
-
-
-def prompt_token_count(sent_text: str, count_tokens: Callable[[str], int], model_type: str = "llama") -> int:
-    """How many tokens simple_app feeds (and prefills step by step) for one prompt line.
-
-    The app encodes only the line (llama2.c encoder: no BOS, no dummy-prefix space) and wraps it in hard-coded
-    ids, so the template's special tokens count as one each instead of being re-tokenised as text (`</s>` as
-    text is several pieces). llama: count("<|user|>\n") + count(line) + 1 (`</s>`, id 2) +
-    count("\n<|assistant|>\n") — 6 + n + 9 = the app's ids for the Llama-2 vocab; gemma: 2 + n + 2 (all
-    special). `count_tokens` should be the app-like encoder (e.g. TokenizerBin.encode), not adding BOS.
-    """
-    n = count_tokens(sent_text)
-    if model_type == "gemma":
-        return 2 + n + 2
-    return count_tokens("<|user|>\n") + n + 1 + count_tokens("\n<|assistant|>\n")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
 
     art = workdir / cfg.paths.artifacts
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
-    count_tokens = _counter(fetch)
+    count_tokens, fmt = _tokenizer(cfg, fetch, push)
     prompts = load_prompt_set(cfg, count_tokens)
-    items = checked_items(cfg, prompts, count_tokens)  # everything the runner would refuse, refused before any I/O
+    items = checked_items(cfg, prompts, count_tokens, fmt.count)  # what the runner/app would refuse, before any I/O
     dev = open_stage_device(cfg, f"run@{workdir}", pin=push["device"].get("serial") if cfg.device.kind == "pool"
                             else None)
     try:  # results are credited only to files the device holds
@@ -61,7 +61,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
         try:
             run_prompts(items, start_app, RunOptions.from_config(cfg.runtime, cfg.session.mode,
                                                                  cfg.sequence.max_new_tokens),
-                        count_tokens=count_tokens, skip=done, on_row=write_row, progress=not ctx.quiet)
+                        count_tokens=count_tokens, count_prompt=fmt.count, skip=done, on_row=write_row,
+                        progress=not ctx.quiet)
             status, reason = write_row.tally.verdict()
         except DeviceLost as e:
             status, reason = "interrupted", str(e)
@@ -103,25 +104,35 @@ def load_prompt_set(cfg: Config, count_tokens) -> list:
     return prompts[: pr.limit] if pr.limit else prompts
 
 
-def checked_items(cfg: Config, prompts: list, count_tokens) -> list[RunItem]:
+def checked_items(cfg: Config, prompts: list, count_tokens, count_prompt) -> list[RunItem]:
     """The lines to send, checked as the runner and the app would, with the prompt's FILE:LINE in every error."""
     from pipeline.prompts import PromptSetError, sent_lines
 
     try:
         sent = sent_lines(prompts, cfg.prompting.template, count_tokens, cfg.sequence.context,
-                          f"the line sent (prompting={cfg.prompting.name})")
+                          f"the line sent (prompting={cfg.prompting.name})", count_prompt=count_prompt,
+                          positions=cfg.model.max_seq_len - cfg.sequence.max_new_tokens)
     except PromptSetError as e:
         raise StageError(str(e)) from None
     return [RunItem(p.id, p.prompt, line) for p, line in zip(prompts, sent, strict=True)]
 
 
-def _counter(fetch: dict):
+def _tokenizer(cfg: Config, fetch: dict, push: dict):
+    """The model's token counter (answers) and the app's prompt format (what it feeds per line) on the host."""
+    from pipeline.apps.prompt_format import PromptFormatError, load_format
+    from pipeline.apps.simple_app import model_type_of
     from pipeline.models.count import TokenizerNotFound, token_counter
+    from pipeline.models.tokenizer_bin import TokenizerBinError
 
+    local = Path(fetch["model"]["local_dir"])
     try:
-        return token_counter(Path(fetch["model"]["local_dir"]))
-    except TokenizerNotFound as e:
-        raise StageError(str(e)) from None
+        fmt = load_format(cfg.app.template, local, gemma=model_type_of(push["model"]["remote_dir"]) == "gemma")
+        return token_counter(local), fmt
+    except (TokenizerNotFound, PromptFormatError) as e:
+        raise StageError(f"app.template={cfg.app.template}: {e}" if isinstance(e, PromptFormatError) else str(e)
+                         ) from None
+    except (TokenizerBinError, OSError, ValueError) as e:
+        raise StageError(f"{local}: the model's tokenizer cannot be read ({e}) — re-run fetch") from None
 
 
 def _run_key(cfg: Config, fetch: dict, push: dict) -> str:

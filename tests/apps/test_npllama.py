@@ -55,7 +55,7 @@ def test_engine_logits_match_transformers_step_by_step(tiny_model, name: str) ->
     pt_eng = ra.load_engine(d, threads=1, engine="torch")
     assert (np_eng.backend, pt_eng.backend) == ("numpy", "torch")
     assert np_eng.stop_ids == pt_eng.stop_ids
-    tokens = ra.mobilequant_prompt_ids("What is the capital of France?", np_eng.codec)
+    tokens = np_eng.prompt_format("mobilequant").ids("What is the capital of France?")
     tokens = (tokens + _tokens(len(np_eng.codec)))[:30]
     assert len(tokens) == 30
     for step, t in enumerate(tokens):

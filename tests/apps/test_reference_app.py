@@ -14,6 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from pipeline.apps import reference_app as ra
+from pipeline.apps.prompt_format import PromptFormat
 from pipeline.models import tiny
 from pipeline.models.tokenizer_bin import TokenizerBin
 
@@ -99,7 +100,7 @@ def _fake_llama2_codec() -> TokenizerBin:
 
 def test_mobilequant_ids_are_design_prefix_prompt_suffix_without_bos(tiny_model) -> None:
     llama = _fake_llama2_codec()
-    ids = ra.mobilequant_prompt_ids("hi", llama)
+    ids = PromptFormat("mobilequant", llama).ids("hi")
     assert ids[:6] == [29966, 29989, 1792, 29989, 29958, 13]
     assert ids[-9:] == [2, 13, 29966, 29989, 465, 22137, 29989, 29958, 13]
     assert ids[6:-9] == llama.encode("hi") and 1 not in ids
@@ -107,26 +108,26 @@ def test_mobilequant_ids_are_design_prefix_prompt_suffix_without_bos(tiny_model)
     codec = TokenizerBin.load(d / "tokenizer.bin")
     hf = Tokenizer.from_file(str(d / "tokenizer.json"))
     prompt = "tell me a joke."
-    got = ra.template_ids("mobilequant", prompt, codec)
+    got = PromptFormat("mobilequant", codec).ids(prompt)
     enc = lambda s: hf.encode(s, add_special_tokens=False).ids  # noqa: E731
     assert got == enc("<|user|>\n") + enc(prompt) + enc("</s>\n<|assistant|>\n")
     assert got[0] != 1 and got == tiny.chat_ids(hf, prompt, bos=False)
-    assert ra.template_ids("raw", prompt, codec) == [1, *enc(prompt)]
+    assert PromptFormat("raw", codec).ids(prompt) == [1, *enc(prompt)]
 
 
 def test_hf_chat_template_is_the_mobilequant_one_with_bos(tiny_model) -> None:
     eng = ra.load_engine(tiny_model("tiny-fp"), threads=1)
     prompt = "What is the capital of Japan?"
-    assert ra.template_ids("hf-chat", prompt, eng.codec, eng.chat) == [1, *ra.mobilequant_prompt_ids(prompt, eng.codec)]
+    assert eng.prompt_format("hf-chat").ids(prompt) == [1, *eng.prompt_format("mobilequant").ids(prompt)]
 
 
 def test_second_prompt_continues_the_kv_position(tiny_model) -> None:
     eng = ra.load_engine(tiny_model("tiny-fp"), threads=1)
-    ids1 = ra.mobilequant_prompt_ids("What is the capital of France?", eng.codec)
+    ids1 = eng.prompt_format("mobilequant").ids("What is the capital of France?")
     r1 = ra.generate(eng, ids1, io.BytesIO())
     assert r1.output_ids[-1] == 2 and eng.pos == len(ids1) + len(r1.output_ids) - 2  # EOS is never forwarded
     pos1 = eng.pos
-    ids2 = ra.mobilequant_prompt_ids("What is 2 plus 2?", eng.codec)
+    ids2 = eng.prompt_format("mobilequant").ids("What is 2 plus 2?")
     buf = io.BytesIO()
     r2 = ra.generate(eng, ids2, buf)
     assert eng.pos == pos1 + len(ids2) + len(r2.output_ids) - 1

@@ -89,8 +89,8 @@ def test_known_answer_and_templates(smollm2) -> None:
     from pipeline.apps import reference_app as ra
 
     eng = ra.load_engine(smollm2("gguf"), engine="auto")
-    assert eng.backend == "numpy" and not eng.add_bos
-    ids = ra.template_ids("hf-chat", "What is the capital of France?", eng.codec, eng.chat, eng.add_bos)
+    assert eng.backend == "numpy" and not eng.prompt_format("raw").bos
+    ids = eng.prompt_format("hf-chat").ids("What is the capital of France?")
     rendered = eng.codec.decode(ids, skip_special=False)
     assert rendered.startswith("<|im_start|>system\n") and rendered.endswith(
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
@@ -100,6 +100,6 @@ def test_known_answer_and_templates(smollm2) -> None:
                           timeout=240)
     text = proc.stdout.decode()
     assert proc.returncode == 0 and ">>> The capital of France is Paris.</s>(" in text, (text, proc.stderr[-500:])
-    mq = ra.template_ids("mobilequant", "hi", eng.codec, eng.chat, eng.add_bos)
+    mq = eng.prompt_format("mobilequant").ids("hi")
     assert eng.codec.decode(mq, skip_special=False) == "<|user|>\nhi</s>\n<|assistant|>\n"  # no BOS, plain text
-    assert ra.template_ids("raw", "hi", eng.codec, eng.chat, eng.add_bos) == eng.codec.encode("hi")
+    assert eng.prompt_format("raw").ids("hi") == eng.codec.encode("hi")

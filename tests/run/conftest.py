@@ -24,6 +24,12 @@ def count_tokens(text: str) -> int:
     return len(re.findall(r"\s*\S+", text))
 
 
+def count_prompt(line: str) -> int:
+    """What the stub app 'feeds' for a line: simple_app's template around it, for the stub's tokenizer
+    (`<|user|>\\n` = 1 token, the line, `</s>` = 1 id, `\\n<|assistant|>\\n` = 1 token)."""
+    return count_tokens(line) + 3
+
+
 def pid_alive(pid: int) -> bool:
     """True if the pid exists and is not a zombie."""
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.apps.channel import SubprocessChannel
+from pipeline.apps.prompt_format import load_format
 from pipeline.runner import ROW_FIELDS, AppProcess, RunItem, RunOptions, run_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,8 @@ def _run(tiny, session: str, items: list[RunItem]) -> list[dict]:
     rows: list[dict] = []
     run_prompts(items, launcher(model_dir), RunOptions(session=session, load_timeout_s=120, prompt_timeout_s=60,
                                                       max_new_tokens=200),
-                count_tokens=count, on_row=rows.append, progress=False)
+                count_tokens=count, count_prompt=load_format("mobilequant", model_dir).count, on_row=rows.append,
+                progress=False)
     return rows
 
 
@@ -73,12 +75,16 @@ def test_reference_app_fresh_vs_shared_context(tiny):
     assert [r["eos"] for r in shared + fresh] == [True] * 4
 
 
-def test_prompt_token_count_matches_the_ids_the_app_feeds(tiny):
-    from pipeline.apps.reference_app import mobilequant_prompt_ids
-    from pipeline.apps.simple_app import prompt_token_count
-    from pipeline.models.tokenizer_bin import TokenizerBin
+def test_the_runner_counts_what_the_app_feeds(tiny):
+    """n_prompt_tokens comes from the same prompt-format object the reference app feeds from, per template."""
+    from pipeline.apps.prompt_format import load_format
+    from pipeline.apps.reference_app import load_engine
 
-    model_dir, count = tiny
-    codec = TokenizerBin.load(model_dir / "tokenizer.bin")
-    for text in ("tell me a joke.", "What is the capital of France?", "émoji 🎉 and 中文"):
-        assert prompt_token_count(text, count) == len(mobilequant_prompt_ids(text, codec))
+    model_dir, _ = tiny
+    engine = load_engine(model_dir)
+    for template in ("mobilequant", "hf-chat", "raw"):
+        host, app = load_format(template, model_dir), engine.prompt_format(template)
+        for text in ("tell me a joke.", "What is the capital of France?", "émoji 🎉 and 中文"):
+            assert host.count(text) == len(app.ids(text)) > 0
+    mq, raw = load_format("mobilequant", model_dir), load_format("raw", model_dir)
+    assert mq.count("hi") != raw.count("hi")  # the templates differ, and so do their counts

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.apps.channel import ChannelError, SubprocessChannel
 from pipeline.runner import ROW_FIELDS, DeviceLost, RunItem, RunnerError, RunOptions, run_prompts
-from tests.run.conftest import count_tokens, pid_alive
+from tests.run.conftest import count_prompt, count_tokens, pid_alive
 
 ITEMS = [RunItem("a", "What is 2+2?", "What is 2+2?"), RunItem("b", "Name a colour.", "Name a colour.")]
 
@@ -22,7 +22,8 @@ def run(stub, items=ITEMS, skip=frozenset(), **opts) -> list[dict]:
     rows: list[dict] = []
     opts.setdefault("prompt_timeout_s", 20)
     opts.setdefault("load_timeout_s", 20)
-    run_prompts(items, stub, RunOptions(**opts), count_tokens=count_tokens, skip=set(skip), on_row=rows.append,
+    run_prompts(items, stub, RunOptions(**opts), count_tokens=count_tokens,
+                count_prompt=count_prompt, skip=set(skip), on_row=rows.append,
                 progress=False)
     return rows
 
@@ -150,7 +151,8 @@ def test_device_lost_then_resume_no_loss_no_duplicates(stub):
 
     done: list[dict] = []
     with pytest.raises(DeviceLost, match="device offline"):
-        run_prompts(ITEMS, flaky, RunOptions(repeats=2), count_tokens=count_tokens, on_row=done.append,
+        run_prompts(ITEMS, flaky, RunOptions(repeats=2), count_tokens=count_tokens,
+                count_prompt=count_prompt, on_row=done.append,
                     progress=False)
     assert [(r["prompt_id"], r["repeat"]) for r in done] == [("a", 0), ("b", 0)]
     more = run(stub, repeats=2, skip={(r["prompt_id"], r["repeat"]) for r in done})
@@ -170,12 +172,13 @@ def test_bad_inputs_fail_before_starting(stub):
 def test_gemma_model_dir(stub, tmp_path):
     stub.model_dir = str(tmp_path / "gemma-2b")
     [r] = run(stub, items=ITEMS[:1])
-    assert r["eos"] and r["n_prompt_tokens"] == count_tokens(ITEMS[0].sent_text) + 4  # 2 + n + 2 special ids
+    assert r["eos"] and r["n_prompt_tokens"] == count_prompt(ITEMS[0].sent_text)  # the format's count, injected
 
 
 def test_progress_bar_runs(stub, capsys):
     rows: list[dict] = []
-    run_prompts(ITEMS[:1], stub, RunOptions(), count_tokens=count_tokens, on_row=rows.append, progress=True)
+    run_prompts(ITEMS[:1], stub, RunOptions(), count_tokens=count_tokens,
+                count_prompt=count_prompt, on_row=rows.append, progress=True)
     assert len(rows) == 1
 
 
@@ -254,6 +257,7 @@ def test_device_lost_mid_run_keeps_finished_rows(stub, exc):
         state["lost"] = True
 
     with pytest.raises(DeviceLost):
-        run_prompts(ITEMS, start, RunOptions(session="shared"), count_tokens=count_tokens, on_row=on_row,
+        run_prompts(ITEMS, start, RunOptions(session="shared"), count_tokens=count_tokens,
+                count_prompt=count_prompt, on_row=on_row,
                     progress=False)
     assert [r["prompt_id"] for r in rows] == ["a"]  # "b" was not finished: not emitted, redone on resume

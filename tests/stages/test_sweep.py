@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,7 +58,7 @@ def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
         deadline = time.monotonic() + 90
@@ -74,9 +76,13 @@ def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp
             found = json.load(f)["runs"]
         kinds = {t["value"] for run in found for t in run["data"]["tags"] if t["key"] == "device.kind"}
         assert len(found) == 5 and kinds == {"virtual"}  # the parent + 4 children, all labelled virtual
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    finally:  # the server has children (uvicorn, a job runner): end the whole group, forcefully if it lingers
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 
