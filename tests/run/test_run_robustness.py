@@ -150,3 +150,50 @@ def test_fresh_sessions_never_reset(stub):
 def test_context_positions_must_be_positive():
     with pytest.raises(RunnerError, match="context_positions"):
         RunOptions(context_positions=0)
+
+
+def test_shell_open_times_out_when_the_device_never_answers():
+    """A phone that stops answering after the adb server selected it: open() fails within its timeout with a
+    ConnectionError (the runner's DeviceLost path) instead of blocking the run forever."""
+    import socket
+
+    import adbutils
+
+    from pipeline.device.shellv2 import ShellV2, ShellV2Error
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    conns: list[socket.socket] = []
+
+    def read_request(c: socket.socket) -> str:
+        head = c.recv(4, socket.MSG_WAITALL)
+        return c.recv(int(head, 16), socket.MSG_WAITALL).decode() if len(head) == 4 else ""
+
+    def answer(c: socket.socket) -> None:
+        req = read_request(c)
+        if req == "host:version":
+            c.sendall(b"OKAY00040029")
+        elif req.startswith("host:tport:serial:"):
+            c.sendall(b"OKAY" + b"\x01" + b"\x00" * 7)
+            read_request(c)  # shell,v2,raw:... — the device never answers
+
+    def serve() -> None:  # a fake adb server: version, transport selection, then silence for the shell
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            threading.Thread(target=answer, args=(c,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        dev = adbutils.AdbClient("127.0.0.1", srv.getsockname()[1]).device(serial="phone")
+        with pytest.raises(ShellV2Error, match="cannot open a v2 shell on phone") as e:
+            ShellV2.open(dev, "true", timeout=0.5)
+        assert isinstance(e.value, ConnectionError)
+    finally:
+        srv.close()
+        for c in conns:
+            c.close()
