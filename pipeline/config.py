@@ -24,6 +24,9 @@ from omegaconf.errors import OmegaConfBaseException
 from pipeline.secrets import has_secret_value, is_secret_key
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# simple_app's KV ring (MobileQuant capp/src/llm.cpp): positions wrap modulo seq_len - 1 = 1023, so one process
+# holds at most 1023 positions; the reference app wraps at the same place (and clears its cache instead).
+APP_KV_POSITIONS = 1023
 
 
 class ConfigError(ValueError):
@@ -54,6 +57,9 @@ class ModelConfig:
     max_seq_len: int = 1024
     chip: str = "any"
     weight_bytes: int | None = None
+    # files the model dir must hold (checked before the first prompt); None: derived from the format (hf:
+    # config.json + weights + tokenizer; see pipeline/preflight.py)
+    required_files: list[str] | None = None
 
 
 @dataclass
@@ -71,6 +77,7 @@ class AppConfig:
     past_end_token: int | None = None  # reference app: emulate simple_app's read past the prompt (see conf/app)
     virtual_only: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    required_files: list[str] = field(default_factory=list)  # files the app dir must hold, e.g. the QNN libs
 
 
 @dataclass
@@ -350,15 +357,22 @@ def validate(cfg: Config, source: str = "config") -> None:
     _choice(p, "prompts.newlines", cfg.prompts.newlines, ("reject", "join"))
     _choice(p, "tracking.backend", cfg.tracking.backend, ("mlflow", "none"))
     budget = s.context + s.max_new_tokens + a.template_tokens
-    if budget > m.max_seq_len:
+    limit = min(m.max_seq_len, APP_KV_POSITIONS)
+    if budget > limit:
+        why = (f"model.max_seq_len={m.max_seq_len}" if m.max_seq_len <= APP_KV_POSITIONS else
+               f"the {APP_KV_POSITIONS} KV positions simple_app's ring holds (model.max_seq_len={m.max_seq_len})")
         p.append(
             f"sequence.context + sequence.max_new_tokens + app.template_tokens = {s.context} + {s.max_new_tokens} +"
-            f" {a.template_tokens} = {budget} exceeds model.max_seq_len={m.max_seq_len} — pick a smaller"
+            f" {a.template_tokens} = {budget} exceeds {why} — pick a smaller"
             " sequence budget (e.g. sequence=s256) or lower sequence.context / sequence.max_new_tokens"
         )
     for key, val in (("sequence.context", s.context), ("sequence.max_new_tokens", s.max_new_tokens)):
         if val < 1:
             p.append(f"{key}={val}: must be ≥ 1")
+    for sec, files in (("app", a.required_files), ("model", m.required_files or [])):
+        bad = [f for f in files if not f or f.startswith("/") or ".." in f.split("/")]
+        if bad:
+            p.append(f"{sec}.required_files: {bad[0]!r} must be a path relative to the {sec} dir")
     if rt.repeats < 1:
         p.append(f"runtime.repeats={rt.repeats}: must be ≥ 1 (use runtime.warmup for unmeasured runs)")
     if rt.warmup < 0:

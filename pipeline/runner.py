@@ -19,15 +19,16 @@ from pipeline.apps.simple_app import (
     SimpleAppError,
     check_prompt_line,
 )
-from pipeline.config import RuntimeConfig
+from pipeline.config import APP_KV_POSITIONS, RuntimeConfig
 
 ROW_FIELDS: tuple[str, ...] = (
     "prompt_id", "repeat", "warmup", "prompt", "sent_text", "response", "raw_output_b64", "eos", "truncated",
     "timed_out", "crashed", "exit_code", "app_tok_s", "t_send", "t_first_byte", "t_last_byte", "chunks",
     "n_output_tokens", "n_prompt_tokens", "ttft_s", "decode_tok_s", "e2e_s", "error",
-    "session", "load_s", "host_blended_tok_s", "replaced_chars",
+    "session", "load_s", "host_blended_tok_s", "replaced_chars", "positions_before", "context_reset",
 )
 EXIT_WAIT_S = 10.0
+SIGKILL_EXIT = 128 + 9  # how adbd (and the virtual device) report a process killed by SIGKILL
 
 
 class RunnerError(ValueError):
@@ -38,8 +39,13 @@ class DeviceLost(RuntimeError):
     """The device/transport vanished (start failed with a connection error, or a stream ended with no exit status).
 
     Raised after every finished row was passed to `on_row`; the unfinished (prompt, repeat) is not emitted, so a
-    resumed run (skip = finished keys) redoes it.
+    resumed run (skip = finished keys) redoes it. Also raised when the app is SIGKILLed by someone else than the
+    runner (exit 137: Android's low-memory killer, a user, another adb shell): that is the phone's state, not an
+    answer of the model, so it must not be scored as a failed answer.
     """
+
+
+TRANSPORT_ERRORS = (OSError, EOFError)  # OSError covers ConnectionError, socket errors and ShellV2Error
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,10 @@ class RunOptions:
     a whole-answer deadline from sending the line; `load_timeout_s` runs from the launch to the first `>>> `;
     `max_new_tokens` counts re-tokenised response tokens; `max_output_bytes` caps raw bytes per answer (guards
     against runaway output, e.g. the app's `>>> ` loop on stdin EOF). Both caps mark the row `truncated`.
+    `context_positions`: simple_app's KV ring holds 1023 positions and overwrites the oldest ones when it wraps
+    (the reference app clears its cache instead); a shared session starts a fresh app process before a prompt
+    whose worst case (positions used + prompt + max_new_tokens + 1) would pass this (rows say so:
+    `context_reset`, `positions_before`).
     """
 
     session: str = "fresh"
@@ -71,13 +81,17 @@ class RunOptions:
     load_timeout_s: float = RuntimeConfig.load_timeout_s
     max_new_tokens: int = 256
     max_output_bytes: int = RuntimeConfig.max_output_bytes
+    context_positions: int = APP_KV_POSITIONS  # KV positions a shared session may use before the app must restart
 
     @classmethod
-    def from_config(cls, runtime: RuntimeConfig, session: str, max_new_tokens: int) -> RunOptions:
-        """From the config's ``runtime`` section, ``session.mode`` and ``sequence.max_new_tokens``."""
+    def from_config(cls, runtime: RuntimeConfig, session: str, max_new_tokens: int,
+                    max_seq_len: int = APP_KV_POSITIONS) -> RunOptions:
+        """From the config's ``runtime`` section, ``session.mode``, ``sequence.max_new_tokens`` and
+        ``model.max_seq_len`` (the context limit is the smaller of it and the app's 1023 KV positions)."""
         return cls(session=session, repeats=runtime.repeats, warmup=runtime.warmup, cooldown_s=runtime.cooldown_s,
                    prompt_timeout_s=runtime.prompt_timeout_s, load_timeout_s=runtime.load_timeout_s,
-                   max_new_tokens=max_new_tokens, max_output_bytes=runtime.max_output_bytes)
+                   max_new_tokens=max_new_tokens, max_output_bytes=runtime.max_output_bytes,
+                   context_positions=min(max_seq_len, APP_KV_POSITIONS))
 
     def __post_init__(self) -> None:
         if self.session not in ("fresh", "shared"):
@@ -85,7 +99,7 @@ class RunOptions:
         for name in ("repeats", "warmup"):
             if getattr(self, name) < 0:
                 raise RunnerError(f"runtime.{name}={getattr(self, name)} must be >= 0")
-        for name in ("prompt_timeout_s", "load_timeout_s", "max_new_tokens", "max_output_bytes"):
+        for name in ("prompt_timeout_s", "load_timeout_s", "max_new_tokens", "max_output_bytes", "context_positions"):
             if getattr(self, name) <= 0:
                 raise RunnerError(f"{name}={getattr(self, name)} must be > 0")
         if self.cooldown_s < 0:
@@ -124,7 +138,7 @@ def empty_row(item: RunItem, repeat: int, warmup: bool, session: str) -> dict:
     row = dict.fromkeys(ROW_FIELDS)
     row.update(prompt_id=item.prompt_id, repeat=repeat, warmup=warmup, prompt=item.prompt, sent_text=item.sent_text,
                response="", raw_output_b64="", eos=False, truncated=False, timed_out=False, crashed=False,
-               chunks=[], session=session, replaced_chars=0)
+               chunks=[], session=session, replaced_chars=0, positions_before=0, context_reset=False)
     return row
 
 
@@ -196,31 +210,44 @@ def _validate(items: Iterable[RunItem]) -> None:
             raise RunnerError(f"prompt {item.prompt_id!r}: {exc}") from None
 
 
+def _lost(what: str, exc: BaseException | str) -> DeviceLost:
+    """One line: what was happening, what the transport said, and what to do."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DeviceLost(f"lost the device {what}: {detail}; reconnect it and re-run to resume")
+
+
+def _killed(what: str, pid: int | None) -> DeviceLost:
+    return DeviceLost(f"the app (pid {pid}) was killed by SIGKILL (exit {SIGKILL_EXIT}) {what}, not by the run — "
+                      "the low-memory killer, a user or another adb shell; re-run to resume (if it recurs at the "
+                      "same prompt, free memory on the phone)")
+
+
 class _Runner:
-    """State of one run_prompts call: the live process (shared sessions) and the row builder."""
+    """State of one run_prompts call: the live process (shared sessions), its KV positions, and the row builder."""
 
     def __init__(self, start_app: Callable[[], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int],
                  count_prompt: Callable[[str], int]):
         self.start_app, self.opts, self.count_tokens, self.count_prompt = start_app, opts, count_tokens, count_prompt
         self.proc: AppProcess | None = None
         self.session: AppSession | None = None
+        self.positions = 0  # KV positions the live process has used (estimate from re-tokenised text)
 
     def start(self, row: dict) -> bool:
         """Start an app and wait for its prompt; on failure fill the row (crashed/timed_out) and return False."""
         t0 = time.monotonic()
+        self.positions = 0
         try:
             self.proc = self.start_app()
-        except (ConnectionError, EOFError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise DeviceLost(f"cannot start the app: {exc}; the device is gone — reconnect it and re-run to resume")\
                 from exc
         self.session = AppSession(self.proc.channel, load_timeout_s=self.opts.load_timeout_s)
         try:
             try:
                 row["load_s"] = self.session.wait_ready(t0)
-            except ConnectionError as exc:
+            except OSError as exc:
                 self.abandon()
-                raise DeviceLost(f"lost the device while the app was loading: {exc}; reconnect it and re-run to "
-                                 "resume") from exc
+                raise _lost("while the app was loading", exc) from exc
             self.proc.set_pid(self.session.pid)
             return True
         except AppStartTimeout as exc:
@@ -229,8 +256,11 @@ class _Runner:
         except AppExited as exc:
             if exc.exit_code is None:
                 self.abandon()
-                raise DeviceLost(f"app stream ended with no exit status while loading ({exc}); reconnect the "
-                                 "device and re-run to resume") from None
+                raise _lost("while the app was loading", f"the app stream ended with no exit status ({exc})") from None
+            if exc.exit_code == SIGKILL_EXIT:
+                pid = self.session.pid
+                self.abandon()
+                raise _killed("while it was loading", pid) from None
             row.update(crashed=True, exit_code=exc.exit_code, error=str(exc))
         self.stop(kill=True)
         return False
@@ -249,9 +279,8 @@ class _Runner:
                 proc.channel.close()  # already gone: a remote kill now could hit a reused pid
                 return
             proc.kill()
-        except (ConnectionError, EOFError) as exc:
-            raise DeviceLost(f"lost the device while stopping the app (pid {proc.pid}): {exc}; reconnect it and "
-                             "re-run to resume") from exc
+        except TRANSPORT_ERRORS as exc:
+            raise _lost(f"while stopping the app (pid {proc.pid})", exc) from exc
 
     def abandon(self) -> None:
         """Best-effort cleanup once the device is known to be gone (a failing remote kill changes nothing)."""
@@ -260,22 +289,34 @@ class _Runner:
         except DeviceLost:
             pass
 
+    def would_wrap(self, item: RunItem) -> bool:
+        """True when the live process has used positions and this prompt's worst case would pass the ring.
+
+        Worst case = prompt tokens + max_new_tokens + 1 (the stop token, or the token simple_app reads past the
+        prompt). A process that has used nothing is never restarted (the config validation bounds one turn)."""
+        need = self.count_prompt(item.sent_text) + self.opts.max_new_tokens + 1
+        return self.positions > 0 and self.positions + need > self.opts.context_positions
+
     def ask(self, item: RunItem, row: dict) -> None:
         assert self.session is not None
+        row["positions_before"] = self.positions
         try:
             res = self.session.ask(item.sent_text, timeout_s=self.opts.prompt_timeout_s,
                                    max_new_tokens=self.opts.max_new_tokens, count_tokens=self.count_tokens,
                                    max_output_bytes=self.opts.max_output_bytes)
-        except ConnectionError as exc:
+        except TRANSPORT_ERRORS as exc:
             self.abandon()
-            raise DeviceLost(f"lost the device during prompt {item.prompt_id!r}: {exc}; reconnect it and re-run to "
-                             "resume") from exc
+            raise _lost(f"during prompt {item.prompt_id!r}", exc) from exc
         if res["crashed"] and res["exit_code"] is None:
             self.abandon()
-            raise DeviceLost(f"app stream for prompt {item.prompt_id!r} ended with no exit status; reconnect the "
-                             "device and re-run to resume")
+            raise _lost(f"during prompt {item.prompt_id!r}", "the app stream ended with no exit status")
+        if res["crashed"] and res["exit_code"] == SIGKILL_EXIT:
+            pid = self.session.pid
+            self.abandon()
+            raise _killed(f"during prompt {item.prompt_id!r}", pid)
         row.update(res)
         finish_row(row, self.count_prompt(item.sent_text))
+        self.positions += row["n_prompt_tokens"] + (row["n_output_tokens"] or 0) + 1
 
 
 def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts: RunOptions, *,
@@ -290,8 +331,10 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
 
     A row whose process was started for it has `load_s` set: in shared sessions that marks the first prompt of a
     pass and every restart (after a crash, timeout or truncation of the previous row, which that row's flags
-    record). Crashes and timeouts are rows; the run goes on. `DeviceLost` is raised (after the finished rows)
-    when the device vanishes.
+    record, or before a prompt that could wrap the KV ring: `context_reset` true). `positions_before` = the KV
+    positions the process had used when the prompt was sent (0 in fresh sessions). Crashes and timeouts are rows;
+    the run goes on. `DeviceLost` is raised (after the finished rows) when the device vanishes or the app is
+    killed from outside.
     """
     _validate(items)
     passes = plan_passes(opts.repeats, opts.warmup)
@@ -308,6 +351,9 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
                         time.sleep(opts.cooldown_s)
                     first = False
                     row = empty_row(item, repeat, warm, opts.session)
+                    if runner.proc is not None and runner.would_wrap(item):
+                        runner.stop(kill=False)
+                        row["context_reset"] = True
                     if runner.proc is None and not runner.start(row):
                         finish_row(row, count_prompt(item.sent_text))
                         end: bool | None = None

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 # Snapdragon model numbers and board platforms → the chip names conf/ uses
-SOC_ALIASES = {"SM8650": "8gen3", "PINEAPPLE": "8gen3", "SM8550": "8gen2", "KALAMA": "8gen2", "SM8475": "8gen1",
-               "SM8450": "8gen1", "TARO": "8gen1"}
+SOC_ALIASES = {"SM8750": "8elite", "SUN": "8elite", "SM8650": "8gen3", "PINEAPPLE": "8gen3", "SM8550": "8gen2",
+               "KALAMA": "8gen2", "SM8475": "8gen1", "SM8450": "8gen1", "TARO": "8gen1"}
+VIRTUAL_SOC = "virtual-host-cpu"  # what the virtual device reports (pipeline/virtual/props.py): any model, host CPU
+VIRTUAL_CHIP = VIRTUAL_SOC.lower()
 
 
 def soc_of(props: Mapping[str, Any] | None) -> str | None:

@@ -14,15 +14,25 @@ import time
 
 import adbutils
 
-__all__ = ["ShellV2", "ShellV2Error"]
+__all__ = ["ShellV2", "ShellV2Error", "ShellClosed", "OPEN_TIMEOUT_S"]
 
 _HDR = struct.Struct("<BI")
 STDIN, STDOUT, STDERR, EXIT, CLOSE_STDIN = 0, 1, 2, 3, 4
 MAX_STDIN_PACKET = 64 * 1024
+OPEN_TIMEOUT_S = 30.0  # a phone that went away mid-handshake must not hang the run forever
 
 
-class ShellV2Error(Exception):
-    """The device refused the shell (no shell_v2, bad transport) or the session is closed."""
+class ShellV2Error(ConnectionError):
+    """The shell could not be opened (device offline/gone, no shell_v2, refused, no answer in time).
+
+    A ConnectionError: every caller that handles a lost transport handles this too."""
+
+
+class ShellClosed(EOFError):
+    """stdin cannot be written: the stream ended (the command exited, or the transport is gone).
+
+    An EOFError, as the Channel protocol says for a gone stdin: reading on tells which of the two happened (an
+    exit packet → the command exited; EOF without one → the transport was lost)."""
 
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux; elsewhere delayed ACKs remain (timing is coarser)
@@ -40,10 +50,17 @@ class ShellV2:
         self.exit_code: int | None = None
 
     @classmethod
-    def open(cls, dev: adbutils.AdbDevice, cmd: str) -> ShellV2:
-        """Start ``cmd`` (already shell-quoted by the caller) on ``dev`` with the v2 protocol."""
-        c = dev.open_transport(timeout=None)
+    def open(cls, dev: adbutils.AdbDevice, cmd: str, timeout: float = OPEN_TIMEOUT_S) -> ShellV2:
+        """Start ``cmd`` (already shell-quoted by the caller) on ``dev`` with the v2 protocol.
+
+        ``timeout`` bounds reaching the adb server, selecting the device and the device's OKAY; the open stream
+        then blocks without a timeout (reads use select with their own deadlines)."""
         try:
+            c = dev.open_transport(timeout=timeout)
+        except Exception as e:  # AdbError (offline, not found), AdbTimeout, OSError (server gone)
+            raise ShellV2Error(f"cannot reach {dev.serial}: {e}") from None
+        try:
+            c.conn.settimeout(timeout)
             c.send_command("shell,v2,raw:" + cmd)
             c.check_okay()
         except Exception as e:
@@ -67,7 +84,7 @@ class ShellV2:
         try:
             self._sock.sendall(data)
         except OSError as e:
-            raise ShellV2Error(f"shell session closed: {e}") from None
+            raise ShellClosed(f"shell stream closed: {e}") from None
 
     def _packet(self) -> tuple[int, bytes] | None:
         if len(self._buf) < 5:

@@ -27,13 +27,16 @@ RUN_SECTIONS = ("model", "app", "device", "prompts", "sequence", "prompting", "s
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
     from pipeline.apps.launch import app_env, app_launcher
+    from pipeline.device.connect import device_props
     from pipeline.device.telemetry import TelemetrySampler
     from pipeline.device.transfer import TransferError, host_entries, verify_dirs
+    from pipeline.preflight import check_device, check_fetched
     from pipeline.runner import DeviceLost, RunOptions, run_prompts
     from pipeline.stages.device import open_stage_device
 
     art = workdir / cfg.paths.artifacts
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
+    checks = _preflight(lambda: check_fetched(cfg, fetch))  # files: before anything is parsed or launched
     count_tokens, fmt = _tokenizer(cfg, fetch, push)
     prompts = load_prompt_set(cfg, count_tokens)
     items = checked_items(cfg, prompts, count_tokens, fmt.count)  # what the runner/app would refuse, before any I/O
@@ -44,11 +47,13 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
                                     for k in ("app", "model")])
     except TransferError as e:
         raise StageError(str(e)) from None
+    checks["device"] = _preflight(lambda: check_device(cfg, device_props(dev)))  # the phone, before any prompt
     run_key = _run_key(cfg, fetch, push)
     record = RunDir(art / "run")
     done = record.resume(run_key)
     record.write_prompts(p.to_item() | {"set": p.set_name, "tags": list(p.tags)} for p in prompts)
-    record.start(provenance(cfg, fetch, push, run_key) | {"device_check": checked}, rows=len(done))
+    record.start(provenance(cfg, fetch, push, run_key) | {"device_check": checked, "preflight": checks},
+                 rows=len(done))
 
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
     a, app_dir = cfg.app, push["app"]["remote_dir"]
@@ -60,7 +65,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     with record.rows() as write_row:
         try:
             run_prompts(items, start_app, RunOptions.from_config(cfg.runtime, cfg.session.mode,
-                                                                 cfg.sequence.max_new_tokens),
+                                                                 cfg.sequence.max_new_tokens, cfg.model.max_seq_len),
                         count_tokens=count_tokens, count_prompt=fmt.count, skip=done, on_row=write_row,
                         progress=not ctx.quiet)
             status, reason = write_row.tally.verdict()
@@ -121,18 +126,41 @@ def _tokenizer(cfg: Config, fetch: dict, push: dict):
     """The model's token counter (answers) and the app's prompt format (what it feeds per line) on the host."""
     from pipeline.apps.prompt_format import PromptFormatError, load_format
     from pipeline.apps.simple_app import model_type_of
-    from pipeline.models.count import TokenizerNotFound, token_counter
+    from pipeline.models.count import TokenizerNotFound, TokenizerUnreadable, token_counter
     from pipeline.models.tokenizer_bin import TokenizerBinError
 
     local = Path(fetch["model"]["local_dir"])
     try:
-        fmt = load_format(cfg.app.template, local, gemma=model_type_of(push["model"]["remote_dir"]) == "gemma")
-        return token_counter(local), fmt
-    except (TokenizerNotFound, PromptFormatError) as e:
-        raise StageError(f"app.template={cfg.app.template}: {e}" if isinstance(e, PromptFormatError) else str(e)
-                         ) from None
+        counter = token_counter(local)
+    except (TokenizerNotFound, TokenizerUnreadable) as e:
+        raise StageError(str(e)) from None
+    try:
+        return counter, load_format(cfg.app.template, local,
+                                    gemma=model_type_of(push["model"]["remote_dir"]) == "gemma")
+    except PromptFormatError as e:
+        raise StageError(f"app.template={cfg.app.template}: {e}") from None
     except (TokenizerBinError, OSError, ValueError) as e:
         raise StageError(f"{local}: the model's tokenizer cannot be read ({e}) — re-run fetch") from None
+
+
+def _preflight(check):
+    from pipeline.preflight import PreflightError
+
+    try:
+        return check()
+    except PreflightError as e:
+        raise StageError(f"before the first prompt: {e}") from None
+
+
+def context_record(cfg: Config) -> dict:
+    """What a KV wrap would do with this app, and how the run avoids it (see pipeline.runner.RunOptions)."""
+    from pipeline.config import APP_KV_POSITIONS
+
+    return {"positions": min(cfg.model.max_seq_len, APP_KV_POSITIONS),
+            "app_at_wrap": "clears its KV cache (reference app)" if cfg.app.virtual_only
+            else "overwrites the oldest positions (simple_app's ring)",
+            "policy": "shared session: a fresh app process before a prompt that could wrap (rows: context_reset)"
+            if cfg.session.mode == "shared" else "fresh session: one process per prompt, within the budget"}
 
 
 def _run_key(cfg: Config, fetch: dict, push: dict) -> str:
@@ -160,6 +188,7 @@ def provenance(cfg: Config, fetch: dict, push: dict, run_key: str) -> dict:
         | {"name": cfg.model.name, "quant": cfg.model.quant, "remote_dir": push["model"]["remote_dir"],
            "standin_model": cfg.device.virtual.standin_model if kind == "virtual" else None},
         "session": cfg.session.mode,
+        "context": context_record(cfg),
         "prompts": cfg.prompts.name,
         "git": {"commit": git_commit(root), "dirty": git_dirty(root)},
         "started": now(),

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+import threading
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,14 @@ class Faults:
     app_invalid_utf8: bool = False  # -> ODEVAL_FAULT_INVALID_UTF8=1
     simulate_thermal: bool = False  # create /sys thermal + battery files with changing values
     standin_model: str | None = None  # host HF model dir used instead of a MobileQuant QNN dir (host-side only)
+    # drop the whole transport (a USB cable pulled) once, right after the N-th finished answer (the `>>> ` that
+    # follows it) counted over every shell stream since the faults last changed: a drop *between* answers
+    drop_transport_after_answers: int | None = None
+    # drop the whole transport once after N bytes of app output (stdout after a stream's banner `>>> `): mid-answer
+    drop_transport_after_bytes: int | None = None
+    # getprop values to report instead of the defaults (a fake phone, e.g. {"ro.soc.model": "SM8550"});
+    # ro.odeval.virtual cannot be overridden (pipeline/virtual/props.py)
+    props_override: dict[str, str] = field(default_factory=dict)
 
     def app_env(self) -> dict[str, str]:
         """Environment variables through which the reference app learns about app-level faults."""
@@ -61,7 +70,9 @@ class Faults:
 
 _FIELDS = {f.name: f for f in fields(Faults)}
 _BOOL = {"disk_full", "app_hang", "app_invalid_utf8", "simulate_thermal"}
-_INT = {"drop_push_after_bytes", "bandwidth_bytes_per_s", "capacity_bytes", "app_crash_after_tokens"}
+_INT = {"drop_push_after_bytes", "bandwidth_bytes_per_s", "capacity_bytes", "app_crash_after_tokens",
+        "drop_transport_after_answers", "drop_transport_after_bytes"}
+_STR_MAP = {"props_override"}
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
@@ -85,8 +96,13 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             if n < 0:
                 raise ValueError(value)
             return n
+        if key in _STR_MAP:
+            d = json.loads(value) if isinstance(value, str) else value
+            if not (isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())):
+                raise ValueError(value)
+            return dict(d)
         return str(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError):  # json.JSONDecodeError is a ValueError
         raise FaultsError(f"{where}: bad value {value!r} for {key}; fix the value (see pipeline/virtual/faults.py)")\
             from None
 
@@ -148,13 +164,45 @@ def write_faults(root: Path, **options: Any) -> Path:
 
 
 class FaultSource:
-    """Base options + the control file, re-read only when its mtime/size changes."""
+    """Base options + the control file, re-read only when its mtime/size changes.
+
+    Also the daemon-wide counters of the transport-drop faults (answers and app output bytes seen on shell
+    streams), reset whenever the faults change, so each drop fires once per setting."""
 
     def __init__(self, root: Path, base: dict[str, Any] | None = None) -> None:
         self._path = faults_path(root)
         self._base = dict(base or {})
         self._key: tuple[int, int] | None = None
         self._current = make_faults(self._base, "daemon options")
+        self._lock = threading.Lock()
+        self._answers = self._bytes = 0
+        self._fired = False
+
+    def tap(self) -> OutputTap:
+        """A per-stream watcher of shell stdout for the drop faults."""
+        return OutputTap(self)
+
+    def _app_output(self, nbytes: int, answers_end_at: list[int]) -> int | None:
+        """Count ``nbytes`` of app output (answers ending at the given offsets); the offset after which to drop
+        the transport, or None."""
+        f = self.get()
+        with self._lock:
+            if self._fired or (f.drop_transport_after_answers is None and f.drop_transport_after_bytes is None):
+                return None
+            cut: int | None = None
+            if f.drop_transport_after_bytes is not None and self._bytes + nbytes >= f.drop_transport_after_bytes:
+                cut = max(0, f.drop_transport_after_bytes - self._bytes)
+            if f.drop_transport_after_answers is not None:
+                k = f.drop_transport_after_answers - self._answers
+                if 0 < k <= len(answers_end_at) and (cut is None or answers_end_at[k - 1] < cut):
+                    cut = answers_end_at[k - 1]
+            self._bytes += nbytes
+            self._answers += len(answers_end_at)
+            if cut is not None:
+                self._fired = True
+                log.warning("fault: dropping the transport after %d answers / %d bytes of app output",
+                            self._answers, self._bytes)
+            return cut
 
     def get(self) -> Faults:
         try:
@@ -177,4 +225,39 @@ class FaultSource:
                 merged.update(data)
             self._current = make_faults(merged, str(self._path))
             self._key = key
+            with self._lock:
+                self._answers = self._bytes = 0
+                self._fired = False
         return self._current
+
+
+PROMPT = b">>> "
+
+
+class OutputTap:
+    """Watches one shell stream's stdout: app output starts after the first `>>> ` (the banner's); every later
+    `>>> ` ends an answer. `cut(data)` says how many bytes of ``data`` to send before dropping the transport."""
+
+    def __init__(self, source: FaultSource) -> None:
+        self._source = source
+        self._tail = b""
+        self._in_app = False
+
+    def cut(self, data: bytes) -> int | None:
+        f = self._source.get()
+        if f.drop_transport_after_answers is None and f.drop_transport_after_bytes is None:
+            return None
+        buf = self._tail + data
+        skew = len(self._tail)  # buf[skew:] is data
+        ends, i = [], buf.find(PROMPT)
+        while i >= 0:
+            ends.append(i + len(PROMPT) - skew)  # where the prompt ends, as an offset in data (≥ 1)
+            i = buf.find(PROMPT, i + len(PROMPT))
+        self._tail = buf[-(len(PROMPT) - 1):]
+        start = 0
+        if not self._in_app:
+            if not ends:
+                return None
+            self._in_app, start = True, ends.pop(0)
+        cut = self._source._app_output(len(data) - start, [e - start for e in ends])
+        return None if cut is None else start + cut

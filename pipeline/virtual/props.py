@@ -7,6 +7,9 @@ without importing each other.  Nothing here names a host path.
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
+
+from pipeline.socs import VIRTUAL_SOC
 
 _ABI = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64-v8a", "arm64": "arm64-v8a",
         "armv7l": "armeabi-v7a", "i686": "x86", "i386": "x86"}
@@ -17,7 +20,7 @@ VIRTUAL_PROPS = {
     "ro.product.device": "odeval_virtual",
     "ro.product.brand": "odeval",
     "ro.product.manufacturer": "odeval",
-    "ro.soc.model": "virtual-host-cpu",
+    "ro.soc.model": VIRTUAL_SOC,
     "ro.soc.manufacturer": "odeval",
     "ro.board.platform": "virtual",
     "ro.product.cpu.abi": _ABI.get(HOST_ARCH, HOST_ARCH),
@@ -29,3 +32,12 @@ VIRTUAL_PROPS = {
 }
 DEVICE_ENV = {"PATH": "/product/bin:/apex/com.android.runtime/bin:/system/bin:/system/xbin:/odm/bin:/vendor/bin",
               "HOME": "/", "TMPDIR": "/data/local/tmp", "USER": "shell", "SHELL": "/system/bin/sh"}
+# Never overridable: the device must always be recognisable as virtual (results say "not a phone measurement").
+FIXED_PROPS = frozenset({"ro.odeval.virtual"})
+
+
+def current_props(override: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What getprop reports: the defaults with the host-side ``props_override`` option applied (a fake phone for
+    tests of the run stage's chip check). The option comes only from the daemon's start options or its host-side
+    control file (pipeline/virtual/faults.py), never from anything the device side can write."""
+    return {**VIRTUAL_PROPS, **{k: v for k, v in (override or {}).items() if k not in FIXED_PROPS}}

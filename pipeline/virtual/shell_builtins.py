@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.virtual.procs import VProc, kill_group
-from pipeline.virtual.props import HOST_ARCH, VIRTUAL_PROPS
+from pipeline.virtual.props import HOST_ARCH, current_props
 from pipeline.virtual.sandbox import Sandbox, SandboxError
 from pipeline.virtual.shell_parse import _NAME
 
@@ -197,10 +197,11 @@ def b_uname(sh: Session, args: list[str], ctx: Ctx) -> int:
 
 @builtin("getprop")
 def b_getprop(sh: Session, args: list[str], ctx: Ctx) -> int:
+    props = current_props(sh.d.faults.get().props_override)
     if not args:
-        ctx.out(_b("".join(f"[{k}]: [{v}]\n" for k, v in sorted(VIRTUAL_PROPS.items()))))
+        ctx.out(_b("".join(f"[{k}]: [{v}]\n" for k, v in sorted(props.items()))))
     else:
-        ctx.out(_b(VIRTUAL_PROPS.get(args[0], args[1] if len(args) > 1 else "") + "\n"))
+        ctx.out(_b(props.get(args[0], args[1] if len(args) > 1 else "") + "\n"))
     return 0
 
 

@@ -84,6 +84,7 @@ class StreamIO(ShellIO):
         self.stream = stream
         self.v2 = v2
         self.closed = stream.closed
+        self._tap = stream.conn.daemon.faults.tap()
         threading.Thread(target=self._pump_input, daemon=True, name="shell-stdin").start()
 
     def _pump_input(self) -> None:
@@ -116,8 +117,15 @@ class StreamIO(ShellIO):
             pass
 
     def write_out(self, data: bytes) -> None:
-        if data:
+        if not data:
+            return
+        cut = self._tap.cut(data)  # the transport-drop faults (pipeline/virtual/faults.py)
+        if cut is None:
             self._packet(1, data)
+            return
+        if cut:
+            self._packet(1, data[:cut])
+        self.stream.conn.abort()
 
     def write_err(self, data: bytes) -> None:
         if data:
