@@ -200,8 +200,10 @@ def _validate(items: Iterable[RunItem]) -> None:
 class _Runner:
     """State of one run_prompts call: the live process (shared sessions) and the row builder."""
 
-    def __init__(self, start_app: Callable[[], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int]):
+    def __init__(self, start_app: Callable[[], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int],
+                 count_prompt_tokens: Callable[[str], int] | None = None):
         self.start_app, self.opts, self.count_tokens = start_app, opts, count_tokens
+        self.count_prompt_tokens = count_prompt_tokens
         self.proc: AppProcess | None = None
         self.session: AppSession | None = None
 
@@ -275,19 +277,26 @@ class _Runner:
             raise DeviceLost(f"app stream for prompt {item.prompt_id!r} ended with no exit status; reconnect the "
                              "device and re-run to resume")
         row.update(res)
-        model_type = self.session.model_type or "llama"
-        finish_row(row, prompt_token_count(item.sent_text, self.count_tokens, model_type))
+        finish_row(row, self.prompt_tokens(item.sent_text, self.session.model_type or "llama"))
+
+    def prompt_tokens(self, sent_text: str, model_type: str = "llama") -> int:
+        """Tokens the app prefills for the line: the app's own count when given, else simple_app's template."""
+        if self.count_prompt_tokens is not None:
+            return self.count_prompt_tokens(sent_text)
+        return prompt_token_count(sent_text, self.count_tokens, model_type)
 
 
 def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts: RunOptions, *,
                 count_tokens: Callable[[str], int], skip: set[tuple[str, int]] | frozenset = frozenset(),
-                on_row: Callable[[dict], None], progress: bool = True) -> None:
+                on_row: Callable[[dict], None], progress: bool = True,
+                count_prompt_tokens: Callable[[str], int] | None = None) -> None:
     """Run every (pass, prompt) not in `skip`, calling `on_row(row)` once per finished row, in order.
 
     Rows have exactly `ROW_FIELDS`. `n_prompt_tokens` = tokens of the templated prompt the app feeds
     (`<|user|>\\n` + sent_text + `</s>\\n<|assistant|>\\n`, the template's `</s>` counted as the one EOS id the
     app feeds; see `prompt_token_count`); `n_output_tokens` = `count_tokens(response)` (stop token excluded).
-    `count_tokens` must behave like the app's encoder: no BOS, no special tokens added.
+    `count_tokens` must behave like the app's encoder: no BOS, no special tokens added. `count_prompt_tokens`
+    (optional) replaces that template arithmetic with the app's exact count (the reference app's other templates).
 
     A row whose process was started for it has `load_s` set: in shared sessions that marks the first prompt of a
     pass and every restart (after a crash, timeout or truncation of the previous row, which that row's flags
@@ -296,7 +305,7 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
     """
     _validate(items)
     passes = plan_passes(opts.repeats, opts.warmup)
-    runner = _Runner(start_app, opts, count_tokens)
+    runner = _Runner(start_app, opts, count_tokens, count_prompt_tokens)
     first = True
     with _Progress(len(passes) * len(items), progress) as prog:
         try:
@@ -310,7 +319,7 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
                     first = False
                     row = empty_row(item, repeat, warm, opts.session)
                     if runner.proc is None and not runner.start(row):
-                        finish_row(row, prompt_token_count(item.sent_text, count_tokens))
+                        finish_row(row, runner.prompt_tokens(item.sent_text))
                         end: bool | None = None
                     else:
                         runner.ask(item, row)

@@ -31,3 +31,21 @@ def token_counter(model_dir: Path) -> Callable[[str], int]:
         f"{model_dir}: no tokenizer.json or tokenizer.bin — output tokens cannot be counted; add the tokenizer "
         "files to model.allow_patterns"
     )
+
+
+def reference_prompt_counter(model_dir: Path, template: str) -> Callable[[str], int]:
+    """Tokens the reference app feeds for one prompt line under ``app.template``: its own ids, counted exactly.
+
+    WHY: the blended rate ``(prompt + answer tokens - 1) / time`` needs the prompt tokens the app really prefilled.
+    simple_app's count (`pipeline.apps.simple_app.prompt_token_count`) is right for simple_app's hard-coded
+    template only; under ``hf-chat`` SmolLM2's ChatML adds a ~30-token system turn, and under ``mobilequant`` its
+    tokenizer spells ``</s>`` as text, so that count was 15 tokens short (host/app blended ratio 0.6).
+    """
+    from pipeline.apps import reference_app as ra
+    from pipeline.models.tokenizer_bin import load_for_model
+
+    model_dir = Path(model_dir)
+    codec = load_for_model(model_dir)
+    chat = ra._chat_renderer(model_dir) if template == "hf-chat" else None
+    bos = ra._adds_bos(model_dir)
+    return lambda text: len(ra.template_ids(template, text, codec, chat, bos))

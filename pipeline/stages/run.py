@@ -61,7 +61,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
         try:
             run_prompts(items, start_app, RunOptions.from_config(cfg.runtime, cfg.session.mode,
                                                                  cfg.sequence.max_new_tokens),
-                        count_tokens=count_tokens, skip=done, on_row=write_row, progress=not ctx.quiet)
+                        count_tokens=count_tokens, skip=done, on_row=write_row, progress=not ctx.quiet,
+                        count_prompt_tokens=_prompt_counter(cfg, fetch))
             status, reason = write_row.tally.verdict()
         except DeviceLost as e:
             status, reason = "interrupted", str(e)
@@ -122,6 +123,16 @@ def _counter(fetch: dict):
         return token_counter(Path(fetch["model"]["local_dir"]))
     except TokenizerNotFound as e:
         raise StageError(str(e)) from None
+
+
+def _prompt_counter(cfg: Config, fetch: dict):
+    """The reference app's exact prompt-token count (any app.template); None = simple_app's template arithmetic."""
+    model_dir = Path(fetch["model"]["local_dir"])
+    if not cfg.app.virtual_only or (model_dir / "qnn_model.bin").exists():  # phone app, or a stand-in model runs
+        return None
+    from pipeline.models.count import reference_prompt_counter
+
+    return reference_prompt_counter(model_dir, cfg.app.template)
 
 
 def _run_key(cfg: Config, fetch: dict, push: dict) -> str:
