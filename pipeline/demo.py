@@ -57,6 +57,18 @@ def show_answers(responses: Path) -> None:
               f"blended line {_num(r.get('app_tok_s'), '.1f', 'tok/s', app_why)}]")
 
 
+def show_fidelity(report_md: Path) -> None:
+    """The report's fidelity table (the ladder's story) on the terminal: the table above has only quality."""
+    lines = report_md.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("## Fidelity")), None)
+    if start is None:
+        return
+    table = [line for line in lines[start:] if line.startswith("|")]
+    print("\nFidelity to smollm2-ref (same prompts and template; exact = identical answers, ROUGE-L vs the FP "
+          "answer) — virtual device / host CPU:")
+    print("\n".join(table))
+
+
 def main() -> None:
     root = Path.cwd()
     if not (root / "dvc.yaml").exists():
@@ -74,6 +86,7 @@ def main() -> None:
        f"hydra.sweep.dir=multirun/{sweep}")
     report = root / "reports" / sweep
     sh(py, "-m", "pipeline.report", "--sweep", sweep, "--out", str(report), "--fp-model", "smollm2-ref")
+    show_fidelity(report / "report.md")
     print(f"""
 Demo finished in {time.monotonic() - t0:.0f} s (host wall clock). What you have:
   metrics/score.json        the default run (smollm2-q4, hf-chat, 3 smoke prompts): throughput + quality
