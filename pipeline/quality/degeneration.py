@@ -43,7 +43,9 @@ _CONTROL_RE = re.compile("|".join(re.escape(t) for t in CONTROL_TOKENS) + r"|<\|
 _OPENING_MARKUP_RE = re.compile(r"\A\s*<!--")
 _RULE_LINE_RE = re.compile(r"^[ \t]*([-=_*])(?:[ \t]*\1){2,}[ \t]*$", re.MULTILINE)
 # A line that is only list/label scaffolding: bullets, numbers, "A:", bold markers, punctuation.
-_MARKER_RE = re.compile(r"^(?:[-*+>#•|]+|\d+(?:[.)]\d*)*[.):]?|[A-Za-z][.):]|\*\*|__|[.:;,()\[\]]+|\s+)+$")
+# Possessive quantifiers (Python ≥ 3.11): the alternatives overlap (runs of digits, punctuation, spaces), and with
+# backtracking a long line that fails at its end took minutes (a real SmolLM2-w3 answer of repeated `\_`).
+_MARKER_RE = re.compile(r"^(?:[-*+>#•|]++|\d++(?:[.)]\d*+)*+[.):]?+|[A-Za-z][.):]|\*\*|__|[.:;,()\[\]]++|\s++)++$")
 
 
 def distinct_n(toks: list[str], n: int = 2) -> float | None:

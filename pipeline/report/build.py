@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.report import ReportError
-from pipeline.report.factors import FactorEffect, LevelEffect, analyse
+from pipeline.report.factors import FactorEffect, LevelEffect, analyse, bootstrap_ci, prompt_quality
 from pipeline.report.fidelity import TOKENS_NOTE, FidelityResult, fidelity_to_fp
 from pipeline.report.plots import quality_vs_throughput, toks_vs_budget
 from pipeline.report.runs import ARTIFACTS, RunRecord, select_runs
@@ -40,6 +40,15 @@ def pick_fp_model(records: Sequence[RunRecord], requested: str | None) -> str:
         return requested
     present = {value(r, "model.name") for r in records}
     return next((m for m in FP_MODELS if m in present), FP_MODELS[0])
+
+
+def quality_ci(records: Sequence[RunRecord]) -> dict[str, tuple[float, float] | None]:
+    """Run id → 95% bootstrap CI of its mean quality over prompts (from quality.jsonl; None when unavailable)."""
+    out: dict[str, tuple[float, float] | None] = {}
+    for r in records:
+        per_prompt, _ = prompt_quality(r)
+        out[r.run_id] = bootstrap_ci(list(per_prompt.values())) if per_prompt else None
+    return out
 
 
 def _ci(e: LevelEffect) -> str:
@@ -142,7 +151,7 @@ def build_report(records: Sequence[RunRecord], out_dir: Path, *, title: str, fp_
     out_dir.mkdir(parents=True, exist_ok=True)
     facs: list[Factor] = factors(records, ignore)
     recs = sort_records(records, facs)
-    header, rows = table_rows(recs, facs)
+    header, rows = table_rows(recs, facs, quality_ci(recs))
     table_md = markdown_table(header, rows)
     labels = [variant_label(r, facs) for r in recs]
     pngs = [quality_vs_throughput(recs, labels, out_dir / "quality_vs_throughput.png"),

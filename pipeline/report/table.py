@@ -6,7 +6,7 @@ table is the thing people paste into chats, so the label travels with each row r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.report.runs import RunRecord
@@ -44,12 +44,22 @@ def mean_sd(mean: float | None, sd: float | None) -> str:
     return f"{mean:.2f} ± {sd:.2f}" if sd is not None else f"{mean:.2f}"
 
 
-def table_rows(records: Sequence[RunRecord], facs: Sequence[Factor]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells (strings) of the comparison table, rows in the order given."""
+def ci_cell(ci: tuple[float, float] | None) -> str:
+    return NA if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def table_rows(records: Sequence[RunRecord], facs: Sequence[Factor],
+               quality_ci: Mapping[str, tuple[float, float] | None] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and cells (strings) of the comparison table, rows in the order given.
+
+    ``quality_ci``: run id → 95% bootstrap CI of the run's mean quality over its prompts (None: fewer than two
+    prompts with a score, or no quality.jsonl) — without it two variants' means cannot be told apart."""
+    quality_ci = quality_ci or {}
     cols = variant_columns(records, facs)
     fams = families_present(records)
     show_on_topic = any(r.metric("quality.on_topic_rate") is not None for r in records)
     header = ["#", *cols, "device", "prompts", "decode tok/s (mean ± sd)", "TTFT p50 (s)", "quality",
+              "quality 95% CI",
               *[f"q.{f}" for f in fams], *(["on-topic"] if show_on_topic else []), "EOS rate", "energy J/tok", "run"]
     rows = []
     for i, r in enumerate(records, 1):
@@ -57,6 +67,7 @@ def table_rows(records: Sequence[RunRecord], facs: Sequence[Factor]) -> tuple[li
         cells = [str(i), *[value(r, c) for c in cols], device_label(r), NA if n is None else str(int(n)),
                  mean_sd(r.metric("throughput.decode_tok_s.mean"), r.metric("throughput.decode_tok_s.std")),
                  fmt(r.metric("throughput.ttft_s.p50"), ".3f"), fmt(r.metric("quality.score"), ".3f"),
+                 ci_cell(quality_ci.get(r.run_id)),
                  *[fmt(r.metric(f"quality.{f}"), ".1f" if f == "answer_len" else ".3f") for f in fams],
                  *([fmt(r.metric("quality.on_topic_rate"))] if show_on_topic else []),
                  fmt(r.metric("rates.eos")), fmt(r.metric("energy_j_per_token"), ".3g"), r.run_id[:8]]
@@ -85,7 +96,8 @@ def footnotes(records: Sequence[RunRecord], facs: Sequence[Factor]) -> list[str]
                  "virtual device only has when simulated. The run's `missing_metrics` tag lists what was absent.")
     notes.append("decode tok/s is host-timed per answer (warm-up repeats excluded); quality is the mean over "
                  "prompts of the applicable families (pipeline.quality), in [0, 1], higher is better "
-                 "(q.degeneration: lower is better; q.answer_len in words).")
+                 "(q.degeneration: lower is better; q.answer_len in words); its 95% CI is a bootstrap over the "
+                 "run's prompts (quality.jsonl, 2000 seeded resamples; — below two scored prompts).")
     for f in facs:
         if f.aliases:
             notes.append(f"`{f.key}` also fixes {', '.join(f'`{a}`' for a in f.aliases)} (same grouping of runs).")

@@ -144,6 +144,20 @@ def test_stale_params_warning_names_the_key(tmp_path, capsys):
     assert "runtime.repeats" in out and "dvc exp run" in out
 
 
+def test_params_from_an_experiment_preset_are_not_stale(tmp_path, capsys):
+    """`make demo` writes params.yaml with experiment=offline-demo: no warning for the preset's own keys, but an
+    edit on top of it is still named."""
+    from pipeline.params import write_params
+
+    p = write_params(["experiment=offline-demo"], tmp_path / "params.yaml")
+    load_params(p)
+    assert "warning" not in capsys.readouterr().out
+    p.write_text(p.read_text().replace("template: hf-chat", "template: raw"))
+    load_params(p)
+    out = capsys.readouterr().out
+    assert "app.template (params.yaml 'raw', conf/ 'hf-chat')" in out and "tag" not in out
+
+
 def test_dvc_yaml_has_exactly_the_four_stages_in_order():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == ["fetch", "push", "run", "score"]

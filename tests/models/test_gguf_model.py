@@ -103,3 +103,82 @@ def test_known_answer_and_templates(smollm2) -> None:
     mq = eng.prompt_format("mobilequant").ids("hi")
     assert eng.codec.decode(mq, skip_special=False) == "<|user|>\nhi</s>\n<|assistant|>\n"  # no BOS, plain text
     assert eng.prompt_format("raw").ids("hi") == eng.codec.encode("hi")
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1", "F16", "F32"])
+def test_vectorised_dequantisation_is_ggufs_bit_for_bit(kind: str) -> None:
+    """The app's fast loader dequantises whole tensors itself; it must give gguf.quants' values exactly."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    from pipeline.models.gguf_model import dequantize_tensor
+
+    rng = np.random.default_rng(1)
+    qtype = GGMLQuantizationType[kind]
+    shape = (6, 64)
+    if kind in ("F16", "F32"):
+        raw = rng.standard_normal(shape).astype(np.float16 if kind == "F16" else np.float32).view(np.uint8)
+    else:
+        block = {"Q8_0": 34, "Q4_1": 20}[kind]
+        raw = rng.integers(0, 256, size=(shape[0], shape[1] // 32 * block), dtype=np.uint8)
+        blocks = raw.reshape(shape[0], -1, block)
+        for at in (0, 2) if kind == "Q4_1" else (0,):  # finite d (and m): random bytes can be a float16 NaN
+            f16 = rng.standard_normal((shape[0], blocks.shape[1], 1)).astype(np.float16)
+            blocks[:, :, at:at + 2] = f16.view(np.uint8)
+    want = np.asarray(dequantize(raw, qtype), dtype=np.float32)
+    got = dequantize_tensor(raw.reshape(-1), kind, shape)
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_indexed_load_equals_the_gguf_reader(smollm2, tmp_path: Path) -> None:
+    """The converted q4 dir carries model.gguf.index.json; loading through it gives the reader path's tensors."""
+    from pipeline.models import gguf_model
+
+    d = smollm2("gguf")
+    assert (d / gguf_model.GGUF_INDEX_FILE).is_file()
+    cfg, fast = gguf_model.load_gguf_weights(d / gguf_model.GGUF_FILE)
+    reader = gguf_model.open_gguf(d / gguf_model.GGUF_FILE)
+    assert cfg == {**gguf_model.hf_config(reader), "torch_dtype": cfg["torch_dtype"]}
+    picked = [t for t in reader.tensors if t.name in ("token_embd.weight", "blk.0.attn_q.weight",
+                                                      "blk.0.attn_k.weight", "blk.3.ffn_down.weight",
+                                                      "output_norm.weight")]
+    slow = {k: v for k, v in gguf_model.hf_tensors(_Only(reader, picked), cfg).items()}
+    assert len(slow) == 5
+    for k, v in slow.items():
+        np.testing.assert_array_equal(fast[k], v)
+    # an index that does not describe this file is ignored (the reader is used), never trusted
+    (tmp_path / "model.gguf").symlink_to(d / gguf_model.GGUF_FILE)
+    index = json.loads((d / gguf_model.GGUF_INDEX_FILE).read_text())
+    (tmp_path / gguf_model.GGUF_INDEX_FILE).write_text(json.dumps({**index, "gguf_size": 1}))
+    assert gguf_model._read_index(tmp_path / "model.gguf") is None
+
+
+class _Only:
+    """A GGUF reader view with a subset of its tensors (hf_tensors iterates ``reader.tensors``)."""
+
+    def __init__(self, reader, tensors) -> None:
+        self.tensors = tensors
+
+
+def test_reference_prompt_count_is_what_the_app_feeds(smollm2) -> None:
+    """SmolLM2 under hf-chat prefills the ChatML system turn too; simple_app's arithmetic would miss ~15 tokens."""
+    from pipeline.apps.prompt_format import load_format
+    from pipeline.models.count import token_counter
+    from pipeline.models.tokenizer_bin import load_for_model
+
+    d = smollm2("gguf")
+    text = "What is the capital of France?"
+    codec = load_for_model(d)
+    chat = load_format("hf-chat", d).count(text)
+    rendered = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+                f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(d / "tokenizer.json"))  # knows <|im_start|>/<|im_end|> as single special tokens
+    assert chat == len(hf.encode(rendered, add_special_tokens=False).ids) == 37
+    mq = load_format("mobilequant", d).count(text)
+    assert mq == len(codec.encode(f"<|user|>\n{text}</s>\n<|assistant|>\n"))  # `</s>` is text to this tokenizer
+    simple_app_arithmetic = token_counter(d)("<|user|>\n") + token_counter(d)(text) + 1 + token_counter(d)(
+        "\n<|assistant|>\n")  # what the runner used to count for every template
+    assert simple_app_arithmetic < mq < chat

@@ -100,3 +100,12 @@ def test_every_signal_stays_in_unit_interval():
         s = degeneration_scores(text)
         for key in ("degeneration", "phrase_repeat", "char_loop", "template_leak", "list_skeleton"):
             assert 0.0 <= s[key] <= 1.0, (key, text[:20])
+
+
+@pytest.mark.timeout(30)  # a hang detector, not a speed assertion: the old marker regex backtracked for minutes
+@pytest.mark.parametrize("line", ["\\_" * 3000 + "x", "1" * 5000 + "x", ". " * 3000 + "x", "A: 1. " * 800 + "x"])
+def test_list_skeleton_check_is_linear_on_long_failing_lines(line):
+    from pipeline.quality.degeneration import degeneration_scores
+
+    out = degeneration_scores("\n".join([line] * 4))
+    assert 0.0 <= out["degeneration"] <= 1.0

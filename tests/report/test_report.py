@@ -65,6 +65,20 @@ def test_table_values_come_from_the_runs(rep2x2, store: dict) -> None:
         assert cells[-2] == "—"  # energy J/token was never measured: shown as not measured, never a number
 
 
+def test_every_variant_has_a_quality_ci_over_its_prompts(rep2x2) -> None:
+    """The CI column is the bootstrap over the run's own per-prompt quality, and it contains the mean."""
+    from pipeline.report.factors import prompt_quality
+
+    header = [c.strip() for c in rep2x2.table_md.splitlines()[0].strip("|").split("|")]
+    col = header.index("quality 95% CI")
+    for rec, row in zip(rep2x2.records, _data_rows(rep2x2.table_md), strict=True):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        per_prompt, _ = prompt_quality(rec)
+        lo, hi = bootstrap_ci(list(per_prompt.values()))
+        assert cells[col] == f"[{lo:.3f}, {hi:.3f}]" and lo < hi
+        assert lo <= sum(per_prompt.values()) / len(per_prompt) <= hi
+
+
 def test_pngs_written_and_linked(rep2x2) -> None:
     names = {p.name for p in rep2x2.pngs}
     assert names == {"quality_vs_throughput.png", "toks_vs_budget.png"}

@@ -261,3 +261,13 @@ def test_device_lost_mid_run_keeps_finished_rows(stub, exc):
                 count_prompt=count_prompt, on_row=on_row,
                     progress=False)
     assert [r["prompt_id"] for r in rows] == ["a"]  # "b" was not finished: not emitted, redone on resume
+
+
+def test_app_prompt_count_replaces_simple_apps_template_arithmetic(stub):
+    """A reference-app template other than simple_app's feeds other tokens: the blended rate uses that count."""
+    rows: list[dict] = []
+    run_prompts(ITEMS[:1], stub, RunOptions(prompt_timeout_s=20, load_timeout_s=20), count_tokens=count_tokens,
+                count_prompt=lambda text: 40 + count_tokens(text), on_row=rows.append, progress=False)
+    (r,) = rows
+    assert r["n_prompt_tokens"] == 40 + count_tokens(r["sent_text"])
+    assert r["host_blended_tok_s"] == pytest.approx((r["n_prompt_tokens"] + r["n_output_tokens"] - 1) / r["e2e_s"])

@@ -25,6 +25,11 @@ def test_smollm2_q4_through_the_virtual_device(virtual_device, workdir, stage_ca
     assert "model.gguf" in {f["path"] for f in fetch["files"]}
     got = rows(workdir)
     assert len(got) == 2
+    from pipeline.apps.prompt_format import load_format
+
+    fed = load_format("hf-chat", fetch["local_dir"]).count
+    # the blended rate counts what the app prefilled: ChatML's system turn too, not simple_app's 15 template tokens
+    assert all(r["n_prompt_tokens"] == fed(r["sent_text"]) > 30 for r in got)
     for r in got:
         assert r["eos"] and not r["crashed"] and r["app_tok_s"] and r["ttft_s"], r
         assert r["n_output_tokens"] >= 3 and "<|im_end|>" not in r["response"] and r["response"].strip()
