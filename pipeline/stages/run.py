@@ -34,7 +34,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
 
     art = workdir / cfg.paths.artifacts
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
-    count_tokens = _counter(fetch)
+    count_tokens = _counter(fetch, art / "fetch.json")
     prompts = load_prompt_set(cfg, count_tokens)
     items = checked_items(cfg, prompts, count_tokens)  # everything the runner would refuse, refused before any I/O
     dev = open_stage_device(cfg, f"run@{workdir}", pin=push["device"].get("serial") if cfg.device.kind == "pool"
@@ -115,11 +115,12 @@ def checked_items(cfg: Config, prompts: list, count_tokens) -> list[RunItem]:
     return [RunItem(p.id, p.prompt, line) for p, line in zip(prompts, sent, strict=True)]
 
 
-def _counter(fetch: dict):
+def _counter(fetch: dict, fetch_json: Path):
+    from pipeline.fetched import local_dir
     from pipeline.models.count import TokenizerNotFound, token_counter
 
     try:
-        return token_counter(Path(fetch["model"]["local_dir"]))
+        return token_counter(local_dir(fetch["model"], fetch_json))
     except TokenizerNotFound as e:
         raise StageError(str(e)) from None
 
