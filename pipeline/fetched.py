@@ -50,14 +50,14 @@ def _mirror(src: Path, dest: Path, files: list[dict[str, Any]]) -> None:
         elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
             p.rmdir()
     for f in files:
-        s, d = src / f["path"], dest / f["path"]
+        s, d = (src / f["path"]).resolve(), dest / f["path"]  # the Hub cache's snapshot symlink → its blob
         if d.is_file() and not d.is_symlink() and os.path.samefile(s, d):
             continue  # already this very file: mtime kept, hash caches stay warm
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = d.with_name(f".{d.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
         try:
-            os.link(s, tmp)  # follows the Hub cache's snapshot symlink to its blob
+            os.link(s, tmp)
         except OSError:
             shutil.copyfile(s, tmp)
         if not os.path.samefile(s, tmp) and _sha256(tmp) != f["sha256"]:  # a copy: check the bytes

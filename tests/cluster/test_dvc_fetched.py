@@ -55,7 +55,8 @@ def test_second_clone_pulls_the_fetched_files_and_runs_without_the_hub(hub_serve
     one.mkdir()
     _repo_copy(one)
     base = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "ODEVAL_QUIET": "1",
-            "ANDROID_ADB_SERVER_PORT": str(adb_server.port)}
+            "ANDROID_ADB_SERVER_PORT": str(adb_server.port),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}  # dvc.yaml: python
     base.pop("ODEVAL_ROOT", None)
     env1 = {**base, "PYTHONPATH": str(one), "HF_ENDPOINT": hub_server.url, "HF_HOME": str(tmp_path / "hf1")}
     overrides = ["model.source=hub", "model.repo_id=odeval-test/tiny-fp", f"model.revision={sha}", "prompts.limit=2",
