@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,8 @@ def main() -> None:
         c.add_node("b", 2, (22200, 22399))
         n_seq = args.jobs // len(PROMPTING)
         axes = [f"prompting={','.join(PROMPTING)}", f"sequence={','.join(SEQUENCES[:n_seq])}"]
-        common = [f"prompts.limit={args.prompts}", f"runtime.cooldown_s={args.cooldown}", "device=pool-virtual",
+        common = [f"prompts.limit={args.prompts}", f"prompts.path={REPO / 'prompts' / 'qa.jsonl'}",
+                  f"runtime.cooldown_s={args.cooldown}", "device=pool-virtual",
                   "+device.require.chip=virtual"]
         ctl = {**env, "ODEVAL_ROOT": str(tmp / "controller")}
         ray = ["hydra/launcher=ray", f"hydra.launcher.ray.init.address={c.address}", *common]
@@ -81,6 +83,7 @@ def main() -> None:
     finally:
         c.stop()
         run_adb(["kill-server"], port=adb_port, timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

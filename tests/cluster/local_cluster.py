@@ -80,7 +80,7 @@ class LocalCluster:
              *ray_args], cwd=REPO, env={**self.env, "ODEVAL_ROOT": str(root)}, start_new_session=True,
             stdout=open(root / "ray-start.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
         self.nodes.append(node)
-        self.wait_nodes(len(self.nodes))
+        self.wait_nodes(sum(n.proc is not None and n.proc.poll() is None for n in self.nodes))  # killed ones: gone
         return node
 
     def ray_nodes(self) -> list[dict]:

@@ -136,3 +136,27 @@ def test_a_node_killed_mid_sweep_keeps_finished_runs_and_names_the_lost_jobs(clu
     failed_names = {r.data.tags.get("odeval.job") for r in children if r.info.status == "FAILED"}
     assert failed_names == {f"job{i}" for i in lost}
     assert overlaps(c.leases()) == []
+
+
+def test_with_retries_a_job_lost_with_its_node_runs_again_on_another(cluster: LocalCluster, tmp_path: Path):
+    """The default `max_retries: 1`: Ray re-runs the dead node's jobs where a matching phone is free."""
+    c = cluster
+    c.clear_leases()
+    victim = c.add_node("c", 2, (21400, 21599))  # a fresh node to kill (the previous test killed b)
+    sweep = tmp_path / "sweep-retry"
+    proc = _sweep(c, sweep, tmp_path, ["runtime.cooldown_s=1.0"])
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not any(r["node"] == victim.name for r in c.leases()):
+        time.sleep(0.5)
+    on_victim = {r["job"] for r in c.leases() if r["node"] == victim.name and r["t_release"] is None}
+    assert on_victim, "no job was running on the node to kill"
+    c.kill_node(victim)
+    out, err = proc.communicate(timeout=800)
+    assert proc.returncode == 0, err[-4000:]
+    assert "8 of 8 jobs complete" in err
+    leases = c.leases()
+    for job in on_victim:  # each lost job finished on a surviving node
+        assert any(r["job"] == job and r["node"] != victim.name and r["t_release"] is not None for r in leases)
+    parents, children = _of_sweep(_runs(c.tracking_uri), sweep)
+    assert len(parents) == 1 and sum(r.info.status == "FINISHED" for r in children) == 8
+    assert overlaps([r for r in leases if r["node"] != victim.name]) == []
