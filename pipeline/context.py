@@ -25,6 +25,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                      "(default ~/.cache/odeval); each checkout's `paths.cache` holds hard links into it"),
     "ODEVAL_HASH_CACHE": ("pipeline.manifest", "where the host's sha256 cache lives (default: in ODEVAL_CACHE)"),
     "ODEVAL_ADB": ("pipeline.device.adb", "the adb binary to use (default: the one in the adbutils wheel)"),
+    "ODEVAL_NODE_POOL": ("pipeline.cluster", "set by `python -m pipeline.cluster ray-start` on a Ray node: the "
+                         "host's pool file; pool jobs placed on that node lease only its phones"),
     "ODEVAL_VIRTUAL_ROOT": ("pipeline.virtual.__main__", "default --root of `python -m pipeline.virtual`"),
     "ODEVAL_ENGINE": ("pipeline.apps.reference_app", "reference app engine: `numpy` or `torch` (default: automatic)"),
     "ODEVAL_THREADS": ("pipeline.apps.reference_app", "CPU threads of the reference app's engine"),

@@ -22,9 +22,11 @@ JOB_STATUS = "job_status.json"
 
 def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
     """Run fetch → push → run → score into `workdir`; returns the quality score (Hydra sweepers can optimise it)."""
+    from pipeline.cluster import for_this_node
     from pipeline.device.pool import PoolError, check_pool, leased_device
     from pipeline.stages import StageError, fetch, push, run, score
 
+    cfg = replace(cfg, device=for_this_node(cfg.device))  # on a Ray node: lease only the phones this host owns
     try:
         check_pool(cfg.device, cfg.app.virtual_only)  # a label no pool device has: fail before any download
     except PoolError as e:
@@ -112,24 +114,15 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]]) -> None:
-        from omegaconf import OmegaConf
-
-        from pipeline.config import ConfigError, to_config
-        from pipeline.tracking import TrackingError, log_failed_job, mark_parent, resolve_tracking_uri, sweep_parent
+        from pipeline.tracking import TrackingError, log_failed_job, mark_parent, sweep_parent
         from pipeline.workspace import shared_root
 
-        base = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})  # the jobs' shared config
-        try:
-            cfg = to_config(base)
-        except ConfigError as e:
-            print(f"warning: the sweep's outcome is not recorded in MLflow (its base config: {e})", file=sys.stderr)
+        found = _sweep_tracking(config, "the sweep's outcome is not recorded in MLflow")
+        if found is None:
             return
-        if cfg.tracking.backend == "none":
-            return
-        root = shared_root()
-        uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
+        uri, cfg = found
         try:
-            parent = sweep_parent(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
+            parent = sweep_parent(uri, cfg.tracking.experiment, sweep_id, shared_root() / ".odeval" / "locks")
             for j in bad:  # a FAILED child run per job that did not finish, visible next to the finished ones
                 log_failed_job(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent,
                                run_name=f"{j['job']}:{j['status']}", error=j["error"] or j["status"],
@@ -139,3 +132,42 @@ class SweepSummary(Callback):
                         tags={"odeval.failed_jobs": failed or "none", "odeval.n_failed_jobs": str(len(bad))})
         except TrackingError as e:
             print(f"warning: could not record the sweep's outcome in MLflow: {e}", file=sys.stderr)
+
+
+def _sweep_tracking(config: Any, what: str) -> tuple[str, Config] | None:
+    """The sweep's tracking URI and base config (the jobs' shared config), None when it does not track."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import ConfigError, to_config
+    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.workspace import shared_root
+
+    base = OmegaConf.create({k: v for k, v in config.items() if k != "hydra"})
+    try:
+        cfg = to_config(base)
+    except ConfigError as e:
+        print(f"warning: {what} (its base config: {e})", file=sys.stderr)
+        return None
+    if cfg.tracking.backend == "none":
+        return None
+    return resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", shared_root()), cfg
+
+
+def prepare_parent(config: Any) -> None:
+    """Create the sweep's MLflow parent run from the controller before any job starts (the Ray launcher).
+
+    WHY: jobs on several hosts share an http tracking server but not a lock file; get_or_create_parent's
+    create-then-keep-the-oldest can still leave two parents when two hosts race with skewed clocks. One creator,
+    before the jobs exist, leaves the jobs nothing to race for."""
+    from pipeline.tracking import TrackingError, sweep_parent
+    from pipeline.workspace import shared_root
+
+    found = _sweep_tracking(config, "no MLflow parent created before the jobs")
+    if found is None:
+        return
+    uri, cfg = found
+    sweep_id = Path(str(config.hydra.sweep.dir)).name.replace(" ", "_")
+    try:
+        sweep_parent(uri, cfg.tracking.experiment, sweep_id, shared_root() / ".odeval" / "locks")
+    except TrackingError as e:
+        print(f"warning: MLflow parent not created before the jobs ({e}); each job will try", file=sys.stderr)

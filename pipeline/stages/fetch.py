@@ -28,9 +28,16 @@ exit 126
 
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     progress = not (ctx or RunContext.from_env()).quiet
+    from pipeline.fetched import FetchedError, export
+
     cache = resolve(cfg.paths.cache, shared_root())
-    result = {"model": fetch_model(cfg.model, cache, progress), "app": fetch_app(cfg.app, cache, progress)}
-    out = workdir / cfg.paths.artifacts / "fetch.json"
+    art = workdir / cfg.paths.artifacts
+    try:  # the files themselves become a DVC output (artifacts/fetched/): `dvc pull` elsewhere needs no Hub
+        result = {"model": export(fetch_model(cfg.model, cache, progress), art, "model"),
+                  "app": export(fetch_app(cfg.app, cache, progress), art, "app")}
+    except FetchedError as e:
+        raise StageError(str(e)) from None
+    out = art / "fetch.json"
     write_json(out, result)
     return out
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.config import Config, config_hash
 from pipeline.context import RunContext
+from pipeline.fetched import resolved
 from pipeline.run_record import RunDir, now
 from pipeline.runner import RunItem
 from pipeline.stages import StageError, read_json, stage_main
@@ -35,7 +36,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     from pipeline.stages.device import open_stage_device
 
     art = workdir / cfg.paths.artifacts
-    fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
+    fetch, push = resolved(read_json(art / "fetch.json", "fetch"), art / "fetch.json"), read_json(art / "push.json",
+                                                                                                  "push")
     checks = _preflight(lambda: check_fetched(cfg, fetch))  # files: before anything is parsed or launched
     count_tokens, fmt = _tokenizer(cfg, fetch, push)
     prompts = load_prompt_set(cfg, count_tokens)

@@ -164,7 +164,7 @@ def test_dvc_yaml_has_exactly_the_four_stages_in_order():
     outs = {s: [next(iter(o)) if isinstance(o, dict) else o for o in v.get("outs", [])] for s, v in stages.items()}
     assert "artifacts/fetch.json" in stages["push"]["deps"]
     assert "artifacts/push.json" in stages["run"]["deps"] and "artifacts/run" in stages["score"]["deps"]
-    assert outs["fetch"] == ["artifacts/fetch.json"] and "artifacts/run" in outs["run"]
+    assert outs["fetch"] == ["artifacts/fetch.json", "artifacts/fetched"] and "artifacts/run" in outs["run"]
     assert stages["push"]["always_changed"] is True
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for name, st in stages.items():  # every params key a stage declares exists (DVC fails otherwise)
