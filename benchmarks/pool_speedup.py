@@ -55,6 +55,7 @@ def sweep(root: Path, env: dict[str, str], n_jobs: int, extra: list[str], name: 
     (lock_dir_for(root) / LEASE_LOG).unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    STARTS[name] = time.time()
     proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", "hydra/launcher=joblib",
                            f"hydra.launcher.n_jobs={n_jobs}", f"hydra.sweep.dir={root / 'sweeps' / name}",
                            "hydra.sweep.subdir=${hydra.job.num}", *extra, *SWEEP],
@@ -68,6 +69,28 @@ def sweep(root: Path, env: dict[str, str], n_jobs: int, extra: list[str], name: 
     if len(leases) != 6:
         raise SystemExit(f"sweep {name}: expected 6 leases, the log has {len(leases)}")
     return wall, cpu, sum(r["t_release"] - r["t_acquire"] for r in leases)
+
+
+STARTS: dict[str, float] = {}
+
+
+def print_profile(root: Path, name: str) -> None:
+    """Per-phase seconds of each job (pipeline.sweep writes job_profile.json), start offsets from the sweep's
+    launch (the first job's offset is process start-up: Python + Hydra + imports) and which worker ran it."""
+    from pipeline.sweep import JOB_PROFILE
+
+    profs = []
+    for f in sorted((root / "sweeps" / name).glob(f"*/{JOB_PROFILE}")):
+        profs.append((f.parent.name, json.loads(f.read_text())))
+    if not profs:
+        print(f"  (no {JOB_PROFILE} in sweep {name})")
+        return
+    phases = list(profs[0][1]["phases_s"])
+    print(f"  per-job profile of sweep {name} (s; start = seconds after the sweep command was launched):")
+    print("  job  pid      start " + " ".join(f"{p:>11s}" for p in phases))
+    for job, p in sorted(profs, key=lambda x: x[1]["job_start"]):
+        print(f"  {job:>3s}  {p['pid']:<7d} {p['job_start'] - STARTS[name]:6.1f} "
+              + " ".join(f"{p['phases_s'].get(k, float('nan')):11.2f}" for k in phases))
 
 
 def main() -> None:
@@ -101,6 +124,7 @@ def main() -> None:
                 rows.append((sc, n_jobs, wall, cpu, busy))
                 print(f"  {sc:6s} n_jobs={n_jobs}: wall {wall:6.1f} s  cpu {cpu:6.1f} s  device-leased {busy:6.1f} s",
                       flush=True)
+                print_profile(root, f"{sc}-{n_jobs}")
         print(f"\n6 jobs x {args.prompts} prompts, 3 virtual devices, {cores} cores (CPU-s / (wall * cores) = load)")
         print(f"{'scenario':8s} {'serial s':>9s} {'parallel s':>11s} {'speedup':>8s} {'load serial':>12s} "
               f"{'load par.':>10s} {'device s ser/par':>17s}")

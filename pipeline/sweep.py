@@ -9,7 +9,10 @@ second job using a model builds nothing and sends 0 bytes.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,11 @@ JOB_STATUS = "job_status.json"
 
 
 def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
-    """Run fetch → push → run → score into `workdir`; returns the quality score (Hydra sweepers can optimise it)."""
+    """Run fetch → push → run → score into `workdir`; returns the quality score (Hydra sweepers can optimise it).
+
+    Writes ``<job dir>/job_profile.json`` (seconds per phase, incl. the wait for a pool device) so a slow sweep
+    shows which host-side step serialises the jobs (``benchmarks/pool_speedup.py`` prints it).
+    """
     from pipeline.device.pool import PoolError, check_pool, leased_device
     from pipeline.stages import StageError, fetch, push, run, score
 
@@ -33,17 +40,58 @@ def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
     sweep_id = sweep_id_of(hydra_cfg)
     ctx = RunContext.from_env(sweep_id=sweep_id)
     job = f"{sweep_id}/{hydra_cfg.job.num}" if sweep_id else str(workdir)
-    fetch.run(cfg, workdir, ctx)  # parallel jobs share the cache: builds are atomic and skip unchanged files
+    prof = _Profile(workdir)
+    with prof.phase("fetch"):
+        fetch.run(cfg, workdir, ctx)  # parallel jobs share the cache: builds are atomic and skip unchanged files
     try:  # device.kind=pool: hold one device from push to run; fetch and score need none
-        with leased_device(cfg.device, job, cfg.app.virtual_only) as device:
+        with prof.phase("device_wait"), leased_device(cfg.device, job, cfg.app.virtual_only) as device:
+            prof.end("device_wait")
             job_cfg = replace(cfg, device=device)
-            push.run(job_cfg, workdir, ctx)
-            run.run(job_cfg, workdir, ctx)
+            with prof.phase("push"):
+                push.run(job_cfg, workdir, ctx)
+            with prof.phase("run"):
+                run.run(job_cfg, workdir, ctx)
     except PoolError as e:
         raise StageError(str(e)) from None
-    score.run(job_cfg, workdir, ctx)
+    with prof.phase("score"):
+        score.run(job_cfg, workdir, ctx)
+    prof.write()
     score_json = json.loads((workdir / cfg.paths.metrics / "score.json").read_text())
     return score_json["quality"]["score"]
+
+
+JOB_PROFILE = "job_profile.json"
+
+
+class _Profile:
+    """Wall seconds per phase of one job, its start time and process (to see start-up and worker reuse)."""
+
+    def __init__(self, workdir: Path) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.workdir = workdir
+        self.t0 = time.time()
+        self.phases: dict[str, float] = {}
+        self._open: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._open[name] = self._clock()
+        try:
+            yield
+        finally:
+            self.end(name)
+
+    def end(self, name: str) -> None:
+        """Close a phase early (the device wait ends when the lease is granted, inside the ``with``)."""
+        if name in self._open:
+            self.phases[name] = round(self._clock() - self._open.pop(name), 3)
+
+    def write(self) -> None:
+        from pipeline.stages import write_json
+
+        write_json(self.workdir / JOB_PROFILE, {"phases_s": self.phases, "job_start": self.t0, "pid": os.getpid()})
 
 
 def sweep_id_of(hydra_cfg: Any) -> str | None:
