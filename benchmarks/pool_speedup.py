@@ -50,13 +50,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LAUNCHER = ["hydra/launcher=pool"]
+
+
 def sweep(root: Path, env: dict[str, str], n_jobs: int, extra: list[str], name: str) -> tuple[float, float, float]:
     """One sweep → (wall s, CPU s of all child processes, summed lease s)."""
     (lock_dir_for(root) / LEASE_LOG).unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     STARTS[name] = time.time()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", "hydra/launcher=joblib",
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", *LAUNCHER,
                            f"hydra.launcher.n_jobs={n_jobs}", f"hydra.sweep.dir={root / 'sweeps' / name}",
                            "hydra.sweep.subdir=${hydra.job.num}", *extra, *SWEEP],
                           cwd=REPO, env=env, capture_output=True, text=True)
@@ -98,7 +101,11 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per job (prompts.limit)")
     ap.add_argument("--cooldown", type=float, default=2.0, help="device-bound scenario: seconds per prompt")
     ap.add_argument("--scenario", choices=("host", "device", "both"), default="both")
+    ap.add_argument("--launcher", choices=("pool", "joblib"), default="pool",
+                    help="pool = forked workers that inherit what the sweep preloads (conf/hydra/launcher/pool.yaml); "
+                         "joblib = loky workers, each importing and loading everything itself")
     args = ap.parse_args()
+    LAUNCHER[:] = [f"hydra/launcher={args.launcher}"]
 
     root = Path(tempfile.mkdtemp(prefix="odeval-pool-bench-"))
     adb_port = free_port()
