@@ -72,6 +72,7 @@ class _Profile:
         self._clock = time.monotonic
         self.workdir = workdir
         self.t0 = time.time()
+        self.warm = "sentence_transformers" in sys.modules  # inherited from a preloading parent (launcher=pool)
         self.phases: dict[str, float] = {}
         self._open: dict[str, float] = {}
 
@@ -91,7 +92,8 @@ class _Profile:
     def write(self) -> None:
         from pipeline.stages import write_json
 
-        write_json(self.workdir / JOB_PROFILE, {"phases_s": self.phases, "job_start": self.t0, "pid": os.getpid()})
+        write_json(self.workdir / JOB_PROFILE, {"phases_s": self.phases, "job_start": self.t0, "pid": os.getpid(),
+                                                   "warm_start": self.warm})
 
 
 def sweep_id_of(hydra_cfg: Any) -> str | None:
@@ -161,6 +163,38 @@ def preload_host_side(config: Any) -> dict[str, float]:
     return took
 
 
+# The jobs of a ForkPoolLauncher sweep (hydra_plugins/odeval_fork_launcher), set in the parent right before the
+# fork and read by the workers. It lives here, in a module imported the ordinary way, because Hydra loads plugin
+# modules under its own loader: a global there is not the one a worker finds when it unpickles the job function.
+FORK_JOBS: list[tuple[Any, ...]] = []
+
+
+def run_forked_job(index: int) -> Any:
+    """Run job ``index`` of :data:`FORK_JOBS` in a forked worker (Hydra's own per-job setup)."""
+    from hydra_plugins.hydra_joblib_launcher._core import execute_job
+
+    return _portable(execute_job(*FORK_JOBS[index]))
+
+
+def _portable(ret: Any) -> Any:
+    """The JobReturn as plain containers: its configs hold structured-config classes that Hydra re-creates per
+    process, which plain pickle refuses to send back ("not the same object as ..."); loky's cloudpickle hid it."""
+    from omegaconf import OmegaConf
+
+    for name in ("cfg", "hydra_cfg"):
+        value = getattr(ret, name, None)
+        if value is not None:
+            setattr(ret, name, OmegaConf.create(OmegaConf.to_container(value, resolve=False)))
+    try:
+        import pickle
+
+        pickle.dumps(ret._return_value)
+    except Exception as e:  # noqa: BLE001 - an unpicklable result/exception: send its text instead
+        ret._return_value = RuntimeError(f"{type(e).__name__} returning the job's result: {ret._return_value!r}")
+    return ret
+
+
+
 try:
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover - hydra is a dependency
@@ -173,17 +207,6 @@ class SweepSummary(Callback):
     WHY: each job catches its own failure (so the other jobs still run), which means Hydra itself would end the
     sweep with status 0; this puts the truth back at the end, on the terminal and on the MLflow parent run.
     """
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        """Before the jobs: when the launcher forks its workers (``hydra/launcher=pool``: joblib's multiprocessing
-        backend), load what every job's host side needs once here, so each forked worker inherits it instead of
-        paying it itself (measured: 3 workers importing torch/sentence-transformers/matplotlib at once and loading
-        the embedding model each is what kept the host side serial). Other launchers start fresh processes, in
-        which a preload here would be wasted; it is skipped."""
-        launcher = config.hydra.get("launcher") or {}
-        if launcher.get("backend") != "multiprocessing" or int(launcher.get("n_jobs") or 1) == 1:
-            return
-        preload_host_side(config)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

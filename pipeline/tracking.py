@@ -46,6 +46,9 @@ __all__ = [
     "git_dirty",
     "provenance_tags",
     "headline_metrics",
+    "experiment_ui_path",
+    "ui_path",
+    "SHARED_VIEW_TAG",
     "run_description",
     "iso_to_ms",
     "HEADLINE_METRICS",
@@ -86,6 +89,13 @@ HEADLINE_METRICS = {
     "on_topic_rate": "quality.on_topic_rate",
     "j_per_token": "energy_j_per_token",
 }
+
+# A saved runs-table view (MLflow UI "shared view state": an experiment tag read when the URL carries
+# ?viewStateShareKey=<key>) whose columns are the headline metrics, so the table shows them without the user
+# picking among ~80 metric names. Checked in headless Chromium against MLflow 3.17 (see /work notes).
+SHARED_VIEW_KEY = "odeval"
+SHARED_VIEW_TAG = "mlflow.sharedViewState." + SHARED_VIEW_KEY
+VIEW_TAG_COLUMNS = ("device.kind", "device.model")
 
 RUN_KEY_TAG = "run_key"
 SWEEP_TAG = "sweep_id"
@@ -294,6 +304,8 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
                                 "(mlflow experiments restore) or choose another tracking.experiment")
         if exp.tags.get(EXPERIMENT_KIND_TAG, "") in _GUESSED_KINDS:
             client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if exp.tags.get(SHARED_VIEW_TAG) != shared_view_state():
+            client.set_experiment_tag(exp.experiment_id, SHARED_VIEW_TAG, shared_view_state())
         return exp.experiment_id
     db = _sqlite_path(tracking_uri)
     location = None
@@ -302,7 +314,8 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
         location = (db.parent / "mlartifacts" / safe).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location,
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                                              SHARED_VIEW_TAG: shared_view_state()})
     except Exception:  # noqa: BLE001 — a parallel job may have created it in between (http stores: no lock)
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -319,6 +332,25 @@ def _find_runs(client: Any, exp_id: str, tags: Mapping[str, str]) -> list[Any]:
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return list(client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time ASC"],
                                    max_results=50))
+
+
+def shared_view_state() -> str:
+    """The JSON of the runs-table view ``?viewStateShareKey=odeval`` opens: headline metrics + device tags."""
+    cols = [f"metrics.`{k}`" for k in HEADLINE_METRICS] + [f"tags.`{k}`" for k in VIEW_TAG_COLUMNS]
+    return json.dumps({"selectedColumns": cols})
+
+
+def ui_path(experiment_id: str) -> str:
+    """Where in ``mlflow ui`` the experiment's runs table opens with the headline columns (append to the UI's
+    address). The ``/runs`` route opens the runs table whatever the UI's GenAI/model-training toggle says."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
+
+
+def experiment_ui_path(tracking_uri: str, experiment: str) -> str | None:
+    """:func:`ui_path` of an experiment by name (None when it does not exist)."""
+    with _session(tracking_uri) as client:
+        exp = client.get_experiment_by_name(experiment)
+        return None if exp is None else ui_path(exp.experiment_id)
 
 
 def headline_metrics(flat: Mapping[str, float | None]) -> dict[str, float | None]:

@@ -84,6 +84,7 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
     from pipeline import summary
     from pipeline.tracking import (
         TrackingError,
+        experiment_ui_path,
         headline_metrics,
         iso_to_ms,
         log_run,
@@ -110,11 +111,15 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
         flat = summary.flat_metrics(score)
         headline = headline_metrics(flat)
         run_id = log_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_key=run_key, params=as_dict(cfg),
-                         metrics={**flat, **headline}, tags=tags, artifacts=[a for a in artifacts if a.exists()],
+                         metrics={**headline, **flat}, tags=tags, artifacts=[a for a in artifacts if a.exists()],
                          tables={"prompts": prompt_rows}, parent_run_id=parent_run_id, run_name=name,
                          start_time_ms=iso_to_ms(run_json.get("started")), end_time_ms=iso_to_ms(run_json.get("ended")),
                          description=run_description(score, headline))
         print(f"score: MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({uri})")
+        path = experiment_ui_path(uri, cfg.tracking.experiment) or ""  # runs table with the headline columns
+        where = (f"mlflow ui --backend-store-uri {uri}  → http://127.0.0.1:5000/" if uri.startswith("sqlite:")
+                 else uri.rstrip("/") + "/")
+        print(f"  view: {where}{path}")
     except TrackingError as e:
         msg = (f"MLflow logging failed: {e}. metrics/ is written; log later by re-running "
                "`python -m pipeline.stages.score` once the tracking store is reachable.")
