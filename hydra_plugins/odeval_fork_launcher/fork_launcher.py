@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
+
 class ForkPoolLauncher(Launcher):
     """``n_jobs`` forked workers; ``preload`` loads the host side once before forking (see module doc)."""
 
