@@ -1,6 +1,12 @@
-"""The same 6-job Hydra sweep on a pool of 3 virtual devices: serial (joblib n_jobs=1) vs parallel (n_jobs=3).
+"""The same 6-job Hydra sweep on a pool of 3 virtual devices: serial (n_jobs=1) vs parallel (n_jobs=3).
 
     python benchmarks/pool_speedup.py [--prompts 4] [--cooldown 2.0] [--scenario host|device|both]
+                                      [--launcher pool|joblib]
+
+``--launcher pool`` (default): forked workers that inherit what the sweep process preloaded (torch,
+sentence-transformers, matplotlib, MLflow, the embedding model); ``joblib``: loky workers that each import and
+load everything themselves. After each sweep it prints every job's per-phase profile (job_profile.json:
+fetch, device wait, push, run, score; start offset from the launch; worker pid; warm start or not).
 
 Everything runs in a temp dir (ODEVAL_ROOT) with a private adb server and three virtual devices on free ports,
 removed at the end. A warm-up sweep (not timed) builds the tiny model and pushes it to all three devices, so both
@@ -50,12 +56,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LAUNCHER = ["hydra/launcher=pool"]
+
+
 def sweep(root: Path, env: dict[str, str], n_jobs: int, extra: list[str], name: str) -> tuple[float, float, float]:
     """One sweep → (wall s, CPU s of all child processes, summed lease s)."""
     (lock_dir_for(root) / LEASE_LOG).unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", "hydra/launcher=joblib",
+    STARTS[name] = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "-m", *LAUNCHER,
                            f"hydra.launcher.n_jobs={n_jobs}", f"hydra.sweep.dir={root / 'sweeps' / name}",
                            "hydra.sweep.subdir=${hydra.job.num}", *extra, *SWEEP],
                           cwd=REPO, env=env, capture_output=True, text=True)
@@ -70,12 +80,41 @@ def sweep(root: Path, env: dict[str, str], n_jobs: int, extra: list[str], name: 
     return wall, cpu, sum(r["t_release"] - r["t_acquire"] for r in leases)
 
 
+STARTS: dict[str, float] = {}
+
+
+def print_profile(root: Path, name: str) -> None:
+    """Per-phase seconds of each job (pipeline.sweep writes job_profile.json), start offsets from the sweep's
+    launch (the first job's offset is process start-up: Python + Hydra + imports) and which worker ran it."""
+    from pipeline.sweep import JOB_PROFILE
+
+    profs = []
+    for f in sorted((root / "sweeps" / name).glob(f"*/{JOB_PROFILE}")):
+        profs.append((f.parent.name, json.loads(f.read_text())))
+    if not profs:
+        print(f"  (no {JOB_PROFILE} in sweep {name})")
+        return
+    phases = list(profs[0][1]["phases_s"])
+    print(f"  per-job profile of sweep {name} (s; start = seconds after the sweep command was launched):")
+    print("  job  pid      start " + " ".join(f"{p:>11s}" for p in phases))
+    for job, p in sorted(profs, key=lambda x: x[1]["job_start"]):
+        print(f"  {job:>3s}  {p['pid']:<7d} {p['job_start'] - STARTS[name]:6.1f} "
+              + " ".join(f"{p['phases_s'].get(k, float('nan')):11.2f}" for k in phases))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=4, help="prompts per job (prompts.limit)")
     ap.add_argument("--cooldown", type=float, default=2.0, help="device-bound scenario: seconds per prompt")
     ap.add_argument("--scenario", choices=("host", "device", "both"), default="both")
+    ap.add_argument("--workers", type=int, default=3,
+                    help="parallel sweep: worker processes (n_jobs). More workers than devices lets a job score "
+                         "while the next one already holds the device it released")
+    ap.add_argument("--launcher", choices=("pool", "joblib"), default="pool",
+                    help="pool = forked workers that inherit what the sweep preloads (conf/hydra/launcher/pool.yaml); "
+                         "joblib = loky workers, each importing and loading everything itself")
     args = ap.parse_args()
+    LAUNCHER[:] = [f"hydra/launcher={args.launcher}"]
 
     root = Path(tempfile.mkdtemp(prefix="odeval-pool-bench-"))
     adb_port = free_port()
@@ -96,19 +135,20 @@ def main() -> None:
         chosen = list(scenarios) if args.scenario == "both" else [args.scenario]
         rows = []
         for sc in chosen:
-            for n_jobs in (1, 3):
+            for n_jobs in (1, args.workers):
                 wall, cpu, busy = sweep(root, env, n_jobs, base + scenarios[sc], f"{sc}-{n_jobs}")
                 rows.append((sc, n_jobs, wall, cpu, busy))
                 print(f"  {sc:6s} n_jobs={n_jobs}: wall {wall:6.1f} s  cpu {cpu:6.1f} s  device-leased {busy:6.1f} s",
                       flush=True)
+                print_profile(root, f"{sc}-{n_jobs}")
         print(f"\n6 jobs x {args.prompts} prompts, 3 virtual devices, {cores} cores (CPU-s / (wall * cores) = load)")
         print(f"{'scenario':8s} {'serial s':>9s} {'parallel s':>11s} {'speedup':>8s} {'load serial':>12s} "
               f"{'load par.':>10s} {'device s ser/par':>17s}")
         for sc in chosen:
-            (_, _, w1, c1, b1), (_, _, w3, c3, b3) = [r for r in rows if r[0] == sc]
+            (_, _, w1, c1, b1), (_, _, w3, c3, b3) = [r for r in rows if r[0] == sc]  # serial, parallel
             print(f"{sc:8s} {w1:9.1f} {w3:11.1f} {w1 / w3:7.2f}x {c1 / (w1 * cores):12.2f} {c3 / (w3 * cores):10.2f} "
                   f"{b1:8.1f}/{b3:<8.1f}")
-        cpu_job = {sc: [r[3] / 6 for r in rows if r[0] == sc and r[1] == 3][0] for sc in chosen}
+        cpu_job = {sc: [r[3] / 6 for r in rows if r[0] == sc and r[1] == args.workers][0] for sc in chosen}
         print("\nhost CPU seconds per job in the parallel sweep (imports, fetch, scoring with the embedding model, "
               "the reference app): " + ", ".join(f"{sc} {v:.1f}" for sc, v in cpu_job.items()))
         print("host: the virtual devices ARE this host's CPU; the bound is the cores (load near 1.0 in parallel)\n"

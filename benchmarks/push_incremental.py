@@ -111,16 +111,79 @@ def cpu_report(dev, model: Path, entries, vroot: Path, adb_port: int, serial: st
               f"{after[1] - before[1]:.2f}")
 
 
+def send_only(dev, model: Path, entries, remote: str) -> float:
+    """Our sync client alone (one session, 64 KiB DATA, no hashing, no mv): its speed against adb's own push."""
+    from pipeline.device.transfer import _SyncSession
+
+    dev.shell2(f"mkdir -p {remote}")
+    t = time.monotonic()
+    session = _SyncSession(dev)
+    for e in entries:
+        session.send(model / e.path, f"{remote}/{e.path}", 0o644, 0, lambda _n: None)
+    session.close()
+    return time.monotonic() - t
+
+
+def cold(dev, vroot: Path, model: Path, entries, size: int, adb_port: int, serial: str, cap_mbs: float,
+         args: argparse.Namespace) -> None:
+    """Cold pushes under one link cap (0 = uncapped), interleaved with `adb push` so load hits all alike."""
+    from pipeline.virtual.faults import write_faults
+    from pipeline.virtual.layout import storage_dir
+
+    write_faults(vroot, **({"bandwidth_bytes_per_s": int(cap_mbs * 1e6)} if cap_mbs else {}))
+    label = f"cap {cap_mbs:g} MB/s" if cap_mbs else "uncapped"
+    times: dict[str, list[float]] = {**{f"push_dir mover={m}": [] for m in args.movers}, "adb push (dir)": []}
+    phases: list[tuple[float, float, float, float]] = []  # send, verify (device), verify not hidden, rest (host)
+    times["sync client send only"] = []
+    for r in range(args.repeats):
+        times["sync client send only"].append(send_only(dev, model, entries, f"/data/local/tmp/bench/raw{r}"))
+        shutil.rmtree(storage_dir(vroot) / f"data/local/tmp/bench/raw{r}")
+        for mover in args.movers:
+            remote = f"/data/local/tmp/bench/{mover}{r}/models/m@1234567"
+            res = push_dir(dev, model, remote, entries, mover=mover)
+            assert res.bytes_sent == size and res.files_sent == len(entries)
+            times[f"push_dir mover={mover}"].append(res.seconds)
+            if mover == "sync":
+                rest = res.seconds - res.send_seconds - res.verify_wait_seconds
+                phases.append((res.send_seconds, res.verify_seconds, res.verify_wait_seconds, rest))
+            shutil.rmtree(storage_dir(vroot) / f"data/local/tmp/bench/{mover}{r}")
+        times["adb push (dir)"].append(adb_push(adb_port, serial, model, f"/data/local/tmp/bench/adb{r}"))
+        shutil.rmtree(storage_dir(vroot) / f"data/local/tmp/bench/adb{r}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n[{label}]")
+    for k, v in times.items():
+        runs = " ".join(f"{size / 1e6 / t:.0f}" for t in v)
+        print(f"cold {k:<22} median {med[k]:.2f} s = {size / 1e6 / med[k]:4.0f} MB/s   (runs MB/s: {runs})")
+    ref = med["adb push (dir)"]
+    goal = 0.95 if cap_mbs else 0.9
+    for mover in args.movers:
+        print(f"throughput ratio push_dir(mover={mover}) / adb push = {ref / med[f'push_dir mover={mover}']:.2f}"
+              f"  (goal >= {goal})")
+    print(f"sync client send alone (no verification) / adb push = {ref / med['sync client send only']:.2f}"
+          "  (goal >= 0.9)")
+    if phases:
+        send, ver, hidden_not, rest = (statistics.median(x) for x in zip(*phases, strict=True))
+        print(f"send inside push_dir (verification of the previous file running beside it) / adb push = "
+              f"{ref / send:.2f}")
+        print(f"phases (median s): send {send:.2f} | device sha256+mv {ver:.2f} of which not hidden behind a send "
+              f"{hidden_not:.2f} | host + round trips (probe, mkdir, df, manifest) {rest:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gb", type=float, default=1.0, help="total size of the model dir in GB (10^9 bytes)")
     ap.add_argument("--files", type=int, default=10)
     ap.add_argument("--random", action="store_true", help="random bytes instead of sparse files")
     ap.add_argument("--repeats", type=int, default=3, help="cold measurements per method (median reported)")
+    ap.add_argument("--caps", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 300.0, 40.0],
+                    help="link caps in MB/s to emulate a USB link (virtual device fault bandwidth_bytes_per_s); "
+                         "0 = uncapped; comma-separated (default 0,300,40)")
+    ap.add_argument("--movers", type=lambda v: v.split(","), default=["sync", "adb"],
+                    help="push_dir movers to measure (sync,adb)")
     args = ap.parse_args()
 
     from pipeline.virtual import stop
-    from pipeline.virtual.layout import storage_dir
+    from pipeline.virtual.faults import write_faults
 
     work = Path(tempfile.mkdtemp(prefix="odeval-bench-push-"))
     adb_port = free_port()
@@ -141,29 +204,9 @@ def main() -> None:
         print(f"dir: {len(entries)} files, {size / 1e6:.0f} MB ({'random' if args.random else 'sparse'}); "
               f"host sha256 scan {t_hash:.2f} s (done once by fetch, cached)")
 
-        times: dict[str, list[float]] = {"push_dir mover=sync": [], "push_dir mover=adb": [], "adb push (dir)": []}
-        send_only: list[float] = []
-        for r in range(args.repeats):  # interleaved, so load from other processes hits all three alike
-            for mover in ("sync", "adb"):
-                remote = f"/data/local/tmp/bench/{mover}{r}/models/m@1234567"
-                res = push_dir(dev, model, remote, entries, mover=mover)
-                assert res.bytes_sent == size and res.files_sent == len(entries)
-                times[f"push_dir mover={mover}"].append(res.seconds)
-                if mover == "sync":
-                    send_only.append(res.send_seconds)
-                shutil.rmtree(storage_dir(vroot) / f"data/local/tmp/bench/{mover}{r}")
-            times["adb push (dir)"].append(adb_push(adb_port, serial, model, f"/data/local/tmp/bench/adb{r}"))
-            shutil.rmtree(storage_dir(vroot) / f"data/local/tmp/bench/adb{r}")
-        med = {k: statistics.median(v) for k, v in times.items()}
-        for k, v in times.items():
-            runs = " ".join(f"{size / 1e6 / t:.0f}" for t in v)
-            print(f"cold {k:<22} median {med[k]:.2f} s = {size / 1e6 / med[k]:4.0f} MB/s   (runs MB/s: {runs})")
-        print(f"  (push_dir = send + on-device sha256 + mv per file, verification overlapped with the next send; "
-              f"sync send-only median {size / 1e6 / statistics.median(send_only):.0f} MB/s)")
-        ref = med["adb push (dir)"]
-        for mover in ("sync", "adb"):
-            print(f"throughput ratio push_dir(mover={mover}) / adb push = {ref / med[f'push_dir mover={mover}']:.2f}"
-                  "  (goal >= 0.9)")
+        for cap in args.caps:
+            cold(dev, vroot, model, entries, size, adb_port, serial, cap, args)
+        write_faults(vroot)  # uncapped again for what follows
 
         cpu_report(dev, model, entries, vroot, adb_port, serial)
 

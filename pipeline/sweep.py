@@ -9,7 +9,10 @@ second job using a model builds nothing and sends 0 bytes.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,11 @@ JOB_STATUS = "job_status.json"
 
 
 def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
-    """Run fetch → push → run → score into `workdir`; returns the quality score (Hydra sweepers can optimise it)."""
+    """Run fetch → push → run → score into `workdir`; returns the quality score (Hydra sweepers can optimise it).
+
+    Writes ``<job dir>/job_profile.json`` (seconds per phase, incl. the wait for a pool device) so a slow sweep
+    shows which host-side step serialises the jobs (``benchmarks/pool_speedup.py`` prints it).
+    """
     from pipeline.cluster import for_this_node
     from pipeline.device.pool import PoolError, check_pool, leased_device
     from pipeline.stages import StageError, fetch, push, run, score
@@ -35,17 +42,60 @@ def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
     sweep_id = sweep_id_of(hydra_cfg)
     ctx = RunContext.from_env(sweep_id=sweep_id)
     job = f"{sweep_id}/{hydra_cfg.job.num}" if sweep_id else str(workdir)
-    fetch.run(cfg, workdir, ctx)  # parallel jobs share the cache: builds are atomic and skip unchanged files
+    prof = _Profile(workdir)
+    with prof.phase("fetch"):
+        fetch.run(cfg, workdir, ctx)  # parallel jobs share the cache: builds are atomic and skip unchanged files
     try:  # device.kind=pool: hold one device from push to run; fetch and score need none
-        with leased_device(cfg.device, job, cfg.app.virtual_only) as device:
+        with prof.phase("device_wait"), leased_device(cfg.device, job, cfg.app.virtual_only) as device:
+            prof.end("device_wait")
             job_cfg = replace(cfg, device=device)
-            push.run(job_cfg, workdir, ctx)
-            run.run(job_cfg, workdir, ctx)
+            with prof.phase("push"):
+                push.run(job_cfg, workdir, ctx)
+            with prof.phase("run"):
+                run.run(job_cfg, workdir, ctx)
     except PoolError as e:
         raise StageError(str(e)) from None
-    score.run(job_cfg, workdir, ctx)
+    with prof.phase("score"):
+        score.run(job_cfg, workdir, ctx)
+    prof.write()
     score_json = json.loads((workdir / cfg.paths.metrics / "score.json").read_text())
     return score_json["quality"]["score"]
+
+
+JOB_PROFILE = "job_profile.json"
+
+
+class _Profile:
+    """Wall seconds per phase of one job, its start time and process (to see start-up and worker reuse)."""
+
+    def __init__(self, workdir: Path) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.workdir = workdir
+        self.t0 = time.time()
+        self.warm = "sentence_transformers" in sys.modules  # inherited from a preloading parent (launcher=pool)
+        self.phases: dict[str, float] = {}
+        self._open: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._open[name] = self._clock()
+        try:
+            yield
+        finally:
+            self.end(name)
+
+    def end(self, name: str) -> None:
+        """Close a phase early (the device wait ends when the lease is granted, inside the ``with``)."""
+        if name in self._open:
+            self.phases[name] = round(self._clock() - self._open.pop(name), 3)
+
+    def write(self) -> None:
+        from pipeline.stages import write_json
+
+        write_json(self.workdir / JOB_PROFILE, {"phases_s": self.phases, "job_start": self.t0, "pid": os.getpid(),
+                                                   "warm_start": self.warm})
 
 
 def sweep_id_of(hydra_cfg: Any) -> str | None:
@@ -83,6 +133,68 @@ def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
     for j in out:
         j["overrides"] = " ".join(o for o in j["overrides_all"] if o not in common)
     return out
+
+
+def preload_host_side(config: Any) -> dict[str, float]:
+    """Import the heavy modules of fetch/push/run/score and load the embedding model of the sweep's base config
+    in this process (seconds per item returned). Nothing here starts threads or opens the MLflow store, so the
+    process can be forked safely afterwards; a failure is left for the job to report."""
+    import importlib
+    import time
+
+    took: dict[str, float] = {}
+    for mod in ("torch", "sentence_transformers", "matplotlib.pyplot", "mlflow", "pipeline.stages.fetch",
+                "pipeline.stages.push", "pipeline.stages.run", "pipeline.stages.score", "pipeline.quality.score"):
+        t = time.monotonic()
+        try:
+            importlib.import_module(mod)
+        except Exception:  # noqa: BLE001 - an optional module missing is the job's to report
+            continue
+        took[mod] = round(time.monotonic() - t, 2)
+    scoring = config.get("scoring") or {}
+    if scoring.get("relevance", True):
+        t = time.monotonic()
+        try:
+            from pipeline.quality.relevance import load_model
+
+            load_model(scoring.get("embedding_model"))
+            took["embedding model"] = round(time.monotonic() - t, 2)
+        except Exception:  # noqa: BLE001 - RelevanceError etc.: the job raises it with its own message
+            pass
+    print(f"sweep: preloaded for the forked workers in {sum(took.values()):.1f} s", file=sys.stderr)
+    return took
+
+
+# The jobs of a ForkPoolLauncher sweep (hydra_plugins/odeval_fork_launcher), set in the parent right before the
+# fork and read by the workers. It lives here, in a module imported the ordinary way, because Hydra loads plugin
+# modules under its own loader: a global there is not the one a worker finds when it unpickles the job function.
+FORK_JOBS: list[tuple[Any, ...]] = []
+
+
+def run_forked_job(index: int) -> Any:
+    """Run job ``index`` of :data:`FORK_JOBS` in a forked worker (Hydra's own per-job setup)."""
+    from hydra_plugins.hydra_joblib_launcher._core import execute_job
+
+    return _portable(execute_job(*FORK_JOBS[index]))
+
+
+def _portable(ret: Any) -> Any:
+    """The JobReturn as plain containers: its configs hold structured-config classes that Hydra re-creates per
+    process, which plain pickle refuses to send back ("not the same object as ..."); loky's cloudpickle hid it."""
+    from omegaconf import OmegaConf
+
+    for name in ("cfg", "hydra_cfg"):
+        value = getattr(ret, name, None)
+        if value is not None:
+            setattr(ret, name, OmegaConf.create(OmegaConf.to_container(value, resolve=False)))
+    try:
+        import pickle
+
+        pickle.dumps(ret._return_value)
+    except Exception as e:  # noqa: BLE001 - an unpicklable result/exception: send its text instead
+        ret._return_value = RuntimeError(f"{type(e).__name__} returning the job's result: {ret._return_value!r}")
+    return ret
+
 
 
 try:

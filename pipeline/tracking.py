@@ -45,6 +45,15 @@ __all__ = [
     "git_commit",
     "git_dirty",
     "provenance_tags",
+    "headline_metrics",
+    "experiment_ui_path",
+    "ui_path",
+    "SHARED_VIEW_TAG",
+    "run_description",
+    "iso_to_ms",
+    "HEADLINE_METRICS",
+    "EXPERIMENT_KIND_TAG",
+    "EXPERIMENT_KIND",
     "MAX_PARAM_VAL_LENGTH",
     "HTTP_MAX_RETRIES",
     "HTTP_TIMEOUT_S",
@@ -63,6 +72,30 @@ _METRICS_PER_BATCH = 1000
 HTTP_MAX_RETRIES = 2
 HTTP_TIMEOUT_S = 10
 HTTP_BACKOFF_FACTOR = 1
+
+# MLflow 3's UI opens an experiment on its GenAI overview ("Traces 0") unless this experiment tag says it is a
+# model-development experiment; then it opens on the runs table. Values from the UI bundle of MLflow 3.17
+# (ExperimentKind enum); the "_inferred"/"no_inferred_type" ones are the UI's own guesses, which we replace.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+_GUESSED_KINDS = ("", "genai_development_inferred", "custom_model_development_inferred", "no_inferred_type")
+
+# The few numbers a user compares runs by, under plain names (the full dotted set from score.json is logged too;
+# pipeline/report reads the dotted names). name -> dotted source key.
+HEADLINE_METRICS = {
+    "decode_tok_s": "throughput.decode_tok_s.mean",
+    "ttft_s": "throughput.ttft_s.p50",
+    "quality": "quality.score",
+    "on_topic_rate": "quality.on_topic_rate",
+    "j_per_token": "energy_j_per_token",
+}
+
+# A saved runs-table view (MLflow UI "shared view state": an experiment tag read when the URL carries
+# ?viewStateShareKey=<key>) whose columns are the headline metrics, so the table shows them without the user
+# picking among ~80 metric names. Checked in headless Chromium against MLflow 3.17 (see /work notes).
+SHARED_VIEW_KEY = "odeval"
+SHARED_VIEW_TAG = "mlflow.sharedViewState." + SHARED_VIEW_KEY
+VIEW_TAG_COLUMNS = ("device.kind", "device.model")
 
 RUN_KEY_TAG = "run_key"
 SWEEP_TAG = "sweep_id"
@@ -260,12 +293,19 @@ def _looks_like_connection_error(exc: BaseException) -> bool:
 
 
 def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
-    """Find or create the experiment; sqlite stores get an absolute artifact location next to the database."""
+    """Find or create the experiment; sqlite stores get an absolute artifact location next to the database.
+
+    Either way the experiment is marked as model development (``mlflow.experimentKind``) unless a user chose a
+    kind, so ``mlflow ui`` opens it on the runs table rather than the empty GenAI traces overview."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage != "active":
             raise TrackingError(f"MLflow experiment {name!r} is deleted at {tracking_uri}: restore it "
                                 "(mlflow experiments restore) or choose another tracking.experiment")
+        if exp.tags.get(EXPERIMENT_KIND_TAG, "") in _GUESSED_KINDS:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if exp.tags.get(SHARED_VIEW_TAG) != shared_view_state():
+            client.set_experiment_tag(exp.experiment_id, SHARED_VIEW_TAG, shared_view_state())
         return exp.experiment_id
     db = _sqlite_path(tracking_uri)
     location = None
@@ -273,7 +313,9 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
         safe = re.sub(r"[^\w.\-]+", "_", name)
         location = (db.parent / "mlartifacts" / safe).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                                              SHARED_VIEW_TAG: shared_view_state()})
     except Exception:  # noqa: BLE001 — a parallel job may have created it in between (http stores: no lock)
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -290,6 +332,72 @@ def _find_runs(client: Any, exp_id: str, tags: Mapping[str, str]) -> list[Any]:
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return list(client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time ASC"],
                                    max_results=50))
+
+
+def shared_view_state() -> str:
+    """The JSON of the runs-table view ``?viewStateShareKey=odeval`` opens: headline metrics + device tags."""
+    cols = [f"metrics.`{k}`" for k in HEADLINE_METRICS] + [f"tags.`{k}`" for k in VIEW_TAG_COLUMNS]
+    return json.dumps({"selectedColumns": cols})
+
+
+def ui_path(experiment_id: str) -> str:
+    """Where in ``mlflow ui`` the experiment's runs table opens with the headline columns (append to the UI's
+    address). The ``/runs`` route opens the runs table whatever the UI's GenAI/model-training toggle says."""
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
+
+
+def experiment_ui_path(tracking_uri: str, experiment: str) -> str | None:
+    """:func:`ui_path` of an experiment by name (None when it does not exist)."""
+    with _session(tracking_uri) as client:
+        exp = client.get_experiment_by_name(experiment)
+        return None if exp is None else ui_path(exp.experiment_id)
+
+
+def headline_metrics(flat: Mapping[str, float | None]) -> dict[str, float | None]:
+    """The :data:`HEADLINE_METRICS` taken from the flat score metrics (None where the run did not measure it)."""
+    return {plain: flat.get(dotted) for plain, dotted in HEADLINE_METRICS.items()}
+
+
+_HEADLINE_LABELS = {
+    "decode_tok_s": ("decode tok/s (mean)", ".2f"),
+    "ttft_s": ("TTFT p50 (s)", ".3f"),
+    "quality": ("quality score", ".3f"),
+    "on_topic_rate": ("on-topic rate", ".2f"),
+    "j_per_token": ("energy J/token", ".3g"),
+}
+
+
+def run_description(score: Mapping[str, Any], headline: Mapping[str, float | None]) -> str:
+    """The run's description in the UI (markdown): the headline numbers with units, what is not measured and
+    where the rest is, so a run page says what it measured without opening ~80 metric names."""
+    kind = str(score.get("device_kind", "unknown"))
+    lines = [f"**{score.get('n_prompts', '?')} prompts on a {kind} device**"
+             + (" (host CPU — not a phone result)" if kind == "virtual" else ""), "",
+             "| metric | value |", "| --- | --- |"]
+    for key, (label, spec) in _HEADLINE_LABELS.items():
+        v = headline.get(key)
+        shown = "not measured" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+        lines.append(f"| {label} (`{key}`) | {shown} |")
+    fails = score.get("failures") or {}
+    if fails:
+        lines += ["", f"Failed answers: {fails.get('failed', 0)} of {fails.get('measured', '?')} (each scores 0)."]
+    lines += ["", "Per prompt: Artifacts → `tables/prompts.json` and `prompts.csv`; every number: `score.json`."]
+    return "\n".join(lines)
+
+
+def iso_to_ms(value: Any) -> int | None:
+    """Epoch milliseconds of an ISO-8601 time (run.json ``started``/``ended``; naive = UTC); None if absent/bad."""
+    from datetime import UTC, datetime
+
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1000)
 
 
 def _prepare_metrics(metrics: Mapping[str, float | None]) -> tuple[dict[str, float], list[str]]:
@@ -398,9 +506,15 @@ def log_run(
     tables: Mapping[str, list[dict[str, Any]]] | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
+    start_time_ms: int | None = None,
+    end_time_ms: int | None = None,
+    description: str | None = None,
 ) -> str:
     """Create or update the MLflow run tagged ``run_key`` in ``experiment``; return its run id.
 
+    ``start_time_ms``/``end_time_ms`` are when the measured work really ran (the on-device run), so the UI shows
+    its real start and duration rather than the instant ``score`` logged it; ``description`` becomes the run's
+    description (markdown, ``mlflow.note.content``).
     ``params`` may be nested (flattened here) and are redacted, as are tags. None/NaN metrics are skipped and
     named in the ``missing_metrics`` tag; on an update, a metric that was logged before but is now missing gets
     NaN so the run does not keep showing a stale value. Re-logged metrics use step = revision (1, 2, …).
@@ -423,7 +537,7 @@ def log_run(
             start_tags = {RUN_KEY_TAG: run_key}
             if parent_run_id:
                 start_tags["mlflow.parentRunId"] = parent_run_id
-            run = client.create_run(exp_id, tags=start_tags, run_name=run_name)
+            run = client.create_run(exp_id, tags=start_tags, run_name=run_name, start_time=start_time_ms)
             revision, stale = 1, []
         run_id = run.info.run_id
         changed = _log_params(client, run, flat_params)
@@ -443,8 +557,10 @@ def log_run(
             all_tags["mlflow.parentRunId"] = parent_run_id
         if run_name and found:
             all_tags["mlflow.runName"] = run_name
+        if description:
+            all_tags["mlflow.note.content"] = description
         _set_tags(client, run_id, all_tags)
-        client.set_terminated(run_id, status="FINISHED")
+        client.set_terminated(run_id, status="FINISHED", end_time=end_time_ms)
         return run_id
 
 

@@ -104,7 +104,9 @@ class PushResult:
     bytes_sent: int = 0
     bytes_skipped: int = 0
     seconds: float = 0.0
-    send_seconds: float = 0.0
+    send_seconds: float = 0.0  # bytes on the wire (sync SEND … DONE/OKAY)
+    verify_seconds: float = 0.0  # on-device sha256 + mv of sent files (overlapped with the next send)
+    verify_wait_seconds: float = 0.0  # part of verify_seconds the sender waited for (not hidden behind a send)
     sent: list[str] = field(default_factory=list)
 
 
@@ -564,8 +566,10 @@ def _send_all(dev: Any, local_dir: Path, remote_dir: str, to_send: Sequence[File
 
     def verify(e: FileEntry) -> None:
         final = posixpath.join(remote_dir, e.path)
+        tv = time.monotonic()
         final_stats[e.path] = _verify_and_place(dev, _part_name(final), final, e.sha256, e.path in execs,
                                                 local_dir / e.path)
+        result.verify_seconds += time.monotonic() - tv
         result.files_sent += 1
         result.bytes_sent += e.size
         result.sent.append(e.path)
@@ -585,10 +589,10 @@ def _send_all(dev: Any, local_dir: Path, remote_dir: str, to_send: Sequence[File
                                  on_bytes)
                 result.send_seconds += time.monotonic() - ts
                 if pending is not None:
-                    pending.result()
+                    _wait(pending, result)
                 pending = pool.submit(verify, e)
             if pending is not None:
-                pending.result()
+                _wait(pending, result)
         except TransferError as err:
             if pending is not None and not pending.done():
                 try:  # keep what can still be verified before reporting the first error
@@ -599,6 +603,13 @@ def _send_all(dev: Any, local_dir: Path, remote_dir: str, to_send: Sequence[File
                                 ) from None
         finally:
             session.close()
+
+
+def _wait(pending: Any, result: PushResult) -> None:
+    """Wait for the in-flight verification, counting the time it was not hidden behind a send."""
+    tw = time.monotonic()
+    pending.result()
+    result.verify_wait_seconds += time.monotonic() - tw
 
 
 def push_dir(

@@ -82,7 +82,17 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
     if cfg.tracking.backend == "none":
         return
     from pipeline import summary
-    from pipeline.tracking import TrackingError, log_run, provenance_tags, resolve_tracking_uri, sweep_parent
+    from pipeline.tracking import (
+        TrackingError,
+        experiment_ui_path,
+        headline_metrics,
+        iso_to_ms,
+        log_run,
+        provenance_tags,
+        resolve_tracking_uri,
+        run_description,
+        sweep_parent,
+    )
 
     root = shared_root()
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
@@ -98,10 +108,18 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
         parent_run_id = None
         if sweep_id:
             parent_run_id = sweep_parent(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks")
+        flat = summary.flat_metrics(score)
+        headline = headline_metrics(flat)
         run_id = log_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_key=run_key, params=as_dict(cfg),
-                         metrics=summary.flat_metrics(score), tags=tags, artifacts=[a for a in artifacts if a.exists()],
-                         tables={"prompts": prompt_rows}, parent_run_id=parent_run_id, run_name=name)
+                         metrics={**headline, **flat}, tags=tags, artifacts=[a for a in artifacts if a.exists()],
+                         tables={"prompts": prompt_rows}, parent_run_id=parent_run_id, run_name=name,
+                         start_time_ms=iso_to_ms(run_json.get("started")), end_time_ms=iso_to_ms(run_json.get("ended")),
+                         description=run_description(score, headline))
         print(f"score: MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({uri})")
+        path = experiment_ui_path(uri, cfg.tracking.experiment) or ""  # runs table with the headline columns
+        where = (f"mlflow ui --backend-store-uri {uri}  → http://127.0.0.1:5000/" if uri.startswith("sqlite:")
+                 else uri.rstrip("/") + "/")
+        print(f"  view: {where}{path}")
     except TrackingError as e:
         msg = (f"MLflow logging failed: {e}. metrics/ is written; log later by re-running "
                "`python -m pipeline.stages.score` once the tracking store is reachable.")

@@ -39,23 +39,29 @@ def _mlflow_runs(uri: str) -> list:
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_six_job_sweep_runs_in_parallel_on_three_devices(fresh_log: Pool, tmp_path: Path):
+@pytest.mark.parametrize("launcher", ["joblib", "pool"])
+def test_six_job_sweep_runs_in_parallel_on_three_devices(fresh_log: Pool, tmp_path: Path, launcher: str):
     """`-m hydra/launcher=joblib hydra.launcher.n_jobs=3`: 6 jobs, 3 worker processes, ≤ 1 job per device at a
-    time, one MLflow parent with 6 children."""
+    time, one MLflow parent with 6 children. `hydra/launcher=pool` (forked workers that inherit what the sweep
+    preloaded) must give the same result."""
     pool = fresh_log
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", *pool.overrides(),
+        [sys.executable, "-m", "pipeline", "-m", f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=3",
+         *pool.overrides(),
          *_common(tmp_path), f"tracking.tracking_uri={uri}", f"hydra.sweep.dir={sweep}",
          "hydra.sweep.subdir=${hydra.job.num}", "sequence=s128,s256", "prompting=plain,system,fewshot"],
         cwd=REPO, env=pool.env(), capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("preloaded for the forked workers" in proc.stderr) == (launcher == "pool")
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == [str(i) for i in range(6)]
     for j in jobs:
         score = json.loads((sweep / j / "metrics" / "score.json").read_text())
         assert score["n_prompts"] == 2 and score["device_kind"] == "virtual"
+        profile = json.loads((sweep / j / "job_profile.json").read_text())["phases_s"]
+        assert set(profile) == {"fetch", "device_wait", "push", "run", "score"}
     leases = read_leases(pool.lock_dir)
     assert sorted(r["job"] for r in leases) == sorted(f"sweep/{i}" for i in range(6))
     assert all(r["t_release"] is not None for r in leases)

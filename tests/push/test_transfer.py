@@ -197,3 +197,36 @@ def test_permission_denied_names_remote_root(virtual_device, host_tree, tmp_path
     msg = str(err.value)
     assert "permission denied" in msg and "device.remote_root" in msg and "\n" not in msg
     assert not list(outside.iterdir())
+
+
+def test_bytes_corrupted_between_send_and_verify_are_caught(virtual_device, host_tree, remote, monkeypatch):
+    """The on-device sha256 runs beside the next file's send: a file whose bytes on the device differ from what
+    was sent (flipped after arrival, before verification) must still fail the push, never reach its final name,
+    and leave the files verified before it in place."""
+    from pipeline.device import transfer
+
+    vd = virtual_device
+    entries = scan_dir(host_tree)
+    victim = "we ird 'name' $x.bin"  # 3rd of 4 in send order: verified while zz_big.bin is being sent
+    original = transfer._SyncSession.send
+
+    def send_then_flip(self, local, remote_path, mode, mtime, on_bytes):
+        original(self, local, remote_path, mode, mtime, on_bytes)
+        if remote_path.endswith(f".{victim}{PART_SUFFIX}"):
+            part = sandbox(vd, remote_path)
+            data = bytearray(part.read_bytes())
+            data[len(data) // 2] ^= 0xFF  # same size: only a real hash of the device bytes notices
+            part.write_bytes(bytes(data))
+
+    monkeypatch.setattr(transfer._SyncSession, "send", send_then_flip)
+    with pytest.raises(TransferError, match=r"x\.bin failed verification after push"):
+        push_dir(vd.device, host_tree, remote, entries)
+    base = sandbox(vd, remote)
+    assert not (base / victim).exists() and not (base / f".{victim}{PART_SUFFIX}").exists()
+    for kept in ("lib/libllmod.so", "simple_app"):  # verified before the bad one: kept, byte-identical
+        assert (base / kept).read_bytes() == (host_tree / kept).read_bytes()
+    assert not (base / MANIFEST_NAME).exists()  # the manifest is written only after every file verified
+    monkeypatch.setattr(transfer._SyncSession, "send", original)
+    again = push_dir(vd.device, host_tree, remote, entries)
+    assert victim in again.sent
+    assert_mirrors(vd, host_tree, remote)

@@ -62,7 +62,19 @@ def test_default_pipeline_end_to_end(virtual_device, workdir, stage_cache):
     tags = runs[0].data.tags
     assert tags["device.kind"] == "virtual" and tags["model.manifest_sha256"] == fetch["model"]["manifest_sha256"]
     assert runs[0].data.params["model.name"] == "tiny-fp" and "quality.score" in runs[0].data.metrics
+    # the UI view: runs table (experiment kind), the on-device run's real times, plain-named headline metrics
     from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, HEADLINE_METRICS, iso_to_ms
+
+    exp = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}").get_experiment_by_name("odeval")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert runs[0].info.start_time == iso_to_ms(run_json["started"])
+    assert runs[0].info.end_time == iso_to_ms(run_json["ended"])
+    m = runs[0].data.metrics
+    assert m["quality"] == m["quality.score"] and m["ttft_s"] == m["throughput.ttft_s.p50"]
+    assert set(HEADLINE_METRICS) - {"j_per_token", "decode_tok_s"} <= set(m)  # no power rails / short answers
+    assert "quality score" in runs[0].data.tags["mlflow.note.content"]
 
     names = {a.path for a in MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
              .list_artifacts(runs[0].info.run_id)}

@@ -293,3 +293,48 @@ def test_parallel_jobs_share_one_parent(store: dict, exp: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         ids = set(pool.map(job, range(4)))
     assert len(ids) == 1 and len(runs(store, exp)) == 1
+
+
+def test_experiment_opens_on_runs_table(store: dict, exp: str, tmp_path: Path) -> None:
+    """MLflow 3's UI opens an experiment on the runs table only when its kind tag says model development."""
+    log(store, exp, "k-kind", {"quality.score": 0.5}, tmp_path)
+    client = store["client"]
+    got = client.get_experiment_by_name(exp)
+    assert got.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND == "custom_model_development"
+    old = f"{exp}-old"  # created before odeval tagged experiments: tagged on the next log
+    client.create_experiment(old)
+    log(store, old, "k-old", {"quality.score": 0.5}, tmp_path)
+    assert client.get_experiment_by_name(old).tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+    view = json.loads(got.tags[tracking.SHARED_VIEW_TAG])  # ?viewStateShareKey=odeval: headline columns
+    assert view["selectedColumns"][:2] == ["metrics.`decode_tok_s`", "metrics.`ttft_s`"]
+    assert tracking.experiment_ui_path(store["uri"], exp) == \
+        f"#/experiments/{got.experiment_id}/runs?viewStateShareKey=odeval"
+    chosen = f"{exp}-chosen"  # a kind a user picked in the UI is theirs to keep
+    client.create_experiment(chosen, tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
+    log(store, chosen, "k-chosen", {"quality.score": 0.5}, tmp_path)
+    assert client.get_experiment_by_name(chosen).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_run_times_are_the_measured_run(store: dict, exp: str, tmp_path: Path) -> None:
+    started, ended = "2024-05-01T10:00:00.250000+00:00", "2024-05-01T10:07:30+00:00"
+    rid = log(store, exp, "k-times", {"quality.score": 0.5}, tmp_path, start_time_ms=tracking.iso_to_ms(started),
+              end_time_ms=tracking.iso_to_ms(ended), description="**hello**")
+    run = store["client"].get_run(rid)
+    assert run.info.start_time == 1714557600250 and run.info.end_time == 1714558050000
+    assert run.data.tags["mlflow.note.content"] == "**hello**"
+    assert tracking.iso_to_ms("2024-05-01T10:00:00") == 1714557600000  # naive = UTC, as run.json writes
+    assert tracking.iso_to_ms(None) is None and tracking.iso_to_ms("yesterday") is None
+
+
+def test_headline_metrics_have_plain_names(store: dict, exp: str, tmp_path: Path) -> None:
+    flat = {"throughput.decode_tok_s.mean": 12.5, "throughput.ttft_s.p50": 0.21, "quality.score": 0.7,
+            "quality.on_topic_rate": 0.75, "energy_j_per_token": None}
+    head = tracking.headline_metrics(flat)
+    assert head == {"decode_tok_s": 12.5, "ttft_s": 0.21, "quality": 0.7, "on_topic_rate": 0.75,
+                    "j_per_token": None}
+    rid = log(store, exp, "k-head", {**flat, **head}, tmp_path)
+    run = store["client"].get_run(rid)
+    assert {"decode_tok_s", "ttft_s", "quality", "on_topic_rate", "quality.score"} <= set(run.data.metrics)
+    assert "j_per_token" in run.data.tags["missing_metrics"].split(",")  # not measured: never invented
+    text = tracking.run_description({"device_kind": "virtual", "n_prompts": 4}, head)
+    assert "| energy J/token (`j_per_token`) | not measured |" in text and "0.700" in text

@@ -1,0 +1,71 @@
+"""Hydra launcher ``hydra/launcher=pool``: parallel jobs in FORKED worker processes that inherit a warm host side.
+
+Why not the joblib launcher: it hard-codes joblib's loky backend, whose workers start as fresh interpreters, so
+every worker imports torch / sentence-transformers / matplotlib / MLflow and loads the embedding model itself.
+Measured with 3 workers on 2 cores (benchmarks/pool_speedup.py): each worker's first job spent 30-80 s in fetch
+and score on exactly that, all three at once, which made a 3-device sweep slower than the serial one. Here the
+sweep process loads those once (:func:`pipeline.sweep.preload_host_side`), then forks ``n_jobs`` workers
+(``multiprocessing`` "fork" context) that inherit them; each job is then only its own work. Nothing in the
+preload starts threads or opens the MLflow store, which is what makes forking after it safe.
+
+The jobs themselves run exactly as under the joblib launcher (Hydra's ``execute_job``: per-job config, output
+dir, logging), so job dirs, the pool leases, MLflow parent/child runs and ``SweepSummary`` are unchanged. The
+job list is handed to the workers through the fork (``pipeline.sweep.FORK_JOBS``), not pickled: only the job
+index goes down and only the ``JobReturn`` comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class ForkPoolLauncher(Launcher):
+    """``n_jobs`` forked workers; ``preload`` loads the host side once before forking (see module doc)."""
+
+    def __init__(self, n_jobs: int = 3, preload: bool = True) -> None:
+        self.n_jobs = int(n_jobs)
+        self.preload = bool(preload)
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None and self.task_function is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        n = max(1, min(self.n_jobs, len(job_overrides)))
+        log.info("ForkPoolLauncher(n_jobs=%d) is launching %d jobs in %s", n, len(job_overrides),
+                 self.config.hydra.sweep.dir)
+        for idx, overrides in enumerate(job_overrides):
+            log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
+        if self.preload and n > 1:
+            from pipeline.sweep import preload_host_side
+
+            preload_host_side(self.config)
+        from pipeline.sweep import FORK_JOBS, run_forked_job
+
+        state = Singleton.get_state()
+        FORK_JOBS[:] = [(initial_job_idx + idx, overrides, self.hydra_context, self.config, self.task_function,
+                         state) for idx, overrides in enumerate(job_overrides)]
+        try:
+            if n == 1:  # no fork for a serial sweep: same process, same behaviour as the basic launcher
+                return [run_forked_job(i) for i in range(len(FORK_JOBS))]
+            with multiprocessing.get_context("fork").Pool(n) as pool:
+                return pool.map(run_forked_job, range(len(FORK_JOBS)), chunksize=1)
+        finally:
+            FORK_JOBS.clear()
