@@ -16,7 +16,7 @@ from pipeline.runner import AppProcess
 
 
 def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, template: str,
-            past_end_token: int | None) -> dict[str, str]:
+            past_end_token: int | str | None, past_end_unwritten_id: int = 0) -> dict[str, str]:
     """The environment on the device's command line: ``app.env`` with ``{app_dir}`` filled in, plus — for the
     reference app only — its template and past-end quirk (simple_app has both compiled in)."""
     out = {k: str(v).replace("{app_dir}", app_dir) for k, v in env.items()}
@@ -24,6 +24,8 @@ def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, templat
         out["ODEVAL_TEMPLATE"] = template
         if past_end_token is not None:
             out["ODEVAL_QUIRK_PAST_END_TOKEN"] = str(past_end_token)
+            if past_end_token == "faithful":
+                out["ODEVAL_QUIRK_PAST_END_UNWRITTEN"] = str(int(past_end_unwritten_id))
     return out
 
 
