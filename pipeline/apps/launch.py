@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pipeline.apps.prompt_buffer import format_setting
 from pipeline.apps.simple_app import app_command
 from pipeline.runner import AppProcess
 
@@ -23,9 +24,7 @@ def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, templat
     if virtual_only:
         out["ODEVAL_TEMPLATE"] = template
         if past_end_token is not None:
-            out["ODEVAL_QUIRK_PAST_END_TOKEN"] = str(past_end_token)
-            if past_end_token == "faithful":
-                out["ODEVAL_QUIRK_PAST_END_UNWRITTEN"] = str(int(past_end_unwritten_id))
+            out["ODEVAL_QUIRK_PAST_END_TOKEN"] = format_setting(past_end_token, past_end_unwritten_id)
     return out
 
 

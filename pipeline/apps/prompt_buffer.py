@@ -161,13 +161,22 @@ def past_end(fmt: PromptFormat, setting: str | int | None, line: str | bytes,
     return past_end_for(setting, prefix, line, suffix, fmt.codec, unwritten_id)
 
 
-def parse_setting(text: str) -> str | int | None:
-    """``$ODEVAL_QUIRK_PAST_END_TOKEN`` → setting: empty → None, ``faithful``, or an integer id (else ValueError)."""
+def format_setting(setting: str | int | None, unwritten_id: int = DEFAULT_UNWRITTEN_ID) -> str:
+    """The one env value that carries the setting to the app: ``""``, ``"<id>"`` or ``"faithful:<unwritten id>"``."""
+    if setting is None:
+        return ""
+    return f"faithful:{int(unwritten_id)}" if setting == "faithful" else str(int(setting))
+
+
+def parse_setting(text: str) -> tuple[str | int | None, int]:
+    """``$ODEVAL_QUIRK_PAST_END_TOKEN`` → (setting, unwritten id): empty → None, ``faithful[:<id>]``, or an integer
+    id (else ValueError)."""
     text = text.strip()
     if not text:
-        return None
-    if text == "faithful":
-        return text
-    if text.lstrip("-").isdigit():
-        return int(text)
-    raise ValueError(f"{text!r} is neither an integer token id nor 'faithful'")
+        return None, DEFAULT_UNWRITTEN_ID
+    name, sep, fallback = text.partition(":")
+    if name == "faithful" and (not sep or fallback.lstrip("-").isdigit()):
+        return "faithful", int(fallback) if sep else DEFAULT_UNWRITTEN_ID
+    if not sep and text.lstrip("-").isdigit():
+        return int(text), DEFAULT_UNWRITTEN_ID
+    raise ValueError(f"{text!r} is neither an integer token id nor 'faithful[:<id>]'")

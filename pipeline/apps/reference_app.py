@@ -20,9 +20,9 @@ Documented differences from simple_app:
   silently overwritten (simple_app then produces corrupted context);
 - the app's read past the end of the prompt (``prompt_tokens[num_prompt_tokens]``, fed as the first "answer"
   input) is replaced by sampling from the last prompt token's logits unless ``ODEVAL_QUIRK_PAST_END_TOKEN`` is set:
-  ``faithful`` feeds what simple_app's prompt buffer holds in that slot (pipeline/apps/prompt_buffer.py: the stale
-  tail of the merge loop, or ``ODEVAL_QUIRK_PAST_END_UNWRITTEN`` — default 0 — when the slot was never written),
-  an integer feeds that id for every prompt;
+  ``faithful:<id>`` feeds what simple_app's prompt buffer holds in that slot (pipeline/apps/prompt_buffer.py: the
+  stale tail of the merge loop, or ``<id>`` — default 0 with a bare ``faithful`` — when the slot was never
+  written), an integer feeds that id for every prompt;
 - ``-t/-p/...`` argument lines are ignored (the app's parser is broken and can crash);
 - a load failure exits 1 with one line on stderr (the app prints the banner and then refuses every prompt);
 - an elapsed time of 0 ms uses the fractional time instead of printing ``inf``.
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.apps.prompt_buffer import DEFAULT_UNWRITTEN_ID, past_end, parse_setting
+from pipeline.apps.prompt_buffer import DEFAULT_UNWRITTEN_ID, parse_setting, past_end
 from pipeline.apps.prompt_format import TEMPLATES, PromptFormat, PromptFormatError, load_format
 from pipeline.models.tokenizer_bin import SPECIAL_TEXTS, TokenizerBin, TokenizerBinError, load_for_model
 
@@ -378,16 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=MAX_STEPS)
     args = ap.parse_args(argv)
     quirk = os.environ.get("ODEVAL_QUIRK_PAST_END_TOKEN", "")
-    unwritten = os.environ.get("ODEVAL_QUIRK_PAST_END_UNWRITTEN", "").strip()
     try:
         if args.template not in TEMPLATES:
             raise ReferenceAppError(f"ODEVAL_TEMPLATE={args.template!r} is unknown; use one of {', '.join(TEMPLATES)}")
         try:
-            setting = parse_setting(quirk)
+            setting, unwritten = parse_setting(quirk)
         except ValueError as exc:
-            raise ReferenceAppError(f"ODEVAL_QUIRK_PAST_END_TOKEN: {exc}; use an integer or faithful") from None
-        if unwritten and not unwritten.lstrip("-").isdigit():
-            raise ReferenceAppError(f"ODEVAL_QUIRK_PAST_END_UNWRITTEN={unwritten!r} is not a token id; use an integer")
+            raise ReferenceAppError(f"ODEVAL_QUIRK_PAST_END_TOKEN: {exc}; use an integer or faithful:<id>") from None
         engine = load_engine(confined_dir(args.model_dir))
         engine.prompt_format(args.template, gemma="gemma" in args.model_dir)  # a template the model cannot use
     except ReferenceAppError as exc:
@@ -397,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"reference_app: loaded in {engine.load_s:.3f} s\n")
     try:
         return repl(engine, args.model_dir, args.template, args.max_steps, sys.stdin.buffer, sys.stdout.buffer,
-                    Faults.from_env(), setting, int(unwritten) if unwritten else DEFAULT_UNWRITTEN_ID)
+                    Faults.from_env(), setting, unwritten)
     except BrokenPipeError:
         return 0
 

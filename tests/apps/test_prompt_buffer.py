@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.apps import reference_app as ra
-from pipeline.apps.prompt_buffer import build_buffer, merge_in_place, parse_setting, past_end, past_end_for
+from pipeline.apps.prompt_buffer import (
+    build_buffer,
+    format_setting,
+    merge_in_place,
+    parse_setting,
+    past_end,
+    past_end_for,
+)
 from pipeline.apps.prompt_format import load_format, mobilequant_markers
 from pipeline.models.tokenizer_bin import TokenizerBin
 
@@ -75,12 +82,28 @@ def test_settings() -> None:
     c = codec()
     assert past_end_for(None, [8], "ab.", [9], c).to_row() == {"case": "none", "id_fed": None, "index": None}
     assert past_end_for(4, [8], "ab.", [9], c).id_fed == 4
-    assert parse_setting("") is None and parse_setting(" faithful ") == "faithful" and parse_setting("-3") == -3
-    for bad in ("fast", "1.5", "/etc/passwd"):
+    assert parse_setting("") == (None, 0) and parse_setting(" faithful ") == ("faithful", 0)
+    assert parse_setting("-3") == (-3, 0) and parse_setting("faithful:13") == ("faithful", 13)
+    assert [parse_setting(format_setting(s, 13)) for s in (None, 5, "faithful")] == [(None, 0), (5, 0),
+                                                                                    ("faithful", 13)]
+    for bad in ("fast", "1.5", "/etc/passwd", "faithful:x", "3:4"):
         with pytest.raises(ValueError):
             parse_setting(bad)
     with pytest.raises(ValueError):
         past_end_for("faithfull", [], "a", [], c)
+
+
+def test_the_setting_reaches_the_app_through_the_device_allowlist_only_as_an_id_or_faithful() -> None:
+    from pipeline.apps.launch import app_env
+    from pipeline.virtual.app_launch import DEVICE_KNOBS
+
+    knob = DEVICE_KNOBS["ODEVAL_QUIRK_PAST_END_TOKEN"]
+    env = app_env({}, "/d", virtual_only=True, template="mobilequant", past_end_token="faithful",
+                  past_end_unwritten_id=13)
+    assert env["ODEVAL_QUIRK_PAST_END_TOKEN"] == "faithful:13" and knob.fullmatch("faithful:13")
+    assert "ODEVAL_QUIRK_PAST_END_TOKEN" not in app_env({}, "/d", virtual_only=True, template="raw",
+                                                        past_end_token=None)
+    assert knob.fullmatch("-7") and not any(knob.fullmatch(v) for v in ("faithful:/etc", "faithful", "x", "1;ls"))
 
 
 def llm_cpp_encode(c: TokenizerBin, text: bytes, prefix: list[int], suffix: list[int]) -> tuple[list[int], int]:
