@@ -74,7 +74,8 @@ class AppConfig:
     device_arg: str | None = "8gen3"
     template: str = "mobilequant"  # mobilequant | hf-chat | raw (only the reference app can change it)
     template_tokens: int = 15
-    past_end_token: int | None = None  # reference app: emulate simple_app's read past the prompt (see conf/app)
+    past_end_token: int | str | None = None  # reference app: simple_app's read past the prompt — null | id | faithful
+    past_end_unwritten_id: int = 0  # faithful: the id fed when that slot was never written (see conf/app)
     virtual_only: bool = False
     env: dict[str, str] = field(default_factory=dict)
     required_files: list[str] = field(default_factory=list)  # files the app dir must hold, e.g. the QNN libs
@@ -405,6 +406,10 @@ def validate(cfg: Config, source: str = "config") -> None:
             f"app={a.name} with device.kind=adb: the {a.name} app only runs on the virtual device — use"
             " app=simple-app-8gen3 (or device=virtual)"
         )
+    pe = a.past_end_token
+    if isinstance(pe, str) and pe != "faithful" or isinstance(pe, bool):
+        p.append(f"app.past_end_token={pe!r}: use null (the fixed app), an integer token id, or faithful (simple_app's"
+                 " prompt buffer rebuilt with the model's vocabulary)")
     if a.past_end_token is not None and not a.virtual_only:
         p.append(f"app.past_end_token={a.past_end_token}: only the reference app can emulate simple_app's read past"
                  " the prompt; the real binary always does it")

@@ -11,19 +11,20 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pipeline.apps.prompt_buffer import format_setting
 from pipeline.apps.simple_app import app_command
 from pipeline.runner import AppProcess
 
 
 def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, template: str,
-            past_end_token: int | None) -> dict[str, str]:
+            past_end_token: int | str | None, past_end_unwritten_id: int = 0) -> dict[str, str]:
     """The environment on the device's command line: ``app.env`` with ``{app_dir}`` filled in, plus — for the
     reference app only — its template and past-end quirk (simple_app has both compiled in)."""
     out = {k: str(v).replace("{app_dir}", app_dir) for k, v in env.items()}
     if virtual_only:
         out["ODEVAL_TEMPLATE"] = template
         if past_end_token is not None:
-            out["ODEVAL_QUIRK_PAST_END_TOKEN"] = str(past_end_token)
+            out["ODEVAL_QUIRK_PAST_END_TOKEN"] = format_setting(past_end_token, past_end_unwritten_id)
     return out
 
 

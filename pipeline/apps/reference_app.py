@@ -18,9 +18,11 @@ Documented differences from simple_app:
 - stdin EOF exits with status 0 (simple_app loops printing ``>>> `` forever);
 - at the sequence limit (position wraps modulo seq_len-1 = 1023) the KV cache is cleared instead of being
   silently overwritten (simple_app then produces corrupted context);
-- the app's read past the end of the prompt (``prompt_tokens[num_prompt_tokens]``, uninitialised memory, fed as
-  the first "answer" input) is replaced by sampling from the last prompt token's logits; set
-  ``ODEVAL_QUIRK_PAST_END_TOKEN=<id>`` to feed that id instead and emulate the app's extra forward;
+- the app's read past the end of the prompt (``prompt_tokens[num_prompt_tokens]``, fed as the first "answer"
+  input) is replaced by sampling from the last prompt token's logits unless ``ODEVAL_QUIRK_PAST_END_TOKEN`` is set:
+  ``faithful:<id>`` feeds what simple_app's prompt buffer holds in that slot (pipeline/apps/prompt_buffer.py: the
+  stale tail of the merge loop, or ``<id>`` — default 0 with a bare ``faithful`` — when the slot was never
+  written), an integer feeds that id for every prompt;
 - ``-t/-p/...`` argument lines are ignored (the app's parser is broken and can crash);
 - a load failure exits 1 with one line on stderr (the app prints the banner and then refuses every prompt);
 - an elapsed time of 0 ms uses the fractional time instead of printing ``inf``.
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.apps.prompt_buffer import DEFAULT_UNWRITTEN_ID, parse_setting, past_end
 from pipeline.apps.prompt_format import TEMPLATES, PromptFormat, PromptFormatError, load_format
 from pipeline.models.tokenizer_bin import SPECIAL_TEXTS, TokenizerBin, TokenizerBinError, load_for_model
 
@@ -328,8 +331,11 @@ def _reload_lines(models_dir: str, max_steps: int, model_type: str) -> str:
 
 
 def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: BinaryIO, stdout: BinaryIO,
-         faults: Faults = Faults(), past_end_token: int | None = None) -> int:
-    """simple_app's ``main`` loop over ``stdin``/``stdout`` (bytes). Returns the exit status."""
+         faults: Faults = Faults(), past_end_token: int | str | None = None,
+         unwritten_id: int = DEFAULT_UNWRITTEN_ID) -> int:
+    """simple_app's ``main`` loop over ``stdin``/``stdout`` (bytes). Returns the exit status.
+
+    ``past_end_token``: None (fixed app), an id, or ``faithful`` (per prompt, from simple_app's buffer model)."""
     model_type = "gemma" if "gemma" in models_dir else "llama"
     welcome = GEMMA_BANNER if model_type == "gemma" else BANNER
     fmt = engine.prompt_format(template, gemma=model_type == "gemma")
@@ -365,7 +371,8 @@ def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: 
             if not fmt.carries_context:
                 engine.reset()
             ids = fmt.ids(cmd)
-            generate(engine, ids, stdout, max_steps, faults, past_end_token)
+            fed = past_end(fmt, past_end_token, cmd, unwritten_id).id_fed
+            generate(engine, ids, stdout, max_steps, faults, fed)
         welcome = PROMPT
 
 
@@ -377,12 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--template", choices=TEMPLATES, default=os.environ.get("ODEVAL_TEMPLATE") or "mobilequant")
     ap.add_argument("--max-steps", type=int, default=MAX_STEPS)
     args = ap.parse_args(argv)
-    quirk = os.environ.get("ODEVAL_QUIRK_PAST_END_TOKEN", "").strip()
+    quirk = os.environ.get("ODEVAL_QUIRK_PAST_END_TOKEN", "")
     try:
         if args.template not in TEMPLATES:
             raise ReferenceAppError(f"ODEVAL_TEMPLATE={args.template!r} is unknown; use one of {', '.join(TEMPLATES)}")
-        if quirk and not quirk.lstrip("-").isdigit():
-            raise ReferenceAppError(f"ODEVAL_QUIRK_PAST_END_TOKEN={quirk!r} is not a token id; use an integer")
+        try:
+            setting, unwritten = parse_setting(quirk)
+        except ValueError as exc:
+            raise ReferenceAppError(f"ODEVAL_QUIRK_PAST_END_TOKEN: {exc}; use an integer or faithful:<id>") from None
         engine = load_engine(confined_dir(args.model_dir))
         engine.prompt_format(args.template, gemma="gemma" in args.model_dir)  # a template the model cannot use
     except ReferenceAppError as exc:
@@ -392,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"reference_app: loaded in {engine.load_s:.3f} s\n")
     try:
         return repl(engine, args.model_dir, args.template, args.max_steps, sys.stdin.buffer, sys.stdout.buffer,
-                    Faults.from_env(), int(quirk) if quirk else None)
+                    Faults.from_env(), setting, unwritten)
     except BrokenPipeError:
         return 0
 

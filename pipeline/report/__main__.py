@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="append", default=[], metavar="KEY=LEVEL",
                    help="baseline level of a factor for the deltas (repeatable; default: the FP model for model.name, "
                         "else the first level)")
+    p.add_argument("--ends", nargs=2, metavar=("A", "B"), default=None,
+                   help="compare two runs that differ in several factors, each named by KEY=LEVEL[,KEY=LEVEL...] "
+                        "(paired per-prompt delta B−A with a bootstrap CI)")
     p.add_argument("--embeddings", action="store_true",
                    help="also compute embedding similarity to the FP answers (loads all-MiniLM-L6-v2 on CPU)")
     p.add_argument("--embedding-model", default=None, help="embedding model dir/repo (default: the verified bundle)")
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         from pipeline.report.build import report_from_mlflow
+        from pipeline.report.contrasts import parse_spec
         from pipeline.tracking import TrackingError, resolve_tracking_uri
         from pipeline.workspace import shared_root
 
@@ -63,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(1)  # the CPU is shared with whatever else runs; the encode is small
         rep = report_from_mlflow(uri, args.out, experiment=args.experiment, sweep=args.sweep, tag=args.tag,
                                  fp_model=args.fp_model, baselines=_baselines(args.baseline),
-                                 embeddings=args.embeddings, embedding_model=args.embedding_model)
+                                 embeddings=args.embeddings, embedding_model=args.embedding_model,
+                                 ends=tuple(parse_spec(x) for x in args.ends) if args.ends else None)
     except ReportError as e:
         print(f"report: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.report import ReportError
+from pipeline.report.contrasts import answers_section, ends_section
 from pipeline.report.factors import FactorEffect, LevelEffect, analyse, bootstrap_ci, prompt_quality
 from pipeline.report.fidelity import TOKENS_NOTE, FidelityResult, fidelity_to_fp
 from pipeline.report.plots import quality_vs_throughput, toks_vs_budget
@@ -144,7 +145,8 @@ def missing_section(records: Sequence[RunRecord]) -> list[str]:
 
 def build_report(records: Sequence[RunRecord], out_dir: Path, *, title: str, fp_model: str | None = None,
                  baselines: Mapping[str, str] | None = None, embeddings: bool = False,
-                 embedding_model: str | None = None, ignore: Sequence[str] = DEFAULT_IGNORE) -> Report:
+                 embedding_model: str | None = None, ignore: Sequence[str] = DEFAULT_IGNORE,
+                 ends: tuple[Mapping[str, str], Mapping[str, str]] | None = None) -> Report:
     """Write ``out_dir/report.md`` (+ PNGs, fidelity.csv) for ``records``; returns what was written."""
     if not records:
         raise ReportError(f"{title}: no finished runs selected — check --sweep/--experiment/--tag and --tracking-uri")
@@ -164,7 +166,8 @@ def build_report(records: Sequence[RunRecord], out_dir: Path, *, title: str, fp_
     md = [f"# {title}", "", f"{len(recs)} run(s); device kind(s): {', '.join(kinds)}.", "", "## Runs", "",
           table_md, "", *[f"- {n}" for n in footnotes(recs, facs)], "", "## Plots", "",
           *[f"![{p.stem}]({p.name})" for p in pngs], "",
-          *factor_section(effects, dropped), *fidelity_section(fid, fp, embeddings, csv_path, facs),
+          *factor_section(effects, dropped), *(ends_section(recs, facs, *ends) if ends else []),
+          *answers_section(recs, facs), *fidelity_section(fid, fp, embeddings, csv_path, facs),
           *missing_section(recs)]
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")

@@ -59,7 +59,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
 
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
     a, app_dir = cfg.app, push["app"]["remote_dir"]
-    env = app_env(a.env, app_dir, virtual_only=a.virtual_only, template=a.template, past_end_token=a.past_end_token)
+    env = app_env(a.env, app_dir, virtual_only=a.virtual_only, template=a.template, past_end_token=a.past_end_token,
+                  past_end_unwritten_id=a.past_end_unwritten_id)
+    past_ends = past_end_rows(cfg, fmt, items)
     start_app = app_launcher(dev, app_dir, push["model"]["remote_dir"], a.device_arg, env, a.binary,
                              on_pid=lambda pid: setattr(sampler, "pid", pid))
     status, reason = "failed", "the run stage stopped before its first prompt"
@@ -68,7 +70,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
         try:
             run_prompts(items, start_app, RunOptions.from_config(cfg.runtime, cfg.session.mode,
                                                                  cfg.sequence.max_new_tokens, cfg.model.max_seq_len),
-                        count_tokens=count_tokens, count_prompt=fmt.count, skip=done, on_row=write_row,
+                        count_tokens=count_tokens, count_prompt=fmt.count, skip=done,
+                        on_row=lambda row: write_row(row | {"past_end": past_ends.get(row["sent_text"])}),
                         progress=not ctx.quiet)
             status, reason = write_row.tally.verdict()
         except DeviceLost as e:
@@ -92,6 +95,20 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     if tally.failed:
         print(f"run: warning — {tally.describe()}; they count as failed answers in the score", file=sys.stderr)
     return record.path
+
+
+def past_end_rows(cfg: Config, fmt, items: list[RunItem]) -> dict[str, dict]:
+    """Per sent line, the row's ``past_end`` {case, id_fed, index}: the same buffer model the reference app feeds
+    from (pipeline/apps/prompt_buffer.py). For the real simple_app it is the model of what the phone does: a
+    never-written slot's id is unknowable there, so ``id_fed`` is null for case ``unwritten``."""
+    from pipeline.apps.prompt_buffer import past_end
+
+    a = cfg.app
+    setting, fallback = (a.past_end_token, a.past_end_unwritten_id) if a.virtual_only else ("faithful", None)
+    try:
+        return {it.sent_text: past_end(fmt, setting, it.sent_text, fallback).to_row() for it in items}
+    except ValueError as e:  # PromptFormatError: a template whose prefix/suffix cannot be told from the line
+        raise StageError(f"app.past_end_token={setting}: {e}") from None
 
 
 def load_prompt_set(cfg: Config, count_tokens) -> list:

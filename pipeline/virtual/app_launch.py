@@ -46,7 +46,8 @@ _BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
          f"runpy.run_module({APP_MODULE!r}, run_name='__main__', alter_sys=True)")
 _KNOB = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 DEVICE_KNOBS: dict[str, re.Pattern[str]] = {  # the reference app's behaviour knobs the run stage sets remotely
-    "ODEVAL_TEMPLATE": _KNOB, "ODEVAL_ENGINE": _KNOB, "ODEVAL_QUIRK_PAST_END_TOKEN": re.compile(r"-?[0-9]{1,9}")}
+    "ODEVAL_TEMPLATE": _KNOB, "ODEVAL_ENGINE": _KNOB,
+    "ODEVAL_QUIRK_PAST_END_TOKEN": re.compile(r"-?[0-9]{1,9}|faithful:-?[0-9]{1,9}")}  # an id | faithful:<unwritten id>
 DEVICE_INFO = ("LD_LIBRARY_PATH", "ADSP_LIBRARY_PATH")  # passed as ODEVAL_DEVICE_<name>, information only
 HOST_PASS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "ODEVAL_THREADS", "ODEVAL_ENGINE", "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE",

@@ -70,7 +70,7 @@ def test_secret_check_does_not_flag_token_counts_or_ids():
 def test_every_group_option_has_a_matching_name_key():
     """params.yaml records values, not choices: the `name:` key is how dvc exp show / MLflow tell options apart."""
     for f in CONF_DIR.glob("*/*.yaml"):
-        if f.parent.name in ("experiment", "hydra", "local"):
+        if f.parent.name in ("experiment", "diag", "hydra", "local"):  # diag: @package _global_ presets
             continue
         data = yaml.safe_load(f.read_text())
         assert data.get("name") == f.stem, f"{f}: name must be {f.stem!r}"
@@ -91,6 +91,9 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.ya
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_and_preset_composes_and_validates(group, option):
+    if group == "diag":  # not in the root defaults list: the diagnose-offtopic sweep adds it (+diag=...)
+        cfg = to_config(compose(["experiment=diagnose-offtopic", f"+diag={option}"]))
+        return
     cfg = to_config(compose([f"{group}={option}", *COMPANIONS.get((group, option), [])]))
     if group != "experiment":
         assert getattr(cfg, group).name == option
@@ -195,3 +198,26 @@ def test_cli_rejects_a_budget_over_max_seq_len():
 def test_cli_unknown_option_lists_the_options():
     r = run_cli("--cfg", "job", "model=nope")
     assert r.returncode != 0 and "tiny-w4" in r.stderr
+
+
+def test_past_end_token_is_null_an_id_or_faithful():
+    cfg = to_config(compose(["app.past_end_token=faithful", "app.past_end_unwritten_id=13"]))
+    assert (cfg.app.past_end_token, cfg.app.past_end_unwritten_id) == ("faithful", 13)
+    msg = problems(["app.past_end_token=stale"])
+    assert "app.past_end_token='stale': use null (the fixed app), an integer token id, or faithful" in msg
+
+
+def test_diagnose_offtopic_flips_one_factor_per_option():
+    """Every diag option but `fixed` differs from `as-is` in exactly one of the four factors."""
+    keys = ("model.name", "app.template", "app.past_end_token", "session.mode")
+
+    def cell(opt):
+        c = to_config(compose(["experiment=diagnose-offtopic", f"+diag={opt}"]))
+        return (c.model.name, c.app.template, c.app.past_end_token, c.session.mode)
+
+    base = cell("as-is")
+    assert base == ("smollm2-q4", "mobilequant", "faithful", "shared")
+    for opt in ("template", "past-end", "session", "ref", "w4", "w3"):
+        diff = [k for k, a, b in zip(keys, base, cell(opt), strict=True) if a != b]
+        assert len(diff) == 1, (opt, diff)
+    assert cell("fixed") == ("smollm2-q4", "hf-chat", None, "fresh")

@@ -177,7 +177,7 @@ def test_malformed_model_file_fails_before_the_app_starts(virtual_device, workdi
     fetch_path = workdir / "artifacts" / "fetch.json"
     fetch = json.loads(fetch_path.read_text())
     bad = workdir / "bad-model"  # a corrupted copy: the shared cache stays intact for other tests
-    shutil.copytree(fetch["model"]["local_dir"], bad)
+    shutil.copytree(fetch_path.parent / fetch["model"]["local_dir"], bad)  # local_dir is relative to fetch.json
     (bad / name).write_bytes(content)
     fetch["model"]["local_dir"] = str(bad)
     fetch_path.write_text(json.dumps(fetch))

@@ -27,7 +27,7 @@ def test_smollm2_q4_through_the_virtual_device(virtual_device, workdir, stage_ca
     assert len(got) == 2
     from pipeline.apps.prompt_format import load_format
 
-    fed = load_format("hf-chat", fetch["local_dir"]).count
+    fed = load_format("hf-chat", workdir / "artifacts" / fetch["local_dir"]).count  # relative to fetch.json
     # the blended rate counts what the app prefilled: ChatML's system turn too, not simple_app's 15 template tokens
     assert all(r["n_prompt_tokens"] == fed(r["sent_text"]) > 30 for r in got)
     for r in got:
