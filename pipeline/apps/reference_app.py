@@ -146,14 +146,21 @@ class Engine:
     pos: int = -1  # llm.cpp: last_token_position starts at -1
     load_s: float = 0.0
     eos_piece: bytes = field(default=b"</s>")
+    _formats: dict[tuple[str, bool], PromptFormat] = field(default_factory=dict, repr=False)
     backend: str = "torch"
 
     def prompt_format(self, template: str, gemma: bool = False) -> PromptFormat:
-        """The ids this model is fed per prompt under ``template`` (pipeline/apps/prompt_format.py)."""
-        try:
-            return load_format(template, self.model_dir, codec=self.codec, gemma=gemma)
-        except PromptFormatError as exc:
-            raise ReferenceAppError(str(exc)) from None
+        """The ids this model is fed per prompt under ``template`` (pipeline/apps/prompt_format.py).
+
+        Built once per (template, gemma): building one loads tokenizer.json and compiles the chat template, and
+        ``main`` checks the template before the REPL asks for the same format."""
+        key = (template, gemma)
+        if key not in self._formats:
+            try:
+                self._formats[key] = load_format(template, self.model_dir, codec=self.codec, gemma=gemma)
+            except PromptFormatError as exc:
+                raise ReferenceAppError(str(exc)) from None
+        return self._formats[key]
 
     def piece(self, token: int) -> bytes:
         """Bytes printed for ``token``: its tokenizer.bin piece, the protocol's text for a stop id."""

@@ -20,16 +20,9 @@ from pathlib import Path
 
 from pipeline.config import PoolDevice
 from pipeline.device.pool import LEASE_LOG, lock_dir_for, read_leases
+from tests.helpers.device import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

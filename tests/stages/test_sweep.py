@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ import urllib.request
 
 import pytest
 
+from tests.helpers.device import free_port
 from tests.helpers.pipeline import REPO
 
 pytestmark = pytest.mark.timeout(400)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp_path, stage_cache):
