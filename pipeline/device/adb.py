@@ -244,8 +244,9 @@ class _PromptClose(adbutils.AdbConnection):
 
 class _Client(adbutils.AdbClient):
     """The one adbutils client we use: connections close without sleeping and send without Nagle's delay; the
-    server version is asked once per client (adbutils asks it before every transport). A server restarted meanwhile is the same binary: the
-    version cannot change under a client (``run_adb``/``check_server_version`` refuse foreign servers)."""
+    server version is asked once per client (adbutils asks it before every transport). A server restarted
+    meanwhile is the same binary, so the version cannot change under a client (``run_adb`` and
+    ``check_server_version`` refuse foreign servers)."""
 
     _server_version: int | None = None
 
