@@ -27,6 +27,9 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # simple_app's KV ring (MobileQuant capp/src/llm.cpp): positions wrap modulo seq_len - 1 = 1023, so one process
 # holds at most 1023 positions; the reference app wraps at the same place (and clears its cache instead).
 APP_KV_POSITIONS = 1023
+# model.variant of source=package (pipeline.models.gguf_model.VARIANTS; a test keeps the two equal — config stays
+# free of the converter's numpy import)
+MODEL_VARIANTS = ("gguf", "gguf-a8", "fp16", "w8", "w4", "w3")
 
 
 class ConfigError(ValueError):
@@ -51,7 +54,7 @@ class ModelConfig:
     package_version: str | None = None
     package_file: str | None = None
     sha256: str | None = None
-    variant: str | None = None  # gguf (as shipped) | fp16 | w8 | w4 | w3
+    variant: str | None = None  # gguf (as shipped) | gguf-a8 (+ 8-bit activations) | fp16 | w8 | w4 | w3
     format: str = "hf"  # hf | mobilequant-qnn
     quant: str = "fp32"
     max_seq_len: int = 1024
@@ -357,7 +360,7 @@ def _check_package(problems: list[str], m: ModelConfig) -> None:
     sha = m.sha256 or ""
     if sha and not (len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha.lower())):
         problems.append(f"model.sha256={sha!r}: must be the file's 64-hex-digit sha256")
-    _choice(problems, "model.variant", m.variant, ("gguf", "fp16", "w8", "w4", "w3"))
+    _choice(problems, "model.variant", m.variant, MODEL_VARIANTS)
 
 
 def validate(cfg: Config, source: str = "config") -> None:

@@ -9,6 +9,19 @@ RoPE (``rope_theta``, ``head_dim``, no ``rope_scaling``), MHA/GQA, SiLU-gated ML
 Numerics follow ``modeling_llama.py``: RMSNorm in float32 with ``rms_norm_eps``; ``inv_freq = 1 / theta **
 (arange(0, d, 2) / d)`` in float32, ``cos/sin(pos * inv_freq)`` duplicated over both halves and ``rotate_half``;
 scores scaled by ``head_dim ** -0.5``; kv head ``i`` serves query heads ``i*g .. i*g+g-1``.
+
+Activation quantisation (config.json ``odeval_activation_quant``, e.g. ``{"bits": 8, "scheme":
+"dynamic-symmetric-per-token"}``, written by the ``gguf-a8`` variant of :mod:`pipeline.models.gguf_model`): emulates
+the "A8" of MobileQuant's W4A8 so the diagnosis can tell weight from activation quantisation apart. The input vector
+of every decoder linear layer (q/k/v, o, gate/up, down) is fake-quantised in float32: ``s = max|x| / qmax`` with
+``qmax = 2**(bits-1) - 1``, ``x = clip(rint(x / s), -qmax, qmax) * s`` (``x`` unchanged when it is all zero). The
+lm_head input (and the final norm) stay float, as in MobileQuant's simulation (``create_sim_qmodel`` in
+saic-fi/MobileQuant ``mobilellm/quantization/qmodule.py`` skips ``lm_head`` and the last norm). Not emulated, so this
+is an optimistic bound of the deployed model: MobileQuant's activation ranges are static per tensor, calibrated and
+learned offline (and asymmetric by default) where these are recomputed from each token's own vector; linear
+*outputs*, norm inputs (16 bit there), the attention matmuls, softmax and SiLU stay float here; the HTP's integer
+accumulation and requantisation numerics are not modelled. The torch engine cannot run such a config
+(:func:`numpy_only_reason`), so the reference app refuses rather than silently running float activations.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ QINT_FILE, GGUF_FILE = "model.qint.safetensors", "model.gguf"  # pipeline.models
 _ROPE_KEYS = frozenset({"rope_type", "type", "rope_theta"})
 _DEFAULT_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_theta
 _FLOAT_DTYPES = frozenset({"F32", "F16", "F64"})
+ACT_QUANT_KEY = "odeval_activation_quant"  # config.json: activation fake-quantisation (module docstring)
+ACT_QUANT_SCHEMES = ("dynamic-symmetric-per-token",)
 
 
 class NpLlamaError(Exception):
@@ -49,6 +64,7 @@ class LlamaSpec:
     attention_bias: bool
     mlp_bias: bool
     eos_token_ids: tuple[int, ...]
+    act_bits: int | None = None  # config.json odeval_activation_quant.bits; None: float activations
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -83,6 +99,57 @@ def rope_theta(cfg: dict[str, Any]) -> float:
     return float(theta if theta is not None else _DEFAULT_THETA)
 
 
+def parse_act_quant(cfg: dict[str, Any]) -> int | None:
+    """Bits of config.json's ``odeval_activation_quant`` (None when absent or null: float activations)."""
+    aq = cfg.get(ACT_QUANT_KEY)
+    if aq is None:
+        return None
+    where = f"config.json {ACT_QUANT_KEY}"
+    if not isinstance(aq, dict) or set(aq) != {"bits", "scheme"}:
+        raise NpLlamaError(f"{where}={aq!r}: must be an object with exactly the keys 'bits' and 'scheme' "
+                           "(e.g. {\"bits\": 8, \"scheme\": \"dynamic-symmetric-per-token\"}); re-fetch the model")
+    bits = aq["bits"]
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise NpLlamaError(f"{where}.bits={bits!r}: must be an integer from 2 to 8")
+    if aq["scheme"] not in ACT_QUANT_SCHEMES:
+        raise NpLlamaError(f"{where}.scheme={aq['scheme']!r} is unknown: the numpy engine emulates only "
+                           f"{', '.join(ACT_QUANT_SCHEMES)}")
+    return bits
+
+
+def numpy_only_reason(model_dir: Path) -> str | None:
+    """Why only the numpy engine may run ``model_dir`` (torch would silently ignore part of its config), or None.
+
+    WHY: activation quantisation exists only in this engine; running such a model on torch would report float
+    activations under the a8 model's name. An unreadable config gives None (the caller's own load reports it)."""
+    try:
+        cfg = read_config(model_dir)
+    except NpLlamaError:
+        return None
+    if cfg.get(ACT_QUANT_KEY) is None:
+        return None
+    return (f"config.json {ACT_QUANT_KEY}={cfg[ACT_QUANT_KEY]!r}: activation quantisation is emulated only by the "
+            "numpy engine (torch would run float activations); use ODEVAL_ENGINE=numpy or auto")
+
+
+def fake_quant(x: np.ndarray, bits: int) -> np.ndarray:
+    """``x`` rounded to ``bits``-bit symmetric integers with one scale ``max|x| / qmax`` (float32 in and out).
+
+    One scale per call = per token here (the engine feeds one token's vector). ``rint`` rounds half to even like
+    ``torch.round`` (MobileQuant's quantiser). The clip is never active for a dynamic scale (``|x| / s <= qmax``
+    up to rounding) but keeps the codes in range whatever the float rounding of ``s``."""
+    qmax = np.float32(2 ** (bits - 1) - 1)
+    amax = np.abs(x).max()
+    if amax == 0:
+        return x
+    s = np.float32(amax) / qmax
+    return np.clip(np.rint(x / s), -qmax, qmax) * s
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
 def parse_spec(cfg: dict[str, Any]) -> LlamaSpec:
     """Validate a Llama config.json for the numpy engine (raises :class:`NpLlamaError` naming the key)."""
     if cfg.get("model_type") != "llama":
@@ -100,7 +167,8 @@ def parse_spec(cfg: dict[str, Any]) -> LlamaSpec:
             head_dim=int(cfg.get("head_dim") or hidden // heads), rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=rope_theta(cfg), tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
-            eos_token_ids=tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None))
+            eos_token_ids=tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None),
+            act_bits=parse_act_quant(cfg))
     except (KeyError, TypeError, ValueError) as exc:
         raise NpLlamaError(f"config.json: missing or invalid Llama field ({exc!r})") from exc
     if spec.num_heads % spec.num_kv_heads or spec.head_dim % 2:
@@ -223,6 +291,9 @@ class NumpyLlama:
             np.arange(0, spec.head_dim, 2, dtype=np.float32) / np.float32(spec.head_dim))).astype(np.float32)
         self._cos = self._sin = np.zeros((0, half), dtype=np.float32)
         self.scale = np.float32(spec.head_dim ** -0.5)
+        bits = spec.act_bits
+        # chosen once: the float path calls an identity (same arrays, bit-identical logits)
+        self.act_quant = _identity if bits is None else (lambda x: fake_quant(x, bits))
 
     @classmethod
     def from_pretrained(cls, model_dir: Path) -> NumpyLlama:
@@ -299,9 +370,10 @@ class NumpyLlama:
             self.new_cache(cache.max_positions)
         nh, nkv, hd, half = s.num_heads, s.num_kv_heads, s.head_dim, s.head_dim // 2
         cos, sin, t = self._cos[pos], self._sin[pos], pos + 1
+        aq = self.act_quant  # decoder linear inputs only; lm_head's stays float (module docstring)
         x = self.embed[token]
         for i, ly in enumerate(self.layers):
-            qkv = ly.wqkv @ self._rms(x, ly.ln1)
+            qkv = ly.wqkv @ aq(self._rms(x, ly.ln1))
             if ly.bqkv is not None:
                 qkv = qkv + ly.bqkv
             qk = qkv[: (nh + nkv) * hd].reshape(nh + nkv, hd)  # rotate q and k heads in one go
@@ -314,12 +386,12 @@ class NumpyLlama:
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             scores /= scores.sum(axis=-1, keepdims=True)
             attn = np.matmul(scores, cache.v[i, :, :t]).reshape(nh * hd)
-            o = ly.wo @ attn
+            o = ly.wo @ aq(attn)
             x = x + (o if ly.bo is None else o + ly.bo)
-            gu = ly.wgu @ self._rms(x, ly.ln2)
+            gu = ly.wgu @ aq(self._rms(x, ly.ln2))
             if ly.bgu is not None:
                 gu = gu + ly.bgu
-            d = ly.wd @ (_silu(gu[: s.intermediate_size]) * gu[s.intermediate_size:])
+            d = ly.wd @ aq(_silu(gu[: s.intermediate_size]) * gu[s.intermediate_size:])
             x = x + (d if ly.bd is None else d + ly.bd)
         cache.length = t
         return self.lm_head @ self._rms(x, self.norm)

@@ -196,7 +196,8 @@ def load_engine(model_dir: Path, threads: int | None = None, engine: str | None 
     ``import transformers`` alone costs ~4 s, so tiny Llamas run on numpy and torch is imported only when used).
 
     ``engine``: ``auto`` | ``numpy`` | ``torch``; default ``$ODEVAL_ENGINE`` else ``auto`` (numpy for a single
-    model.safetensors Llama with default RoPE and <= 50 M parameters, else torch; also torch if numpy refuses it).
+    model.safetensors Llama with default RoPE and <= 50 M parameters, else torch; also torch if numpy refuses it,
+    except for a config with activation quantisation, which only numpy emulates: refused rather than run float).
     """
     t0 = time.perf_counter()
     hf_dir = resolve_model_dir(Path(model_dir))
@@ -213,6 +214,7 @@ def load_engine(model_dir: Path, threads: int | None = None, engine: str | None 
         model, eos = _load_numpy(hf_dir, n_threads, required=choice == "numpy")
         backend = "numpy" if model is not None else "torch"
     if model is None:
+        _refuse_numpy_only(hf_dir, n_threads)
         model, eos = _load_torch(hf_dir, n_threads)
     extra = set(eos if isinstance(eos, list) else [eos]) - {None}
     eng = Engine(model, codec, hf_dir, STOP_IDS | extra, backend=backend)
@@ -225,11 +227,26 @@ def load_engine(model_dir: Path, threads: int | None = None, engine: str | None 
     return eng
 
 
-def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
-    """(NumpyLlama, eos_token_id), or (None, None) when ``auto`` should fall back to torch."""
+def _pin_blas_threads(threads: int) -> None:
     if "numpy" not in sys.modules:  # BLAS reads its thread count once, at numpy import (npllama imports it)
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, str(threads))
+
+
+def _refuse_numpy_only(hf_dir: Path, threads: int) -> None:
+    """Raise when torch would run ``hf_dir`` without part of its config (activation quantisation): never a
+    silent fallback, whether torch was asked for or ``auto`` fell back to it."""
+    _pin_blas_threads(threads)
+    from pipeline.apps import npllama
+
+    reason = npllama.numpy_only_reason(hf_dir)
+    if reason is not None:
+        raise ReferenceAppError(f"{hf_dir}: the torch engine cannot run this model ({reason})")
+
+
+def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
+    """(NumpyLlama, eos_token_id), or (None, None) when ``auto`` should fall back to torch."""
+    _pin_blas_threads(threads)
     from pipeline.apps import npllama
 
     reason = npllama.numpy_ineligible_reason(hf_dir)
@@ -242,6 +259,9 @@ def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
     if required:
         raise ReferenceAppError(f"{hf_dir}: ODEVAL_ENGINE=numpy cannot run this model ({reason}); "
                                 "use ODEVAL_ENGINE=torch or auto")
+    if npllama.numpy_only_reason(hf_dir) is not None:  # auto must not fall back to torch for it
+        raise ReferenceAppError(f"{hf_dir}: the numpy engine cannot run this model ({reason}) and torch cannot "
+                                f"emulate its {npllama.ACT_QUANT_KEY}; fix config.json or re-fetch the model")
     return None, None
 
 

@@ -10,6 +10,9 @@ Variants (``model.variant``), each a self-contained dir and each stored lean (th
   — the deployed quantised model. ``model.gguf.index.json`` (a few kB, written at conversion) lists each tensor's
   HF name, type, shape and byte offset, so the app memory-maps the GGUF and dequantises whole tensors with
   vectorised numpy instead of parsing the 100 k tokenizer strings of the GGUF header (~5 s) at every start;
+- ``gguf-a8``: ``gguf``'s files (the same hard-linked GGUF + index) and config.json ``odeval_activation_quant``
+  (``ACTIVATION_QUANT``): the numpy engine fake-quantises the input of every decoder linear layer to 8 bits per
+  token — the "A8" of MobileQuant's W4A8 (what is and is not emulated: :mod:`pipeline.apps.npllama`);
 - ``fp16``: its weights dequantised, stored float16 in ``model.safetensors`` (HF-loadable) — the reference;
 - ``w8``/``w4``/``w3``: :mod:`pipeline.models.quant` (tiny.py's per-channel quantiser) applied to the reference
   weights; ``model.qint.safetensors`` holds int codes (nibbles for ≤ 4 bits) + per-row scales.
@@ -35,8 +38,10 @@ from pipeline.models import quant
 from pipeline.models.tokenizer_bin import export_tokenizer_bin
 
 CONVERTER_VERSION = "2"  # 2: model.gguf.index.json
-VARIANTS = ("gguf", "fp16", "w8", "w4", "w3")
+VARIANTS = ("gguf", "gguf-a8", "fp16", "w8", "w4", "w3")
 VARIANT_BITS = {"w8": 8, "w4": 4, "w3": 3}
+# config.json odeval_activation_quant per variant (validated by the engine's parser when written)
+ACTIVATION_QUANT = {"gguf-a8": {"bits": 8, "scheme": "dynamic-symmetric-per-token"}}
 GGUF_FILE, FP_FILE, QINT_FILE = "model.gguf", "model.safetensors", "model.qint.safetensors"
 GGUF_INDEX_FILE = "model.gguf.index.json"
 # ggml block layouts dequantised by `dequantize_tensor` (bytes per block of 32 values); others use gguf.quants
@@ -281,7 +286,7 @@ def reference_tensors(reader: Any, cfg: dict[str, Any]) -> dict[str, np.ndarray]
 def _write_weights(variant: str, src: Path, reader: Any, cfg: dict[str, Any], out: Path) -> None:
     from safetensors.numpy import save_file
 
-    if variant == "gguf":
+    if variant in ("gguf", "gguf-a8"):
         _link_or_copy(src, out / GGUF_FILE)
         index = gguf_index(reader, cfg, src)
         if index is not None:
@@ -311,6 +316,18 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _with_act_quant(cfg: dict[str, Any], act_quant: dict[str, Any] | None) -> dict[str, Any]:
+    """config.json's content: ``cfg`` plus the engine's activation-quantisation key when the variant has one (the
+    GGUF index keeps ``cfg`` alone: it describes the weights file, which gguf and gguf-a8 share)."""
+    if act_quant is None:
+        return cfg
+    from pipeline.apps import npllama
+
+    out = {**cfg, npllama.ACT_QUANT_KEY: act_quant}
+    npllama.parse_act_quant(out)  # never write a config the engine would refuse
+    return out
+
+
 def convert(src: Path, src_sha256: str, variant: str, out: Path, provenance: dict[str, Any]) -> Path:
     """Write the complete model dir for ``variant`` into ``out`` (which must be empty/new)."""
     if variant not in VARIANTS:
@@ -318,8 +335,9 @@ def convert(src: Path, src_sha256: str, variant: str, out: Path, provenance: dic
     reader = open_gguf(src)
     cfg = hf_config(reader)
     cfg["torch_dtype"] = "float16" if variant == "fp16" else "float32"
+    act_quant = ACTIVATION_QUANT.get(variant)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(_json(cfg), encoding="utf-8")
+    (out / "config.json").write_text(_json(_with_act_quant(cfg, act_quant)), encoding="utf-8")
     (out / "generation_config.json").write_text(_json({"bos_token_id": cfg["bos_token_id"], "do_sample": False,
                                                        "eos_token_id": cfg["eos_token_id"],
                                                        "pad_token_id": cfg["pad_token_id"]}), encoding="utf-8")
@@ -327,9 +345,9 @@ def convert(src: Path, src_sha256: str, variant: str, out: Path, provenance: dic
         (out / fname).write_text(text, encoding="utf-8")
     export_tokenizer_bin(out / "tokenizer.json", out / "tokenizer.bin")
     _write_weights(variant, src, reader, cfg, out)
+    weights = sorted(p.name for p in out.iterdir() if p.name.startswith("model."))
     info = {**provenance, "variant": variant, "source_sha256": src_sha256, "converter_version": CONVERTER_VERSION,
-            "quant_bits": VARIANT_BITS.get(variant), "weights": sorted(p.name for p in out.iterdir()
-                                                                       if p.name.startswith("model."))}
+            "quant_bits": VARIANT_BITS.get(variant), "activation_quant": act_quant, "weights": weights}
     (out / "model.json").write_text(_json(info), encoding="utf-8")
     return out
 

@@ -217,7 +217,22 @@ def test_diagnose_offtopic_flips_one_factor_per_option():
 
     base = cell("as-is")
     assert base == ("smollm2-q4", "mobilequant", "faithful", "shared")
-    for opt in ("template", "past-end", "session", "ref", "w4", "w3"):
+    for opt in ("template", "past-end", "session", "ref", "w4", "w3", "a8"):
         diff = [k for k, a, b in zip(keys, base, cell(opt), strict=True) if a != b]
         assert len(diff) == 1, (opt, diff)
     assert cell("fixed") == ("smollm2-q4", "hf-chat", None, "fresh")
+    assert cell("a8")[0] == "smollm2-q4a8"
+    sweep = yaml.safe_load((CONF_DIR / "experiment" / "diagnose-offtopic.yaml").read_text())
+    swept = sweep["hydra"]["sweeper"]["params"]["+diag"].split(",")
+    assert sorted(swept) == sorted(f.stem for f in (CONF_DIR / "diag").glob("*.yaml"))  # every preset is swept
+
+
+def test_model_variants_are_the_converters():
+    """config.py lists the variants without importing the converter (numpy); the two lists must agree."""
+    from pipeline.config import MODEL_VARIANTS
+    from pipeline.models.gguf_model import VARIANTS
+
+    assert MODEL_VARIANTS == VARIANTS
+    cfg = to_config(compose(["model=smollm2-q4a8"]))
+    assert (cfg.model.variant, cfg.model.quant) == ("gguf-a8", "q4_1+a8")
+    assert "model.variant='gguf-a9'" in problems(["model=smollm2-q4a8", "model.variant=gguf-a9"])

@@ -69,6 +69,26 @@ def test_conversion_is_cached_and_complete(smollm2) -> None:
     assert again == d and prov["converted_now"] is False  # second fetch converts nothing
 
 
+def test_gguf_a8_is_the_shipped_gguf_plus_activation_quant(smollm2) -> None:
+    """gguf-a8 = gguf's files (same GGUF bytes, same index) + config.json odeval_activation_quant, recorded."""
+    from pipeline.apps import npllama
+    from pipeline.models import gguf_model
+
+    q4, a8 = smollm2("gguf"), smollm2("gguf-a8")
+    assert q4.resolve() != a8.resolve()
+    cfg_q4, cfg_a8 = (json.loads((d / "config.json").read_text()) for d in (q4, a8))
+    assert cfg_a8 == {**cfg_q4, npllama.ACT_QUANT_KEY: gguf_model.ACTIVATION_QUANT["gguf-a8"]}
+    assert npllama.parse_spec(cfg_a8).act_bits == 8 and npllama.parse_spec(cfg_q4).act_bits is None
+    for name in (gguf_model.GGUF_FILE, gguf_model.GGUF_INDEX_FILE):
+        assert (a8 / name).read_bytes() == (q4 / name).read_bytes(), name
+    info_q4, info_a8 = (json.loads((d / "model.json").read_text()) for d in (q4, a8))
+    assert info_a8["variant"] == "gguf-a8" and info_a8["activation_quant"] == {"bits": 8,
+                                                                             "scheme": "dynamic-symmetric-per-token"}
+    assert info_q4["activation_quant"] is None and info_a8["weights"] == info_q4["weights"]
+    assert gguf_model.cache_key(SHA256, "gguf-a8") != gguf_model.cache_key(SHA256, "gguf")
+    assert npllama.numpy_only_reason(a8) and npllama.numpy_only_reason(q4) is None
+
+
 def test_tokenizer_bin_encodes_like_the_hf_tokenizer(smollm2) -> None:
     from tokenizers import Tokenizer
 
