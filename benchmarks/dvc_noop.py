@@ -39,6 +39,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_RUN_OUTPUTS = {"artifacts", "metrics", "dvc.lock", "outputs", "multirun", "reports", "mlflow.db", "mlruns"}
+
+
 def copy_tree(dst: Path) -> None:
     """The working tree as git sees it (tracked + untracked-not-ignored files), uncommitted edits included."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
@@ -47,6 +50,8 @@ def copy_tree(dst: Path) -> None:
         if not raw:
             continue
         rel = raw.decode()
+        if rel.split("/", 1)[0] in _RUN_OUTPUTS:  # this checkout's own pipeline outputs: the copy builds its own
+            continue
         src = REPO / rel
         if src.is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
