@@ -342,8 +342,10 @@ def shared_view_state() -> str:
 
 def ui_path(experiment_id: str) -> str:
     """Where in ``mlflow ui`` the experiment's runs table opens with the headline columns (append to the UI's
-    address). The ``/runs`` route opens the runs table whatever the UI's GenAI/model-training toggle says."""
-    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={SHARED_VIEW_KEY}"
+    address). The ``/runs`` route opens the runs table whatever the UI's GenAI/model-training toggle says;
+    ``workflowType=machine_learning`` also sets that toggle (MLflow 3.17 reads it from the URL before the browser's
+    localStorage), so the side bar and the experiment's other pages are the model-training ones, not GenAI's."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SHARED_VIEW_KEY}"
 
 
 def experiment_ui_path(tracking_uri: str, experiment: str) -> str | None:

@@ -308,7 +308,7 @@ def test_experiment_opens_on_runs_table(store: dict, exp: str, tmp_path: Path) -
     view = json.loads(got.tags[tracking.SHARED_VIEW_TAG])  # ?viewStateShareKey=odeval: headline columns
     assert view["selectedColumns"][:2] == ["metrics.`decode_tok_s`", "metrics.`ttft_s`"]
     assert tracking.experiment_ui_path(store["uri"], exp) == \
-        f"#/experiments/{got.experiment_id}/runs?viewStateShareKey=odeval"
+        f"#/experiments/{got.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=odeval"
     chosen = f"{exp}-chosen"  # a kind a user picked in the UI is theirs to keep
     client.create_experiment(chosen, tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
     log(store, chosen, "k-chosen", {"quality.score": 0.5}, tmp_path)
