@@ -143,15 +143,19 @@ def preload_host_side(config: Any) -> dict[str, float]:
     import time
 
     took: dict[str, float] = {}
-    for mod in ("torch", "sentence_transformers", "matplotlib.pyplot", "mlflow", "pipeline.stages.fetch",
-                "pipeline.stages.push", "pipeline.stages.run", "pipeline.stages.score", "pipeline.quality.score"):
+    scoring = config.get("scoring") or {}
+    # The bundled embedding model runs on numpy (pipeline.quality.minilm): torch and sentence-transformers are
+    # imported only for a user-given scoring.embedding_model, which sentence-transformers loads.
+    heavy = ("torch", "sentence_transformers") if scoring.get("relevance", True) and scoring.get("embedding_model") \
+        else ()
+    for mod in (*heavy, "matplotlib.pyplot", "mlflow", "pipeline.stages.fetch", "pipeline.stages.push",
+                "pipeline.stages.run", "pipeline.stages.score", "pipeline.quality.score"):
         t = time.monotonic()
         try:
             importlib.import_module(mod)
         except Exception:  # noqa: BLE001 - an optional module missing is the job's to report
             continue
         took[mod] = round(time.monotonic() - t, 2)
-    scoring = config.get("scoring") or {}
     if scoring.get("relevance", True):
         t = time.monotonic()
         try:

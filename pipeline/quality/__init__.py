@@ -2,5 +2,6 @@
 for which families apply when).
 
 Nothing is imported here on purpose: importing one family (e.g. ``pipeline.quality.rules`` for prompt validation)
-must not load the others, and import cost stays low (no torch/sentence-transformers until relevance is used).
+must not load the others, and import cost stays low (no model
+weights until relevance is used; the bundled embedding model runs on numpy, see minilm.py).
 """

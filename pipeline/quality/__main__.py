@@ -105,14 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1); "
                     "key from $OPENAI_API_KEY; off by default")
     ap.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for the embedding model")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for a --embedding-model (the bundled one runs on numpy)")
     args = ap.parse_args(argv)
     try:
         rows = _read_jsonl(args.file)
         for n, obj in rows:
             check_item(obj, f"{args.file}:{n}")
         fp = _fp_answers(args.fp) if args.fp else None
-        if args.threads and not args.no_relevance:
+        if args.threads and args.embedding_model and not args.no_relevance:  # bundled model: numpy, no torch
             import torch
 
             torch.set_num_threads(args.threads)

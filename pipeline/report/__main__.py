@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             uri = resolve_tracking_uri(args.tracking_uri, shared_root())
         except TrackingError as e:
             raise ReportError(f"--tracking-uri: {e}") from None
-        if args.embeddings:
+        if args.embeddings and args.embedding_model:  # a user model runs on torch; the bundled one on numpy
             import torch
 
             torch.set_num_threads(1)  # the CPU is shared with whatever else runs; the encode is small

@@ -14,9 +14,6 @@ LABELLED = Path(__file__).with_name("relevance_labelled.jsonl")
 
 @pytest.fixture(scope="module")
 def labelled():
-    import torch
-
-    torch.set_num_threads(1)  # shared 2-core box
     rows = [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
     cos = rel.cosine_pairs([r["prompt"] for r in rows], [r["response"] for r in rows])
     return [(c, r["on_topic"]) for c, r in zip(cos, rows, strict=True)]

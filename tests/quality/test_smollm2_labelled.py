@@ -25,9 +25,6 @@ def _rows():
 
 @pytest.fixture(scope="module")
 def scored():
-    import torch
-
-    torch.set_num_threads(1)  # shared 2-core box
     rows = _rows()
     return rows, score_items(rows)
 

@@ -224,10 +224,7 @@ def test_absent_sqlite_store_is_an_error_not_a_new_database(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_embedding_similarity_to_fp(store: dict, tmp_path: Path) -> None:
-    """Loads the bundled all-MiniLM-L6-v2 (a few seconds on CPU): identical answers → cosine 1, diverged < 1."""
-    import torch
-
-    torch.set_num_threads(1)
+    """The bundled all-MiniLM-L6-v2 (numpy encoder): identical answers → cosine 1, diverged < 1."""
     rep = report_from_mlflow(store["uri"], tmp_path, sweep=SW2X2, embeddings=True)
     for res in rep.fidelity:
         for row in res.rows:

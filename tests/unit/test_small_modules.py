@@ -111,3 +111,22 @@ def test_json_io_is_atomic_canonical_and_names_bad_lines(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl:3: invalid JSON"):
         list(iter_jsonl(tmp_path / "bad.jsonl"))
     json.loads((tmp_path / "a.json").read_text())
+
+
+def test_sweep_preload_with_the_bundled_model_imports_no_torch(tmp_path):
+    """The forked workers' preload: the bundled embedding model is the numpy encoder, so no torch and no
+    sentence-transformers are imported (they were ~4 s of every sweep's start)."""
+    import os
+    import sys
+
+    code = ("import sys\nfrom pipeline.sweep import preload_host_side\n"
+            "took = preload_host_side({'scoring': {'relevance': True, 'embedding_model': None}})\n"
+            "print(sorted(took))\n"
+            "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    took, heavy = out.stdout.strip().splitlines()[-2:]
+    assert "'embedding model'" in took and "'mlflow'" in took and "torch" not in took
+    assert heavy == "[]"
