@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -74,7 +75,7 @@ class _Profile:
         self._clock = time.monotonic
         self.workdir = workdir
         self.t0 = time.time()
-        self.warm = "sentence_transformers" in sys.modules  # inherited from a preloading parent (launcher=pool)
+        self.warm = PRELOADED.is_set()  # launcher=pool: this worker's background preload had finished
         self.phases: dict[str, float] = {}
         self._open: dict[str, float] = {}
 
@@ -135,10 +136,10 @@ def job_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def preload_host_side(config: Any) -> dict[str, float]:
+def preload_host_side(config: Any, quiet: bool = False) -> dict[str, float]:
     """Import the heavy modules of fetch/push/run/score and load the embedding model of the sweep's base config
-    in this process (seconds per item returned). Nothing here starts threads or opens the MLflow store, so the
-    process can be forked safely afterwards; a failure is left for the job to report."""
+    in this process (seconds per item returned). Nothing here starts threads or opens the MLflow store; a failure
+    is left for the job to report. Sets :data:`PRELOADED` when done."""
     import importlib
     import time
 
@@ -148,7 +149,15 @@ def preload_host_side(config: Any) -> dict[str, float]:
     # imported only for a user-given scoring.embedding_model, which sentence-transformers loads.
     heavy = ("torch", "sentence_transformers") if scoring.get("relevance", True) and scoring.get("embedding_model") \
         else ()
-    for mod in (*heavy, "matplotlib.pyplot", "mlflow", "pipeline.stages.fetch", "pipeline.stages.push",
+    # MLflow (~1 s of imports) only when the sweep logs to it: tracking=none sweeps never import it
+    tracker = ("mlflow",) if (config.get("tracking") or {}).get("backend") == "mlflow" else ()
+    try:  # the backend the plots use (pipeline/plots.py), chosen before pyplot is imported
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        pass
+    for mod in (*heavy, "matplotlib.pyplot", *tracker, "pipeline.stages.fetch", "pipeline.stages.push",
                 "pipeline.stages.run", "pipeline.stages.score", "pipeline.quality.score"):
         t = time.monotonic()
         try:
@@ -165,8 +174,27 @@ def preload_host_side(config: Any) -> dict[str, float]:
             took["embedding model"] = round(time.monotonic() - t, 2)
         except Exception:  # noqa: BLE001 - RelevanceError etc.: the job raises it with its own message
             pass
-    print(f"sweep: preloaded for the forked workers in {sum(took.values()):.1f} s", file=sys.stderr)
+    if not quiet:
+        print(f"sweep: preloaded for the forked workers in {sum(took.values()):.1f} s", file=sys.stderr)
+    PRELOADED.set()
     return took
+
+
+# Set once this process has run preload_host_side (a forked worker sees its parent's state).
+PRELOADED = threading.Event()
+
+
+def preload_in_background() -> None:
+    """Pool initializer of ``hydra/launcher=pool``: warm this forked worker in a daemon thread.
+
+    WHY in the worker and in the background: a device-bound job spends most of its time waiting on the device
+    (push, the prompts); loading matplotlib, MLflow and the embedding model meanwhile hides them, where a preload
+    in the sweep process before forking delayed every first job (0.6-5 s measured, see benchmarks/pool_speedup.py).
+    A stage that needs a module before the thread has it simply waits on Python's import lock / the model lock.
+    """
+    config = FORK_JOBS[0][3] if FORK_JOBS else None
+    threading.Thread(target=preload_host_side, args=(config or {}, True), daemon=True,
+                     name="odeval-preload").start()
 
 
 # The jobs of a ForkPoolLauncher sweep (hydra_plugins/odeval_fork_launcher), set in the parent right before the

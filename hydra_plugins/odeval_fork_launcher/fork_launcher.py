@@ -1,12 +1,13 @@
-"""Hydra launcher ``hydra/launcher=pool``: parallel jobs in FORKED worker processes that inherit a warm host side.
+"""Hydra launcher ``hydra/launcher=pool``: parallel jobs in FORKED worker processes that warm up in the background.
 
-Why not the joblib launcher: it hard-codes joblib's loky backend, whose workers start as fresh interpreters, so
-every worker imports torch / sentence-transformers / matplotlib / MLflow and loads the embedding model itself.
-Measured with 3 workers on 2 cores (benchmarks/pool_speedup.py): each worker's first job spent 30-80 s in fetch
-and score on exactly that, all three at once, which made a 3-device sweep slower than the serial one. Here the
-sweep process loads those once (:func:`pipeline.sweep.preload_host_side`), then forks ``n_jobs`` workers
-(``multiprocessing`` "fork" context) that inherit them; each job is then only its own work. Nothing in the
-preload starts threads or opens the MLflow store, which is what makes forking after it safe.
+Why not the joblib launcher: it hard-codes joblib's loky backend, whose workers start as fresh interpreters and
+each import/load everything at the moment a stage needs it. Measured with 3 workers on 2 cores
+(benchmarks/pool_speedup.py): each worker's first job spent 30-80 s in fetch and score doing exactly that, all
+three at once, which made a 3-device sweep slower than the serial one. Here the workers are forked from the sweep
+process (``multiprocessing`` "fork" context, cheap: nothing heavy is loaded before the fork), and each one starts a
+daemon thread that imports matplotlib/MLflow and loads the embedding model (``sweep.preload_in_background``)
+while its first job fetches, pushes and waits on the device — time in which a device-bound job's host is idle.
+(A preload in the sweep process before forking delayed every first job by the whole preload instead.)
 
 The jobs themselves run exactly as under the joblib launcher (Hydra's ``execute_job``: per-job config, output
 dir, logging), so job dirs, the pool leases, MLflow parent/child runs and ``SweepSummary`` are unchanged. The
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class ForkPoolLauncher(Launcher):
-    """``n_jobs`` forked workers; ``preload`` loads the host side once before forking (see module doc)."""
+    """``n_jobs`` forked workers; ``preload``: each worker loads the host side in a background thread (module doc)."""
 
     def __init__(self, n_jobs: int = 3, preload: bool = True) -> None:
         self.n_jobs = int(n_jobs)
@@ -53,11 +54,7 @@ class ForkPoolLauncher(Launcher):
                  self.config.hydra.sweep.dir)
         for idx, overrides in enumerate(job_overrides):
             log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
-        if self.preload and n > 1:
-            from pipeline.sweep import preload_host_side
-
-            preload_host_side(self.config)
-        from pipeline.sweep import FORK_JOBS, run_forked_job
+        from pipeline.sweep import FORK_JOBS, preload_in_background, run_forked_job
 
         state = Singleton.get_state()
         FORK_JOBS[:] = [(initial_job_idx + idx, overrides, self.hydra_context, self.config, self.task_function,
@@ -65,7 +62,10 @@ class ForkPoolLauncher(Launcher):
         try:
             if n == 1:  # no fork for a serial sweep: same process, same behaviour as the basic launcher
                 return [run_forked_job(i) for i in range(len(FORK_JOBS))]
-            with multiprocessing.get_context("fork").Pool(n) as pool:
+            warm = preload_in_background if self.preload else None
+            if warm is not None:
+                log.info("ForkPoolLauncher: each worker preloads the host side in the background")
+            with multiprocessing.get_context("fork").Pool(n, initializer=warm) as pool:
                 return pool.map(run_forked_job, range(len(FORK_JOBS)), chunksize=1)
         finally:
             FORK_JOBS.clear()

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 LOCK_SUBDIR = Path(".odeval") / "locks"
 LEASE_LOG = "leases.jsonl"
-POLL_S = 0.5
+POLL_S = 0.1  # a waiting job re-tries the lock files (cheap); 0.5 s left a freed device idle up to 0.5 s
 REMOTE_SERVER_TIMEOUT_S = 3.0
 _HELD: dict[str, tuple[PoolDevice, ExitStack]] = {}  # leases a DVC stage process holds until it exits
 

@@ -120,13 +120,16 @@ def test_sweep_preload_with_the_bundled_model_imports_no_torch(tmp_path):
     import sys
 
     code = ("import sys\nfrom pipeline.sweep import preload_host_side\n"
-            "took = preload_host_side({'scoring': {'relevance': True, 'embedding_model': None}})\n"
+            "took = preload_host_side({'scoring': {'relevance': True, 'embedding_model': None},\n"
+            "                          'tracking': {'backend': 'mlflow'}})\n"
             "print(sorted(took))\n"
+            "print(sorted(preload_host_side({'tracking': {'backend': 'none'}})))\n"
             "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    took, heavy = out.stdout.strip().splitlines()[-2:]
+    took, untracked, heavy = out.stdout.strip().splitlines()[-3:]
     assert "'embedding model'" in took and "'mlflow'" in took and "torch" not in took
+    assert "'mlflow'" not in untracked  # tracking=none: the sweep never imports MLflow
     assert heavy == "[]"
