@@ -85,7 +85,8 @@ STARTS: dict[str, float] = {}
 
 def print_profile(root: Path, name: str) -> None:
     """Per-phase seconds of each job (pipeline.sweep writes job_profile.json), start offsets from the sweep's
-    launch (the first job's offset is process start-up: Python + Hydra + imports) and which worker ran it."""
+    launch (the first job's offset is process start-up: Python + Hydra + imports), which worker ran it and whether
+    that worker's preload had finished when the job started (warm)."""
     from pipeline.sweep import JOB_PROFILE
 
     profs = []
@@ -96,10 +97,11 @@ def print_profile(root: Path, name: str) -> None:
         return
     phases = list(profs[0][1]["phases_s"])
     print(f"  per-job profile of sweep {name} (s; start = seconds after the sweep command was launched):")
-    print("  job  pid      start " + " ".join(f"{p:>11s}" for p in phases))
+    print("  job  pid      start " + " ".join(f"{p:>11s}" for p in phases) + "  warm")
     for job, p in sorted(profs, key=lambda x: x[1]["job_start"]):
         print(f"  {job:>3s}  {p['pid']:<7d} {p['job_start'] - STARTS[name]:6.1f} "
-              + " ".join(f"{p['phases_s'].get(k, float('nan')):11.2f}" for k in phases))
+              + " ".join(f"{p['phases_s'].get(k, float('nan')):11.2f}" for k in phases)
+              + f"  {'yes' if p.get('warm_start') else 'no'}")
 
 
 def main() -> None:

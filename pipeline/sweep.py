@@ -53,6 +53,7 @@ def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
             with prof.phase("push"):
                 push.run(job_cfg, workdir, ctx)
             with prof.phase("run"):
+                start_pending_preload()  # hydra/launcher=pool: warm the worker while the device works
                 run.run(job_cfg, workdir, ctx)
     except PoolError as e:
         raise StageError(str(e)) from None
@@ -185,16 +186,27 @@ PRELOADED = threading.Event()
 
 
 def preload_in_background() -> None:
-    """Pool initializer of ``hydra/launcher=pool``: warm this forked worker in a daemon thread.
+    """Pool initializer of ``hydra/launcher=pool``: this forked worker will warm itself in a daemon thread that
+    :func:`start_pending_preload` starts when its first job reaches the device-bound ``run`` phase.
 
-    WHY in the worker and in the background: a device-bound job spends most of its time waiting on the device
-    (push, the prompts); loading matplotlib, MLflow and the embedding model meanwhile hides them, where a preload
-    in the sweep process before forking delayed every first job (0.6-5 s measured, see benchmarks/pool_speedup.py).
-    A stage that needs a module before the thread has it simply waits on Python's import lock / the model lock.
+    WHY in the worker, in the background, during ``run``: a device-bound job spends most of its time waiting on the
+    device; loading matplotlib, MLflow and the embedding model meanwhile hides them. A preload in the sweep process
+    before forking delayed every first job (0.6-5 s measured, benchmarks/pool_speedup.py), and one started at fork
+    competed for the GIL with the job's own fetch/push. A stage that needs a module before the thread has it simply
+    waits on Python's import lock / the model lock.
     """
-    config = FORK_JOBS[0][3] if FORK_JOBS else None
-    threading.Thread(target=preload_host_side, args=(config or {}, True), daemon=True,
-                     name="odeval-preload").start()
+    _PENDING_PRELOAD[:] = [FORK_JOBS[0][3] if FORK_JOBS else {}]
+
+
+_PENDING_PRELOAD: list[Any] = []  # the sweep config, until this worker's preload thread has been started
+
+
+def start_pending_preload() -> None:
+    """Start the preload thread :func:`preload_in_background` scheduled (once per worker; no-op otherwise)."""
+    if _PENDING_PRELOAD and not PRELOADED.is_set():
+        config = _PENDING_PRELOAD.pop()
+        threading.Thread(target=preload_host_side, args=(config or {}, True), daemon=True,
+                         name="odeval-preload").start()
 
 
 # The jobs of a ForkPoolLauncher sweep (hydra_plugins/odeval_fork_launcher), set in the parent right before the

@@ -6,8 +6,9 @@ each import/load everything at the moment a stage needs it. Measured with 3 work
 three at once, which made a 3-device sweep slower than the serial one. Here the workers are forked from the sweep
 process (``multiprocessing`` "fork" context, cheap: nothing heavy is loaded before the fork), and each one starts a
 daemon thread that imports matplotlib/MLflow and loads the embedding model (``sweep.preload_in_background``)
-while its first job fetches, pushes and waits on the device — time in which a device-bound job's host is idle.
-(A preload in the sweep process before forking delayed every first job by the whole preload instead.)
+while its first job runs its prompts on the device — time in which a device-bound job's host is idle. (A preload
+in the sweep process before forking delayed every first job by the whole preload; one started at the fork competed
+for the GIL with the job's fetch and push.)
 
 The jobs themselves run exactly as under the joblib launcher (Hydra's ``execute_job``: per-job config, output
 dir, logging), so job dirs, the pool leases, MLflow parent/child runs and ``SweepSummary`` are unchanged. The

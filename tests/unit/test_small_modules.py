@@ -133,3 +133,29 @@ def test_sweep_preload_with_the_bundled_model_imports_no_torch(tmp_path):
     assert "'embedding model'" in took and "'mlflow'" in took and "torch" not in took
     assert "'mlflow'" not in untracked  # tracking=none: the sweep never imports MLflow
     assert heavy == "[]"
+
+
+def test_pool_worker_preload_starts_once_when_the_first_job_runs(tmp_path):
+    """hydra/launcher=pool: the initializer only schedules the preload; the first job's `run` phase starts it in a
+    daemon thread (once), and PRELOADED tells later jobs the worker is warm."""
+    import os
+    import sys
+
+    code = ("import threading\nfrom pipeline import sweep\n"
+            "made = []\n"
+            "class Counted(threading.Thread):\n"
+            "    def start(self):\n"
+            "        made.append(self.name)\n"
+            "        super().start()\n"
+            "threading.Thread = Counted\n"
+            "sweep.preload_in_background()\n"
+            "print(sweep.PRELOADED.is_set(), len(made))\n"
+            "sweep.start_pending_preload(); sweep.start_pending_preload()\n"
+            "print(made.count('odeval-preload'), sweep.PRELOADED.wait(120))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=150)
+    assert out.returncode == 0, out.stderr
+    scheduled, started = out.stdout.strip().splitlines()[-2:]
+    assert scheduled == "False 0"  # nothing loaded, no thread yet
+    assert started == "1 True"  # exactly one preload thread, and it finished
