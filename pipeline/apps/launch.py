@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ def app_launcher(dev: Any, app_dir: str, model_dir: str, device_arg: str | None,
 
         try:
             dev.shell(f"kill -9 {shlex.quote(str(int(pid)))}", timeout=10)
+            wait_gone(dev, int(pid))
         except (AdbError, OSError) as e:  # the device is gone: nothing we can kill; the run stops resumably
             print(f"run: could not kill app pid {pid} on {dev.serial}: {e}", file=sys.stderr)
 
@@ -57,3 +59,23 @@ def app_launcher(dev: Any, app_dir: str, model_dir: str, device_arg: str | None,
         return AppProcess(channel=channel, remote_kill=remote_kill, on_pid=on_pid)
 
     return start_app
+
+
+KILL_WAIT_S = 5.0
+
+
+def wait_gone(dev: Any, pid: int, timeout_s: float = KILL_WAIT_S) -> bool:
+    """True once ``pid`` no longer exists on the device (``kill -0`` fails), False after ``timeout_s`` (warned).
+
+    WHY: ``kill -9`` returns before the process is reaped. A run that ended while its killed app still existed
+    left the next prompt, stage or job sharing the device's CPU with it — and a test checking ``pidof`` right
+    after the run saw it (once the shell round trip stopped costing 20 ms, the race showed).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if dev.shell2(f"kill -0 {int(pid)}", timeout=10, v2=True).returncode != 0:
+            return True
+        if time.monotonic() >= deadline:
+            print(f"run: app pid {pid} on {dev.serial} still exists {timeout_s:g} s after kill -9", file=sys.stderr)
+            return False
+        time.sleep(0.05)

@@ -134,7 +134,10 @@ def test_interrupted_push_keeps_verified_files_and_resumes(virtual_device, tmp_p
     vd.set_faults()
     dev = vd.reconnect()
     resumed = push_dir(dev, host, remote, entries)
-    assert resumed.files_adopted == len(finals)  # kept files are re-hashed on the device, not re-sent
+    # kept files are re-hashed on the device, not re-sent. ">=": the drop can cut the in-flight verification's
+    # shell on the host side while the device still completes its mv (as a phone would), so b_small may have
+    # become final after the check above
+    assert resumed.files_adopted == len(entries) - len(resumed.sent) >= len(finals)
     assert "c_big.bin" in resumed.sent and "a_small.bin" not in resumed.sent
     assert_mirrors(vd, host, remote)
     assert not [r for r in device_files(vd, remote) if r.endswith(PART_SUFFIX)]
