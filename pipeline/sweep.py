@@ -185,7 +185,7 @@ def preload_host_side(config: Any, quiet: bool = False) -> dict[str, float]:
 PRELOADED = threading.Event()
 
 
-def preload_in_background() -> None:
+def schedule_preload() -> None:
     """Pool initializer of ``hydra/launcher=pool``: this forked worker will warm itself in a daemon thread that
     :func:`start_pending_preload` starts when its first job reaches the device-bound ``run`` phase.
 
@@ -202,7 +202,7 @@ _PENDING_PRELOAD: list[Any] = []  # the sweep config, until this worker's preloa
 
 
 def start_pending_preload() -> None:
-    """Start the preload thread :func:`preload_in_background` scheduled (once per worker; no-op otherwise)."""
+    """Start the preload thread :func:`schedule_preload` scheduled (once per worker; no-op otherwise)."""
     if _PENDING_PRELOAD and not PRELOADED.is_set():
         config = _PENDING_PRELOAD.pop()
         threading.Thread(target=preload_host_side, args=(config or {}, True), daemon=True,

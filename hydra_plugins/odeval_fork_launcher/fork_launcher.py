@@ -5,7 +5,7 @@ each import/load everything at the moment a stage needs it. Measured with 3 work
 (benchmarks/pool_speedup.py): each worker's first job spent 30-80 s in fetch and score doing exactly that, all
 three at once, which made a 3-device sweep slower than the serial one. Here the workers are forked from the sweep
 process (``multiprocessing`` "fork" context, cheap: nothing heavy is loaded before the fork), and each one starts a
-daemon thread that imports matplotlib/MLflow and loads the embedding model (``sweep.preload_in_background``)
+daemon thread that imports matplotlib/MLflow and loads the embedding model (``sweep.schedule_preload``)
 while its first job runs its prompts on the device — time in which a device-bound job's host is idle. (A preload
 in the sweep process before forking delayed every first job by the whole preload; one started at the fork competed
 for the GIL with the job's fetch and push.)
@@ -55,7 +55,7 @@ class ForkPoolLauncher(Launcher):
                  self.config.hydra.sweep.dir)
         for idx, overrides in enumerate(job_overrides):
             log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
-        from pipeline.sweep import FORK_JOBS, preload_in_background, run_forked_job
+        from pipeline.sweep import FORK_JOBS, run_forked_job, schedule_preload
 
         state = Singleton.get_state()
         FORK_JOBS[:] = [(initial_job_idx + idx, overrides, self.hydra_context, self.config, self.task_function,
@@ -63,7 +63,7 @@ class ForkPoolLauncher(Launcher):
         try:
             if n == 1:  # no fork for a serial sweep: same process, same behaviour as the basic launcher
                 return [run_forked_job(i) for i in range(len(FORK_JOBS))]
-            warm = preload_in_background if self.preload else None
+            warm = schedule_preload if self.preload else None
             if warm is not None:
                 log.info("ForkPoolLauncher: each worker preloads the host side in the background")
             with multiprocessing.get_context("fork").Pool(n, initializer=warm) as pool:

@@ -214,7 +214,8 @@ def load_engine(model_dir: Path, threads: int | None = None, engine: str | None 
         model, eos = _load_numpy(hf_dir, n_threads, required=choice == "numpy")
         backend = "numpy" if model is not None else "torch"
     if model is None:
-        _refuse_numpy_only(hf_dir, n_threads)
+        if choice == "torch":  # auto never gets here with such a model: _load_numpy refused it already
+            _refuse_numpy_only(hf_dir, n_threads)
         model, eos = _load_torch(hf_dir, n_threads)
     extra = set(eos if isinstance(eos, list) else [eos]) - {None}
     eng = Engine(model, codec, hf_dir, STOP_IDS | extra, backend=backend)

@@ -116,20 +116,13 @@ def test_json_io_is_atomic_canonical_and_names_bad_lines(tmp_path):
 def test_sweep_preload_with_the_bundled_model_imports_no_torch(tmp_path):
     """The forked workers' preload: the bundled embedding model is the numpy encoder, so no torch and no
     sentence-transformers are imported (they were ~4 s of every sweep's start)."""
-    import os
-    import sys
-
     code = ("import sys\nfrom pipeline.sweep import preload_host_side\n"
             "took = preload_host_side({'scoring': {'relevance': True, 'embedding_model': None},\n"
             "                          'tracking': {'backend': 'mlflow'}})\n"
             "print(sorted(took))\n"
             "print(sorted(preload_host_side({'tracking': {'backend': 'none'}})))\n"
             "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    took, untracked, heavy = out.stdout.strip().splitlines()[-3:]
+    took, untracked, heavy = _python_lines(code, tmp_path, 3)
     assert "'embedding model'" in took and "'mlflow'" in took and "torch" not in took
     assert "'mlflow'" not in untracked  # tracking=none: the sweep never imports MLflow
     assert heavy == "[]"
@@ -138,9 +131,6 @@ def test_sweep_preload_with_the_bundled_model_imports_no_torch(tmp_path):
 def test_pool_worker_preload_starts_once_when_the_first_job_runs(tmp_path):
     """hydra/launcher=pool: the initializer only schedules the preload; the first job's `run` phase starts it in a
     daemon thread (once), and PRELOADED tells later jobs the worker is warm."""
-    import os
-    import sys
-
     code = ("import threading\nfrom pipeline import sweep\n"
             "made = []\n"
             "class Counted(threading.Thread):\n"
@@ -148,14 +138,23 @@ def test_pool_worker_preload_starts_once_when_the_first_job_runs(tmp_path):
             "        made.append(self.name)\n"
             "        super().start()\n"
             "threading.Thread = Counted\n"
-            "sweep.preload_in_background()\n"
+            "sweep.schedule_preload()\n"
             "print(sweep.PRELOADED.is_set(), len(made))\n"
             "sweep.start_pending_preload(); sweep.start_pending_preload()\n"
             "print(made.count('odeval-preload'), sweep.PRELOADED.wait(120))\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=150)
-    assert out.returncode == 0, out.stderr
-    scheduled, started = out.stdout.strip().splitlines()[-2:]
+    scheduled, started = _python_lines(code, tmp_path, 2)
     assert scheduled == "False 0"  # nothing loaded, no thread yet
     assert started == "1 True"  # exactly one preload thread, and it finished
+
+
+def _python_lines(code: str, cwd: Path, n: int) -> list[str]:
+    """The last ``n`` stdout lines of ``python -c code`` in a fresh interpreter (this checkout on PYTHONPATH): what
+    a module imports or starts is only visible in a process that has not imported it yet."""
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=150)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-n:]
