@@ -93,6 +93,7 @@ class VirtualConfig:
     standin_model: str | None = None
     auth: bool = False  # require ADB AUTH like a phone: only host keys listed in adb_keys get `device`
     adb_keys: str | None = None  # None: adb_keys in the daemon's state dir (host side, never writable over adb)
+    sandbox: str = "on"  # on: the kernel confines the device side (refuses to start if it cannot); off: opt-out
     faults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -421,6 +422,9 @@ def validate(cfg: Config, source: str = "config") -> None:
             f"app.template={a.template!r}: {a.name}'s prompt template is compiled into the binary — only the"
             " reference app (app=reference) can change it"
         )
+    if str(d.virtual.sandbox).lower() not in ("on", "off", "true", "false"):
+        p.append(f"device.virtual.sandbox={d.virtual.sandbox!r}: use on (the kernel confines the virtual device) or"
+                 " off (an explicit opt-out: any local user with adb could then run code as you)")
     if d.kind == "virtual" and m.format == "mobilequant-qnn" and not d.virtual.standin_model:
         p.append(
             f"model={m.name} on device=virtual: QNN models run only on a Snapdragon HTP — use device=adb, or set"

@@ -35,7 +35,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                         "reference app's prompt template (`app.template`)"),
     "ODEVAL_QUIRK_PAST_END_TOKEN": ("pipeline.apps.reference_app", "set by the run stage: `app.past_end_token`"),
     # set by the virtual device for the app it launches (internal; never taken from the device side)
-    "ODEVAL_SANDBOX_ROOT": ("pipeline.apps.reference_app", "internal: the device storage the app is confined to"),
+    "ODEVAL_ROOT_FD": ("pipeline.apps.device_view", "internal: the inherited fd of the device's / (model dirs are "
+                       "resolved inside it by the kernel)"),
+    "ODEVAL_DEVICE_CWD": ("pipeline.apps.device_view", "internal: the device shell's cwd when the app started"),
+    "ODEVAL_APP_SCRATCH": ("pipeline.apps.device_view", "internal: the app's host-private dir for its model views"),
     "ODEVAL_VIRTUAL_PID": ("pipeline.apps.reference_app", "internal: the app's pid as the device shows it"),
     "ODEVAL_AUDIT_FD": ("pipeline.apps.reference_app", "internal: where the app reports refusals to the daemon log"),
     "ODEVAL_STANDIN_MODEL": ("pipeline.apps.reference_app", "internal: `device.virtual.standin_model`"),

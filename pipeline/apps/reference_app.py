@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import posixpath
 import signal
 import sys
 import time
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.apps import device_view
 from pipeline.apps.prompt_buffer import DEFAULT_UNWRITTEN_ID, parse_setting, past_end
 from pipeline.apps.prompt_format import TEMPLATES, PromptFormat, PromptFormatError, load_format
 from pipeline.models.tokenizer_bin import SPECIAL_TEXTS, TokenizerBin, TokenizerBinError, load_for_model
@@ -85,21 +85,14 @@ def safe_piece(piece: bytes) -> bytes:
     return b"" if len(piece) == 1 and piece[0] not in _PRINTABLE else piece
 
 
-def confined_dir(path: str, env: dict[str, str] | None = None) -> Path:
-    """Host dir of a model dir named on the device (argv, ``!reload``): under ``$ODEVAL_SANDBOX_ROOT`` (the virtual
-    device's ``/``; relative paths from the app's cwd), refused if it resolves — after symlinks — outside it, so
-    nothing typed on the device makes the app read host files.  Without the variable (host use) it is ``path``."""
-    env = os.environ if env is None else env
-    root = env.get("ODEVAL_SANDBOX_ROOT")
-    if not root:
-        return Path(path)
-    real_root, cwd = os.path.realpath(root), os.path.realpath(os.getcwd())
-    dev_cwd = "/" + os.path.relpath(cwd, real_root) if cwd.startswith(real_root + os.sep) else "/"
-    host = os.path.realpath(os.path.join(real_root, posixpath.normpath(posixpath.join(dev_cwd, path)).lstrip("/")))
-    if host != real_root and not host.startswith(real_root + os.sep):
-        _audit(f"model dir {path!r} resolves outside the device storage")
-        raise ReferenceAppError(f"{path}: outside the device storage (refused)")
-    return Path(host)
+def confined_dir(path: str) -> Path:
+    """Host dir to load for a model dir named on the device (argv, ``!reload``): on the virtual device a view of the
+    dir opened inside the device storage by the kernel (pipeline/apps/device_view.py); elsewhere ``path``."""
+    try:
+        return device_view.model_dir(path)
+    except device_view.DeviceViewError as exc:
+        _audit(f"model dir {path!r} cannot be opened on the device")
+        raise ReferenceAppError(str(exc)) from None
 
 
 def _audit(message: str) -> None:
@@ -389,7 +382,7 @@ def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: 
                     engine = load_engine(confined_dir(models_dir))
                 except ReferenceAppError as exc:
                     _audit(f"!reload {models_dir!r} refused: {exc}")
-                    sys.stderr.write(f"Initialization errror: {exc}\n")
+                    sys.stderr.write(f"Initialization errror: {device_view.device_text(str(exc))}\n")
                     return 1
                 fmt = engine.prompt_format(template, gemma=model_type == "gemma")
                 stdout.write(b"Models loaded and ready\n")
@@ -423,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_engine(confined_dir(args.model_dir))
         engine.prompt_format(args.template, gemma="gemma" in args.model_dir)  # a template the model cannot use
     except ReferenceAppError as exc:
-        sys.stderr.write(f"reference_app: {exc}\n")
+        sys.stderr.write(f"reference_app: {device_view.device_text(str(exc))}\n")
         return 1
     if os.environ.get("ODEVAL_APP_DEBUG") == "1":
         sys.stderr.write(f"reference_app: loaded in {engine.load_s:.3f} s\n")
@@ -434,5 +427,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _main_killed_on_oom() -> int:
+    """``main``, except that running out of memory ends as it does on a phone: killed (SIGKILL, the shell's 137), not
+    a Python traceback — the low-memory killer gives an app no last words.  On the virtual device the cap is the
+    app's RLIMIT_DATA (pipeline/virtual/app_launch.py)."""
+    try:
+        return main()
+    except MemoryError:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 137
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_killed_on_oom())

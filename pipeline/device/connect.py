@@ -21,7 +21,8 @@ __all__ = ["DeviceError", "get_device", "device_props", "device_kind", "DEFAULT_
 
 DEFAULT_VIRTUAL_ROOT = Path("~/.cache/odeval/virtual-device")
 PROP_KEYS = ("ro.product.model", "ro.product.manufacturer", "ro.soc.model", "ro.board.platform",
-             "ro.build.version.release", "ro.build.fingerprint", "ro.product.cpu.abi", "ro.odeval.virtual")
+             "ro.build.version.release", "ro.build.fingerprint", "ro.product.cpu.abi", "ro.odeval.virtual",
+             "ro.odeval.sandbox")
 WAIT_DEVICE_S = 30.0
 RECONNECT_AFTER_S = 2.0
 

@@ -19,7 +19,7 @@ def virtual_options(d: DeviceConfig) -> dict[str, Any]:
 
     v = d.virtual
     return dict(capacity_bytes=int(v.capacity_gb * 2**30), simulate_thermal=v.simulate_thermal,
-                standin_model=v.standin_model, auth=v.auth,
+                standin_model=v.standin_model, auth=v.auth, sandbox=v.sandbox,
                 adb_keys=str(resolve(v.adb_keys, shared_root())) if v.adb_keys else None, **dict(v.faults))
 
 

@@ -27,7 +27,11 @@ __all__ = ["VirtualDeviceError", "ensure_running", "status", "stop", "serial_for
 PID_FILE = "adbd.json"
 LOG_FILE = "adbd.log"
 ADB_KEYS_FILE = "adb_keys"  # the authorized host keys when auth is on (a phone's /data/misc/adb/adb_keys)
-DAEMON_OPTIONS = ("auth", "adb_keys")  # fixed for the daemon's lifetime (not faults): a change restarts it
+DAEMON_OPTIONS = ("auth", "adb_keys", "sandbox")  # fixed for the daemon's lifetime (not faults): a change restarts it
+# the daemon's whole environment (it and the apps it starts never see HF_TOKEN or any other user variable)
+DAEMON_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+              "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ODEVAL_THREADS", "ODEVAL_ENGINE",
+              "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 START_TIMEOUT_S = 15.0
 
 
@@ -52,16 +56,26 @@ def adb_keys_path(root: Path) -> Path:
     return state_dir(root) / ADB_KEYS_FILE
 
 
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
 def _daemon_options(root: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """Pop auth/adb_keys out of ``options`` → {"auth": bool, "adb_keys": str | None} (the path only with auth)."""
-    auth = options.pop("auth", False)
+    """Pop auth/adb_keys/sandbox out of ``options`` → {"auth", "adb_keys" (the path only with auth), "sandbox"}."""
+    auth = _flag(options.pop("auth", False))
     keys = options.pop("adb_keys", None)
-    if not isinstance(auth, bool):
-        auth = str(auth).strip().lower() in ("1", "true", "yes", "on")
-    if not auth:
-        return {"auth": False, "adb_keys": None}
-    path = Path(keys).expanduser().resolve() if keys else adb_keys_path(root)
-    return {"auth": True, "adb_keys": str(path)}
+    sandbox = options.pop("sandbox", "on")
+    if str(sandbox).strip().lower() not in ("on", "off", "true", "false", "1", "0"):
+        raise VirtualDeviceError(f"device.virtual.sandbox={sandbox!r}: use on (default) or off")
+    out = {"auth": auth, "adb_keys": None, "sandbox": _flag(sandbox)}
+    if auth:
+        out["adb_keys"] = str(Path(keys).expanduser().resolve() if keys else adb_keys_path(root))
+    return out
+
+
+def _fixed_at_start(info: dict[str, Any]) -> tuple[Any, ...]:
+    """What a running daemon was started with that only a restart can change."""
+    return bool(info.get("auth")), info.get("adb_keys"), info.get("sandbox", True)
 
 
 def _alive(pid: int) -> bool:
@@ -129,10 +143,10 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
     state = state_dir(root, create=True)
     with FileLock(str(state / "adbd.lock"), timeout=60):
         info = status(root)
-        wanted = (daemon_opts["auth"], daemon_opts["adb_keys"])
+        wanted = (daemon_opts["auth"], daemon_opts["adb_keys"], daemon_opts["sandbox"])
         asked = any(k in given for k in DAEMON_OPTIONS)  # not given: keep whatever runs (like other options)
-        if info is not None and asked and (bool(info.get("auth")), info.get("adb_keys")) != wanted:
-            stop(root)  # auth settings are fixed for a daemon's life: restart it (as a phone reboots)
+        if info is not None and asked and _fixed_at_start(info) != wanted:
+            stop(root)  # fixed for a daemon's life (auth, sandbox): restart it, as a phone reboots
             info = None
         if info is not None:
             if int(info["port"]) != int(port):
@@ -162,12 +176,16 @@ def _spawn(root: Path, port: int, options: dict[str, Any], app_cmd: list[str] | 
     from pipeline.workspace import outside_dvc_temp
 
     repo = outside_dvc_temp(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH", "")]))
+    env = {k: os.environ[k] for k in DAEMON_ENV if k in os.environ}  # an allowlist: never HF_TOKEN & co.
+    env |= {"PYTHONPATH": str(repo), "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pipeline.virtual", "serve", "--root", str(root), "--port", str(port),
            *_options_cli(options), *(["--app-cmd", json.dumps(app_cmd)] if app_cmd else [])]
-    if (daemon_opts or {}).get("auth"):
+    daemon_opts = daemon_opts or {}
+    if daemon_opts.get("auth"):
         cmd += ["--auth", "--adb-keys", str(daemon_opts["adb_keys"])]
+    if daemon_opts.get("sandbox", True) is False:
+        cmd += ["--sandbox", "off"]
+        print(SANDBOX_OFF_WARNING, file=sys.stderr)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=str(state))
@@ -191,15 +209,21 @@ def _spawn(root: Path, port: int, options: dict[str, Any], app_cmd: list[str] | 
                              f"see {log_path}")
 
 
+SANDBOX_OFF_WARNING = (
+    "WARNING: virtual device sandbox OFF (device.virtual.sandbox=off): anything that can reach its adb port — any "
+    "local user — runs code with your user's rights and reads your files. Results record ro.odeval.sandbox=off.")
+
+
 def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any],
-                   app_cmd: list[str] | None = None, *, auth: bool = False, adb_keys: str | None = None) -> Path:
+                   app_cmd: list[str] | None = None, *, auth: bool = False, adb_keys: str | None = None,
+                   sandbox: str = "off") -> Path:
     """Called by the serving process once it listens (so 'pid file exists' means 'ready')."""
     state = state_dir(root, create=True)
     path = state / PID_FILE
     info = {"pid": os.getpid(), "port": port, "host": host, "serial": serial_for(port, host),
             "root": str(Path(root).resolve()), "storage": str(storage_dir(root)), "state": str(state),
             "options": options, "app_cmd": app_cmd, "log": str(state / LOG_FILE), "started": time.time(),
-            "auth": auth, "adb_keys": adb_keys}
+            "auth": auth, "adb_keys": adb_keys, "sandbox": sandbox != "off", "confinement": sandbox}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, path)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.virtual import (
+    SANDBOX_OFF_WARNING,
     VirtualDeviceError,
     adb_keys_path,
     default_port,
@@ -44,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="require ADB AUTH like a real phone: only hosts whose key is in --adb-keys are authorized")
     p.add_argument("--adb-keys", type=Path, default=None,
                    help="authorized host keys (adb_keys format; default: adb_keys in the daemon's state dir)")
+    p.add_argument("--sandbox", choices=["on", "off"], default="on",
+                   help="on (default): the kernel confines the device side (Landlock + in-root path resolution); "
+                        "refuses to start when it cannot. off: no confinement — any local user with adb runs code "
+                        "as you (recorded in provenance as ro.odeval.sandbox=off)")
     p.add_argument("--app-cmd", default=None, metavar="JSON",
                    help="test hook: host argv prefix run instead of the reference app (JSON list); fixed for the "
                         "daemon's lifetime, nothing on the device can change it")
@@ -51,19 +56,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(root: Path, port: int, host: str, options: dict, app_cmd: list[str] | None, auth: bool = False,
-           adb_keys: Path | None = None) -> int:
+           adb_keys: Path | None = None, sandbox: bool = True) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if auth and adb_keys is None:
         adb_keys = adb_keys_path(root)
-    daemon = make_daemon(root, port, host, options, app_cmd=app_cmd, auth=auth, adb_keys=adb_keys)
+    daemon = make_daemon(root, port, host, options, app_cmd=app_cmd, auth=auth, adb_keys=adb_keys, sandbox=sandbox)
     daemon.bind()
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     write_pid_file(root, daemon.port, daemon.host, options, app_cmd, auth=auth,
-                   adb_keys=str(daemon.adb_keys) if auth else None)
-    logging.getLogger("odeval.virtual").info("serving %s:%d root=%s storage=%s options=%s app_cmd=%s auth=%s",
-                                             daemon.host, daemon.port, daemon.root, daemon.sandbox.root, options,
-                                             app_cmd, auth)
+                   adb_keys=str(daemon.adb_keys) if auth else None, sandbox=daemon.confinement)
+    logger = logging.getLogger("odeval.virtual")
+    logger.info("serving %s:%d root=%s storage=%s options=%s app_cmd=%s auth=%s sandbox=%s", daemon.host,
+                daemon.port, daemon.root, daemon.sandbox.root, options, app_cmd, auth, daemon.confinement)
+    if daemon.confinement == "off":
+        logger.warning(SANDBOX_OFF_WARNING)
     daemon.serve_forever()
     return 0
 
@@ -77,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         options = parse_cli(args.fault)
         app_cmd = parse_app_cmd(args.app_cmd)
         if args.command == "serve":
-            return _serve(root, port, args.host, options, app_cmd, args.auth, args.adb_keys)
+            return _serve(root, port, args.host, options, app_cmd, args.auth, args.adb_keys, args.sandbox == "on")
         if args.command == "start":
+            options["sandbox"] = args.sandbox
             if args.auth:
                 options.update(auth=True, adb_keys=str(args.adb_keys) if args.adb_keys else None)
             print(ensure_running(root, port, **options, **({"app_cmd": app_cmd} if app_cmd else {})))

@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.virtual import adbauth
+from pipeline.virtual import adbauth, confine
+from pipeline.virtual.broker import HostBroker
 from pipeline.virtual.faults import FaultSource
-from pipeline.virtual.layout import storage_dir
+from pipeline.virtual.layout import state_dir, storage_dir
 from pipeline.virtual.procs import ProcessTable
 from pipeline.virtual.props import VIRTUAL_PROPS
-from pipeline.virtual.sandbox import Sandbox, SandboxError
+from pipeline.virtual.sandbox import Sandbox
+from pipeline.virtual.space import NoSpace
 
 log = logging.getLogger("odeval.virtual.adbd")
 
@@ -310,6 +312,12 @@ class Connection:
 
     def _run_service(self, handler: Callable[[Stream, str], None], stream: Stream, service: str) -> None:
         try:
+            self.daemon.enter_device_domain()  # before anything the stream asks for: the kernel bounds it
+        except OSError as e:
+            log.error("refused: stream %r not served, its thread could not be confined (%s)", service, e)
+            stream.close()
+            return
+        try:
             handler(stream, service)
         except (StreamClosed, OSError):
             pass
@@ -328,12 +336,13 @@ class Daemon:
     ``root`` is the device dir (``root/storage`` = device ``/``, ``root/state`` = host-only state).  The shell
     service is injected (:func:`pipeline.virtual.services.make_daemon`) so this module never imports the shell.
     ``app_cmd`` (test hook) is fixed here for the daemon's lifetime. ``auth``: require ADB AUTH against the
-    host-side ``adb_keys`` file (like a phone's /data/misc/adb/adb_keys).
+    host-side ``adb_keys`` file (like a phone's /data/misc/adb/adb_keys).  ``sandbox``: confine every device stream
+    by the kernel (:mod:`pipeline.virtual.confine`); ``False`` only on the user's explicit opt-out.
     """
 
     def __init__(self, root: Path, port: int, host: str = "127.0.0.1", options: dict | None = None, *,
                  app_cmd: list[str] | None = None, shell_service: ShellService | None = None, auth: bool = False,
-                 adb_keys: Path | None = None) -> None:
+                 adb_keys: Path | None = None, sandbox: bool = True) -> None:
         if auth and adb_keys is None:
             raise AdbdError("auth needs an adb_keys file (host side, outside the device root); pass --adb-keys")
         self.auth = auth
@@ -341,17 +350,45 @@ class Daemon:
         self.host = check_loopback(host)
         self.port = port
         self.root = Path(root).resolve()
-        self.sandbox = Sandbox(storage_dir(self.root))
+        self._app_cmd = tuple(app_cmd) if app_cmd else None
+        self._shell_service = shell_service
+        self.broker = HostBroker().start()  # unconfined: started before any thread enters the device domain
+        self.faults = FaultSource(self.root, options, read=lambda p: self.broker.call(Path.read_text, p))
+        self.faults.get()  # validate early: a bad option fails at start, not at first use
+        self.sandbox = Sandbox(storage_dir(self.root), self.faults.get)
         if auth and self.adb_keys.resolve().is_relative_to(self.sandbox.root):
             log.warning("adb_keys %s is inside the device storage: anyone with adb access could add a key; keep it "
                         "outside (the daemon's host-side state dir)", self.adb_keys)
-        self._app_cmd = tuple(app_cmd) if app_cmd else None
-        self._shell_service = shell_service
-        self.faults = FaultSource(self.root, options)
-        self.faults.get()  # validate early: a bad option fails at start, not at first use
+        self.scratch = state_dir(self.root, create=True) / "apps"  # host-private: the apps' model views
+        self.scratch.mkdir(mode=0o700, exist_ok=True)
+        self.confinement = "off"
+        if sandbox:
+            try:
+                self.confinement = confine.check_available()
+                self.enter_device_domain(probe=True)  # a ruleset the kernel accepts, checked at start
+            except (confine.SandboxUnavailable, OSError) as e:
+                raise AdbdError(f"the virtual device cannot confine its device side: {e}") from None
         self.procs = ProcessTable()
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
+
+    def host_reads(self) -> list[str]:
+        """Host paths the device side may read besides the runtime: the stand-in model (host-side options only),
+        the test hook's files (fixed at start)."""
+        paths = [self.faults.get().standin_model or ""]
+        paths += [a for a in (self._app_cmd or ()) if os.path.isabs(a) and os.path.exists(a)]
+        return [p for p in paths if p]
+
+    def enter_device_domain(self, probe: bool = False) -> None:
+        """Confine the calling thread (a stream's service) and all it starts; see :mod:`pipeline.virtual.confine`.
+
+        Built per stream (~0.2 ms) so a stand-in model set through the host-side control file is readable by the
+        streams opened after it; ``probe`` only builds it (at start: fail closed before listening)."""
+        if self.confinement == "off":
+            return
+        with confine.device_ruleset(self.sandbox.root, self.scratch, self.host_reads()) as rs:
+            if not probe:
+                rs.enforce()
 
     @property
     def app_cmd(self) -> tuple[str, ...] | None:
@@ -474,9 +511,8 @@ class SyncService:
 
     def _lstat(self, path: str, follow: bool) -> os.stat_result | None:
         try:
-            host = self.d.sandbox.host(path, follow=follow)
-            return os.stat(host) if follow else os.lstat(host)
-        except (OSError, SandboxError):
+            return self.d.sandbox.fs.stat(path, follow=follow)
+        except OSError:
             return None
 
     def _stat_v1(self, path: str) -> None:
@@ -497,26 +533,18 @@ class SyncService:
         err = 0
         st = None
         try:
-            host = self.d.sandbox.host(path, follow=follow)
-            st = os.stat(host) if follow else os.lstat(host)
-        except SandboxError:
-            err = errno.EACCES
+            st = self.d.sandbox.fs.stat(path, follow=follow)
         except OSError as e:
             err = e.errno or errno.ENOENT
         self._emit(cmd + self._v2_fields(st, err))
 
     def _list(self, path: str, v2: bool) -> None:
+        fs = self.d.sandbox.fs
         try:
-            host = self.d.sandbox.host(path)
-            names = [".", "..", *sorted(os.listdir(host))]
-        except (OSError, SandboxError):
-            names = []
-            host = None
-        for name in names:
-            try:
-                st = os.lstat(os.path.join(host, name))
-            except OSError:
-                continue
+            entries = [(".", fs.stat(path)), ("..", fs.stat(path + "/.."))] + list(fs.entries(path))
+        except OSError:
+            entries = []
+        for name, st in entries:
             raw = name.encode("utf-8", "surrogateescape")
             if v2:
                 self._emit(b"DNT2" + self._v2_fields(st, 0) + struct.pack("<I", len(raw)) + raw)
@@ -535,8 +563,9 @@ class SyncService:
                 time.sleep(ahead)
 
     def _send(self, arg: str) -> bool:
-        """Receive one file.  Data goes to a temp name in the target dir, renamed on DONE, so an interrupted push
-        never leaves a partial file under the destination name.  Returns False if the transport was dropped."""
+        """Receive one file into a temp name in its (in-root) parent dir, renamed over the target on DONE, so an
+        interrupted or refused push never leaves a partial file under the destination name.  Every byte is charged
+        to the device's capacity as it arrives.  Returns False if the transport was dropped."""
         path, _, mode_s = arg.rpartition(",")
         if not path:
             path, mode_s = arg, "33188"
@@ -544,40 +573,9 @@ class SyncService:
             mode = int(mode_s)
         except ValueError:
             mode = 0o100644
-        faults = self.d.faults.get()
-        error: str | None = None
-        tmp: Path | None = None
-        fh = None
-        try:
-            host = self.d.sandbox.host(path, follow=False)
-            if faults.disk_full:
-                error = "write failed: No space left on device"
-            elif host.is_dir():
-                error = f"{path}: Is a directory"
-            else:
-                host.parent.mkdir(parents=True, exist_ok=True)  # fixed_push_mkdir
-                tmp = host.with_name(f".{host.name}.odeval-partial-{os.getpid()}-{threading.get_ident()}")
-                if not stat.S_ISLNK(mode):
-                    fh = open(tmp, "wb")  # noqa: SIM115 - closed in finally
-        except SandboxError as e:
-            error = f"{path}: {e.message}"
-        except OSError as e:
-            error = f"{path}: {e.strerror}"
-
-        def discard() -> None:
-            """Drop the partial file: nothing half-written may survive a failed SEND."""
-            nonlocal fh, tmp
-            if fh is not None:
-                fh.close()
-                fh = None
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-                tmp = None
-
-        received = 0
-        link_target = bytearray()
+        push = _Upload(self.d.sandbox, path, mode)
         start = time.monotonic()
-        budget = faults.capacity_bytes - self.d.sandbox.used_bytes() if error is None else 0
+        faults = self.d.faults.get()
         try:
             while True:
                 head = self.s.read_exact(8)
@@ -589,60 +587,34 @@ class SyncService:
                     self._fail(f"bad sync message {kind!r} ({n} bytes) during SEND")
                     return False
                 data = self.s.read_exact(n)
-                received += n
-                if faults.drop_push_after_bytes is not None and received >= faults.drop_push_after_bytes:
-                    log.warning("fault: dropping transport after %d bytes of SEND %s", received, path)
-                    discard()  # clean up before the host can observe the failure
+                if faults.drop_push_after_bytes is not None and push.received + n >= faults.drop_push_after_bytes:
+                    log.warning("fault: dropping transport after %d bytes of SEND %s", push.received + n, path)
+                    push.discard()  # clean up before the host can observe the failure
                     self.s.conn.abort()
                     raise _PushAborted
-                if error is None and received > budget:
-                    error = "write failed: No space left on device"
-                    discard()
-                if error is None:
-                    if fh is not None:
-                        fh.write(data)
-                    else:
-                        link_target += data
-                self._throttle(start, received, faults.bandwidth_bytes_per_s)
+                push.write(data)
+                self._throttle(start, push.received, faults.bandwidth_bytes_per_s)
+            error = push.finish(mtime)
             if error is None:
-                if fh is not None:
-                    fh.close()
-                    fh = None
-                    os.chmod(tmp, stat.S_IMODE(mode))
-                    os.utime(tmp, (mtime, mtime))
-                    os.replace(tmp, host)
-                else:
-                    target = bytes(link_target).rstrip(b"\0").decode("utf-8", "surrogateescape")
-                    os.symlink(self.d.sandbox.symlink_target(target, path), tmp)
-                    os.replace(tmp, host)
-                tmp = None
                 self._emit(b"OKAY" + struct.pack("<I", 0))
             else:
                 self._fail(error)
             return True
         except (_PushAborted, StreamClosed):
             return False
-        except OSError as e:
-            discard()  # clean up before the host can observe the failure
-            self._fail(f"write failed: {e.strerror}")
-            return True
         finally:
-            discard()
+            push.discard()
 
     def _recv(self, path: str) -> None:
         faults = self.d.faults.get()
         try:
-            host = self.d.sandbox.host(path)
-            fh = open(host, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except SandboxError as e:
-            self._fail(e.message)
-            return
+            fd = self.d.sandbox.fs.open(path)
         except OSError as e:
             self._fail(e.strerror or "open failed")
             return
         start = time.monotonic()
         sent = 0
-        with fh:
+        with os.fdopen(fd, "rb", buffering=0) as fh:
             while True:
                 chunk = fh.read(SYNC_DATA_MAX)
                 if not chunk:
@@ -652,3 +624,101 @@ class SyncService:
                 sent += len(chunk)
                 self._throttle(start, sent, faults.bandwidth_bytes_per_s)
         self._emit(b"DONE" + struct.pack("<I", 0))
+
+
+class _Upload:
+    """One SEND's file on the device: a temp file (or a symlink target being collected) in the target's in-root
+    parent dir, the first error met (the rest of the data is still read, as adbd does), the capacity charge."""
+
+    def __init__(self, sandbox: Sandbox, path: str, mode: int) -> None:
+        self.sb, self.path, self.mode = sandbox, path, mode
+        self.received = 0
+        self.error: str | None = None
+        self.link_target = bytearray() if stat.S_ISLNK(mode) else None
+        self.parent_fd: int | None = None
+        self.tmp: str | None = None
+        self.fd: int | None = None
+        self.writer = sandbox.space.writer()
+        try:
+            if sandbox.disk_full():
+                self.error = "write failed: No space left on device"
+                return
+            if sandbox.fs.is_dir(path):
+                self.error = f"{path}: Is a directory"
+                return
+            head = Sandbox.normalize(path).rsplit("/", 1)[0] or "/"
+            sandbox.fs.mkdir(head, parents=True)  # fixed_push_mkdir
+            self.parent_fd, self.leaf = sandbox.fs.parent(path)
+            self.tmp = f".{self.leaf}.odeval-partial-{os.getpid()}-{threading.get_ident()}"
+            if self.link_target is None:
+                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o600, dir_fd=self.parent_fd)
+        except OSError as e:
+            self.error = f"{path}: {e.strerror}"
+
+    def write(self, data: memoryview) -> None:
+        self.received += len(data)
+        if self.error is not None:
+            return
+        try:
+            self.writer.charge(len(data))
+            if self.fd is not None:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            elif self.link_target is not None:
+                self.link_target += data
+        except NoSpace:
+            self.error = "write failed: No space left on device"
+            self.discard()
+        except OSError as e:
+            self.error = f"write failed: {e.strerror}"
+            self.discard()
+
+    def finish(self, mtime: int) -> str | None:
+        """Publish the file under its name (rename over it); the error message instead, if any."""
+        if self.error is None and self.writer.doomed:
+            self.error = "write failed: No space left on device"
+        if self.error is not None or self.parent_fd is None or self.tmp is None:
+            return self.error or f"{self.path}: cannot write"
+        try:
+            if self.fd is not None:
+                os.fchmod(self.fd, stat.S_IMODE(self.mode))
+                os.utime(self.fd, (mtime, mtime))
+                os.close(self.fd)
+                self.fd = None
+            else:
+                target = bytes(self.link_target or b"").rstrip(b"\0").decode("utf-8", "surrogateescape")
+                os.symlink(target, self.tmp, dir_fd=self.parent_fd)
+            replaced = _exists_at(self.parent_fd, self.leaf)
+            os.rename(self.tmp, self.leaf, src_dir_fd=self.parent_fd, dst_dir_fd=self.parent_fd)
+            self.tmp = None
+            if replaced:
+                self.sb.space.freed()
+        except OSError as e:
+            return f"write failed: {e.strerror}"
+        return None
+
+    def discard(self) -> None:
+        """Drop the partial file and the charge: nothing half-written may survive a failed SEND."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.tmp is not None and self.parent_fd is not None:
+            try:
+                os.unlink(self.tmp, dir_fd=self.parent_fd)
+            except OSError:
+                pass
+            self.tmp = None
+        if self.parent_fd is not None:
+            os.close(self.parent_fd)
+            self.parent_fd = None
+        self.writer.close()
+
+
+def _exists_at(dirfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True

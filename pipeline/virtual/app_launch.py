@@ -11,8 +11,12 @@ of it may choose the host program, its environment or which host files it reads:
   :data:`DEVICE_KNOBS` from the device, validated; the device's ``LD_LIBRARY_PATH``/``ADSP_LIBRARY_PATH`` only as
   ``ODEVAL_DEVICE_*`` strings), then the launcher's own variables; every other device variable is refused and
   logged;
-- argv carries *device* paths; the app is told the storage root (``ODEVAL_SANDBOX_ROOT``) and confines every model
-  dir to it (after symlinks); the model dir argument is checked here too;
+- argv carries *device* paths; the app inherits the device's ``/`` as a directory fd (``ODEVAL_ROOT_FD``) and
+  resolves every model dir inside it by the kernel (pipeline/apps/device_view.py); its cwd is the shell's, resolved
+  the same way;
+- the app runs in its own Landlock domain (:func:`pipeline.virtual.confine.app_ruleset`: storage read-only, its
+  scratch dir, the runtime), with its private memory capped (``RLIMIT_DATA``: a phone's low-memory killer) and the
+  number of apps and device processes capped (fork's "Try again");
 - the app's stderr is scrubbed of host paths (tracebacks, loader messages) before it reaches the device; refusals
   the app makes (e.g. ``!reload /etc``) come back on a private pipe (``ODEVAL_AUDIT_FD``) into the daemon log.
 """
@@ -22,17 +26,21 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.virtual import confine
 from pipeline.virtual.layout import state_dir
 from pipeline.virtual.procs import kill_group
-from pipeline.virtual.sandbox import Sandbox, SandboxError
+from pipeline.virtual.sandbox import Sandbox
 
 if TYPE_CHECKING:
     from pipeline.virtual.shell import Session
@@ -40,36 +48,39 @@ if TYPE_CHECKING:
 
 APP_BASENAME = "simple_app"
 APP_MODULE = "pipeline.apps.reference_app"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../pipeline: the app imports it from here, nothing else
+REPO_ROOT = PACKAGE_DIR.parent
 # -I: isolated (ignores PYTHON* env, user site, and puts neither cwd nor a script dir on sys.path); -u: unbuffered.
-_BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+# The package is loaded from its own dir (argv[1]): the app's domain may read .../pipeline, not the repo around it.
+_BOOT = ("import importlib.util as u, runpy, sys; p = sys.argv.pop(1); "
+         "s = u.spec_from_file_location('pipeline', p + '/__init__.py', submodule_search_locations=[p]); "
+         "m = u.module_from_spec(s); sys.modules['pipeline'] = m; s.loader.exec_module(m); "
          f"runpy.run_module({APP_MODULE!r}, run_name='__main__', alter_sys=True)")
 _KNOB = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 DEVICE_KNOBS: dict[str, re.Pattern[str]] = {  # the reference app's behaviour knobs the run stage sets remotely
     "ODEVAL_TEMPLATE": _KNOB, "ODEVAL_ENGINE": _KNOB,
     "ODEVAL_QUIRK_PAST_END_TOKEN": re.compile(r"-?[0-9]{1,9}|faithful:-?[0-9]{1,9}")}  # an id | faithful:<unwritten id>
 DEVICE_INFO = ("LD_LIBRARY_PATH", "ADSP_LIBRARY_PATH")  # passed as ODEVAL_DEVICE_<name>, information only
-HOST_PASS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-             "MKL_NUM_THREADS", "ODEVAL_THREADS", "ODEVAL_ENGINE", "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE",
-             "TRANSFORMERS_OFFLINE")
+HOST_PASS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+             "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ODEVAL_THREADS", "ODEVAL_ENGINE",
+             "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 LEGACY_CONTROL = "/.odeval/faults.json"  # where the control file used to be (inside the device storage)
 log = logging.getLogger("odeval.virtual.security")
 
 
-def app_command(sh: Session, argv: list[str]) -> list[str] | str:
-    """Host argv for ``simple_app <model_dir> ...`` (device paths), or an error message for the device."""
+class ForkRefused(Exception):
+    """The device's process or app cap is reached (what fork's EAGAIN is on a phone)."""
+
+
+def app_command(sh: Session, argv: list[str], pass_fd: int) -> list[str]:
+    """Host argv for ``simple_app <model_dir> ...``: the model dir as an absolute *device* path, which the app
+    resolves in-root itself (pipeline/apps/device_view.py); never a host path."""
     args = list(argv[1:])
-    if args:  # argv[1] is the model dir (§4): absolute device path, confined to the storage (after symlinks)
-        try:
-            sh.sb.host(args[0], sh.cwd)
-        except SandboxError:
-            log.warning("refused: simple_app model dir %r resolves outside the device storage (vpid %d)", args[0],
-                        sh.vpid)
-            return f"{args[0]}: Permission denied"
+    if args:
         args[0] = Sandbox.normalize(args[0], sh.cwd)
     if sh.d.app_cmd is not None:
         return [*sh.d.app_cmd, *args]
-    return [sys.executable, "-I", "-u", "-c", _BOOT, str(REPO_ROOT), *args]
+    return [sys.executable, "-I", "-u", "-c", _BOOT, str(PACKAGE_DIR), *args]
 
 
 def app_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]:
@@ -89,44 +100,108 @@ def app_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]:
         log.warning("refused device env for simple_app (vpid %d; not in the allowlist or bad value): %s", vpid,
                     ", ".join(refused))
     env.update(sh.d.faults.get().app_env())  # host-side control file: ODEVAL_FAULT_*, ODEVAL_STANDIN_MODEL
-    env["ODEVAL_SANDBOX_ROOT"] = str(sh.sb.root)
     env["ODEVAL_VIRTUAL_PID"] = str(vpid)
+    env["ODEVAL_DEVICE_CWD"] = sh.cwd
+    env["HOME"] = "/data/local/tmp"  # a device path: nothing of the host user's home
     return env
 
 
 def _note_legacy_control(sh: Session) -> None:
     """A control file at the old device-side location is inert; say so in the log (it is an attack or a leftover)."""
-    try:
-        legacy = sh.sb.host(LEGACY_CONTROL)
-    except SandboxError:
-        return
-    if legacy.exists():
+    if sh.fs.exists(LEGACY_CONTROL):
         log.warning("refused: device-side control file %s is ignored (control files live host-side in %s)",
                     LEGACY_CONTROL, state_dir(sh.d.root))
 
 
-def run_app(sh: Session, host: Path, argv: list[str], assigns: dict[str, str], ctx: Ctx, exec_mode: bool) -> int:
+def _check_caps(sh: Session) -> None:
+    f = sh.d.faults.get()
+    procs = sh.d.procs.all()
+    apps = sum(1 for p in procs if p.popen is not None)
+    if apps >= f.max_apps or len(procs) >= f.max_processes:
+        log.warning("refused: simple_app start (vpid %d): %d apps / %d device processes running (caps %d / %d)",
+                    sh.vpid, apps, len(procs), f.max_apps, f.max_processes)
+        raise ForkRefused
+
+
+class _Launch:
+    """What one app start holds on the host: the fds it inherits, its scratch dir (model views), its domain."""
+
+    def __init__(self, sh: Session, vpid: int) -> None:
+        self.sh = sh
+        self.root_fd = os.dup(sh.fs.fd)  # the device's / for the app's own in-root resolution
+        os.set_inheritable(self.root_fd, True)
+        try:
+            self.cwd_fd = sh.fs.open(sh.cwd, os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            self.cwd_fd = sh.fs.open("/", os.O_PATH | os.O_DIRECTORY)
+        os.set_inheritable(self.cwd_fd, True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{vpid}-", dir=sh.d.scratch))
+
+    def popen(self, command: list[str], env: dict[str, str], audit_w: int, **kw: Any) -> subprocess.Popen:
+        """Start the app in its own nested Landlock domain (entered by a short-lived thread, so the session's own
+        thread keeps its domain), its cwd the shell's cwd resolved in-root, its memory capped."""
+        env = env | {"ODEVAL_ROOT_FD": str(self.root_fd), "ODEVAL_APP_SCRATCH": str(self.scratch),
+                     "ODEVAL_AUDIT_FD": str(audit_w)}
+        result: dict[str, Any] = {}
+
+        def spawn() -> None:
+            try:
+                if self.sh.d.confinement != "off":
+                    with confine.app_ruleset(self.sh.sb.root, self.scratch, self.sh.d.host_reads()) as rs:
+                        rs.enforce()
+                result["proc"] = subprocess.Popen(  # noqa: S603 - argv list, no shell; the app or the start-time hook
+                    command, cwd=f"/proc/self/fd/{self.cwd_fd}", env=env, bufsize=0, start_new_session=True,
+                    pass_fds=(audit_w, self.root_fd, self.cwd_fd), **kw)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the session's thread
+                result["error"] = e
+
+        t = threading.Thread(target=spawn, name="app-spawn")
+        t.start()
+        t.join()
+        if "error" in result:
+            raise result["error"]
+        proc: subprocess.Popen = result["proc"]
+        faults = self.sh.d.faults.get()
+        free = max(0, faults.capacity_bytes - self.sh.sb.space.used())
+        try:
+            # RLIMIT_DATA: private writable memory (heap, numpy/torch buffers), what an app's RAM budget is.
+            # RLIMIT_FSIZE: a file the app writes itself cannot outgrow the free space it started with (its stdout,
+            # even redirected to a file, goes through the daemon and is charged byte by byte).
+            resource.prlimit(proc.pid, resource.RLIMIT_DATA, (faults.app_memory_bytes, faults.app_memory_bytes))
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (free, free))
+        except (OSError, ValueError) as e:
+            log.warning("simple_app limits not applied (%s)", e)
+        return proc
+
+    def close(self) -> None:
+        for fd in (self.root_fd, self.cwd_fd):
+            os.close(fd)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exec_mode: bool) -> int:
     """Start the app as a child in its own process group wired to ``ctx``; wait; return the shell status."""
     from pipeline.virtual.shell_builtins import _b
 
     _note_legacy_control(sh)
-    command = app_command(sh, argv)
-    if isinstance(command, str):
-        ctx.err(_b(f"{argv[0]}: {command}\n"))
-        return 127
     if sh.aborted:
         return 137
+    try:
+        _check_caps(sh)
+    except ForkRefused:
+        ctx.err(_b(f"sh: {argv[0]}: can't fork: Try again\n"))
+        return 1
     proc = sh.proc if exec_mode else sh.d.procs.add(APP_BASENAME, sh.vpid, None)
+    launch = _Launch(sh, proc.vpid)
     audit_r, audit_w = os.pipe()
     env = app_env(sh, assigns, proc.vpid)
-    env["ODEVAL_AUDIT_FD"] = str(audit_w)
     try:
-        child = subprocess.Popen(  # noqa: S603 - argv list, no shell; only the reference app or the start-time hook
-            command, cwd=host.parent, env=env, bufsize=0, start_new_session=True, pass_fds=(audit_w,),
-            stdin=ctx.in_file if ctx.in_file is not None else subprocess.PIPE,
-            stdout=ctx.out_file if ctx.out_file is not None else subprocess.PIPE, stderr=subprocess.PIPE)
+        child = launch.popen(app_command(sh, argv, launch.root_fd), env, audit_w,
+                             stdin=ctx.in_file if ctx.in_file is not None else subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:
         os.close(audit_r)
+        launch.close()
         if not exec_mode:
             sh.d.procs.remove(proc.vpid, proc)
         ctx.err(_b(f"{argv[0]}: cannot start the reference app: {e.strerror or 'exec failed'}\n"))
@@ -136,10 +211,7 @@ def run_app(sh: Session, host: Path, argv: list[str], assigns: dict[str, str], c
     proc.popen, proc.name, proc.argv = child, APP_BASENAME, list(argv)
     sh.adopt(child)
     scrub = HostPathScrubber(sh, proc.vpid)
-    threads = [_audit_reader(audit_r, proc.vpid)]
-    if child.stdout is not None:
-        threads.append(_pump(child.stdout, ctx.out))
-    threads.append(_pump(child.stderr, ctx.err, scrub))
+    threads = [_audit_reader(audit_r, proc.vpid), _pump(child.stdout, ctx.out), _pump(child.stderr, ctx.err, scrub)]
     if child.stdin is not None:
         threads.append(threading.Thread(target=_feed_child, args=(sh, child), daemon=True, name="app-stdin"))
         threads[-1].start()
@@ -150,6 +222,7 @@ def run_app(sh: Session, host: Path, argv: list[str], assigns: dict[str, str], c
         for t in threads:
             t.join(timeout=5)
         sh.release(child)
+        launch.close()
         if exec_mode:
             proc.popen = None
         else:

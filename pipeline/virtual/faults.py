@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ class Faults:
     # getprop values to report instead of the defaults (a fake phone, e.g. {"ro.soc.model": "SM8550"});
     # ro.odeval.virtual cannot be overridden (pipeline/virtual/props.py)
     props_override: dict[str, str] = field(default_factory=dict)
+    # limits, each refused as a phone would: apps/processes → fork's "Try again", memory → killed (SIGKILL)
+    max_apps: int = 4  # concurrent simple_app processes (each is a host process holding a model)
+    max_processes: int = 64  # shell sessions + apps
+    app_memory_bytes: int = 8 * GIB  # RLIMIT_DATA of each app: private writable memory
 
     def app_env(self) -> dict[str, str]:
         """Environment variables through which the reference app learns about app-level faults."""
@@ -71,7 +76,8 @@ class Faults:
 _FIELDS = {f.name: f for f in fields(Faults)}
 _BOOL = {"disk_full", "app_hang", "app_invalid_utf8", "simulate_thermal"}
 _INT = {"drop_push_after_bytes", "bandwidth_bytes_per_s", "capacity_bytes", "app_crash_after_tokens",
-        "drop_transport_after_answers", "drop_transport_after_bytes"}
+        "drop_transport_after_answers", "drop_transport_after_bytes", "max_apps", "max_processes",
+        "app_memory_bytes"}
 _STR_MAP = {"props_override"}
 
 
@@ -169,8 +175,10 @@ class FaultSource:
     Also the daemon-wide counters of the transport-drop faults (answers and app output bytes seen on shell
     streams), reset whenever the faults change, so each drop fires once per setting."""
 
-    def __init__(self, root: Path, base: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, base: dict[str, Any] | None = None,
+                 read: Callable[[Path], str] = Path.read_text) -> None:
         self._path = faults_path(root)
+        self._read = read  # the daemon passes its host broker's reader: the device domain cannot open state/
         self._base = dict(base or {})
         self._key: tuple[int, int] | None = None
         self._current = make_faults(self._base, "daemon options")
@@ -214,7 +222,7 @@ class FaultSource:
             merged = dict(self._base)
             if key is not None:
                 try:
-                    data = json.loads(self._path.read_text() or "{}")
+                    data = json.loads(self._read(self._path) or "{}")
                 except (OSError, json.JSONDecodeError) as e:
                     raise FaultsError(f"{self._path}: unreadable ({e}); rewrite it as a JSON object") from None
                 if not isinstance(data, dict):

@@ -1,5 +1,8 @@
-"""File builtins of the virtual device shell (cat, ls, mkdir, rm, mv, cp, touch, chmod, stat, df, *sum): every path
-goes through the sandbox, so nothing outside the device storage is reachable."""
+"""File builtins of the virtual device shell (cat, ls, mkdir, rm, mv, cp, touch, chmod, stat, df, *sum).
+
+Every path is resolved by the kernel inside the device storage (:class:`pipeline.virtual.rootfs.DeviceRoot`), every
+byte written is charged to the device's capacity (:meth:`pipeline.virtual.sandbox.Sandbox.create`); no builtin
+ever builds a host path."""
 
 from __future__ import annotations
 
@@ -7,13 +10,11 @@ import hashlib
 import os
 import posixpath
 import re
-import shutil
 import stat as statmod
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.virtual.sandbox import Sandbox, SandboxError
+from pipeline.virtual.sandbox import Sandbox
 from pipeline.virtual.shell_builtins import BUILTINS, Builtin, Ctx, _b, _err, _flags, _proc_file, builtin
 
 if TYPE_CHECKING:
@@ -40,10 +41,10 @@ def b_cat(sh: Session, args: list[str], ctx: Ctx) -> int:
         if dev.startswith("/sys/"):
             sh.sb.refresh_sys(sh.d.faults.get())
         try:
-            with open(sh.host(path), "rb") as fh:
+            with os.fdopen(sh.fs.open(path, cwd=sh.cwd), "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     ctx.out(chunk)
-        except (OSError, SandboxError) as e:
+        except OSError as e:
             _err(ctx, "cat", path, e)
             status = 1
     return status
@@ -63,8 +64,8 @@ def b_ls(sh: Session, args: list[str], ctx: Ctx) -> int:
         if Sandbox.normalize(path, sh.cwd).startswith("/sys"):  # simulated sysfs appears before it is listed
             sh.sb.refresh_sys(sh.d.faults.get())
         try:
-            st = os.stat(sh.host(path))
-        except (OSError, SandboxError) as e:
+            st = sh.fs.stat(path, sh.cwd)
+        except OSError as e:
             _err(ctx, "ls", path, e)
             status = 1
             continue
@@ -85,18 +86,16 @@ def b_ls(sh: Session, args: list[str], ctx: Ctx) -> int:
     for i, d in enumerate(dirs):
         if len(dirs) + len(files) > 1:
             ctx.out(_b(("\n" if i or files else "") + f"{d}:\n"))
-        host = sh.host(d)
-        names = sorted(os.listdir(host))
+        try:
+            entries = list(sh.fs.entries(d, sh.cwd))
+        except OSError as e:
+            _err(ctx, "ls", d, e)
+            status = 1
+            continue
         if "a" in flags:
-            names = [".", "..", *names]
+            entries = [(".", sh.fs.stat(d, sh.cwd)), ("..", sh.fs.stat(d + "/..", sh.cwd)), *entries]
         elif "A" not in flags:
-            names = [x for x in names if not x.startswith(".")]
-        entries = []
-        for x in names:
-            try:
-                entries.append((x, os.lstat(host / x)))
-            except OSError:
-                continue
+            entries = [x for x in entries if not x[0].startswith(".")]
         emit(entries)
     return status
 
@@ -110,12 +109,12 @@ def b_mkdir(sh: Session, args: list[str], ctx: Ctx) -> int:
     status = 0
     for p in paths:
         try:
-            host = sh.host(p)
-            if "p" in flags:
-                host.mkdir(parents=True, exist_ok=True, mode=mode)
-            else:
-                host.mkdir(mode=mode)
-        except (OSError, SandboxError) as e:
+            sh.fs.mkdir(p, mode, sh.cwd, parents="p" in flags)
+        except FileExistsError as e:
+            if "p" not in flags:
+                _err(ctx, "mkdir", p, e)
+                status = 1
+        except OSError as e:
             _err(ctx, "mkdir", p, e)
             status = 1
     return status
@@ -129,24 +128,16 @@ def b_rm(sh: Session, args: list[str], ctx: Ctx) -> int:
         try:
             if Sandbox.normalize(p, sh.cwd) == "/":
                 raise PermissionError(13, "Permission denied")
-            host = sh.host(p, follow=False)
-            if host.is_symlink() or host.is_file() or (host.exists() and not host.is_dir()):
-                host.unlink()
-            elif host.is_dir():
-                if not flags & {"r", "R"}:
-                    raise IsADirectoryError(21, "Is a directory")
-                shutil.rmtree(host)
-            elif "f" not in flags:
-                raise FileNotFoundError(2, "No such file or directory")
-        except (OSError, SandboxError) as e:
+            sh.fs.remove(p, sh.cwd, recursive=bool(flags & {"r", "R"}))
+            sh.sb.space.freed()
+        except FileNotFoundError as e:
+            if "f" not in flags:
+                _err(ctx, "rm", p, e)
+                status = 1
+        except OSError as e:
             _err(ctx, "rm", p, e)
             status = 1
     return status
-
-
-def _target(sh: Session, src: str, dst: str) -> Path:
-    host = sh.host(dst)
-    return host / posixpath.basename(src.rstrip("/")) if host.is_dir() else host
 
 
 @builtin("mv")
@@ -158,11 +149,40 @@ def b_mv(sh: Session, args: list[str], ctx: Ctx) -> int:
     status = 0
     for src in paths[:-1]:
         try:
-            os.replace(sh.host(src, follow=False), _target(sh, src, paths[-1]))
-        except (OSError, SandboxError) as e:
+            sh.fs.rename(src, paths[-1], sh.cwd)  # a rename on one filesystem: no bytes move, none are charged
+            sh.sb.space.freed()  # it may have replaced a file
+        except OSError as e:
             _err(ctx, "mv", src, e)
             status = 1
     return status
+
+
+def _copy_file(sh: Session, src: str, dst: str) -> None:
+    """Copy one file in-root, charging every byte (``cp`` on a full device fails like a phone's)."""
+    st = sh.fs.stat(src, sh.cwd)
+    with os.fdopen(sh.fs.open(src, cwd=sh.cwd), "rb") as fin, sh.sb.create(dst, "w", sh.cwd) as fout:
+        while chunk := fin.read(1 << 20):
+            fout.write(chunk)
+        os.fchmod(fout.fileno(), statmod.S_IMODE(st.st_mode))
+
+
+def _copy_tree(sh: Session, src: str, dst: str) -> None:
+    """``cp -r``: directories re-created, files copied, symlinks copied as links (never followed)."""
+    sh.fs.mkdir(dst, 0o777, sh.cwd, parents=True)
+    for name, st in sh.fs.entries(src, sh.cwd):
+        s, d = posixpath.join(Sandbox.normalize(src, sh.cwd), name), posixpath.join(Sandbox.normalize(dst, sh.cwd),
+                                                                                  name)
+        if statmod.S_ISDIR(st.st_mode):
+            _copy_tree(sh, s, d)
+        elif statmod.S_ISLNK(st.st_mode):
+            pfd, leaf = sh.fs.parent(s)
+            try:
+                target = os.readlink(leaf, dir_fd=pfd)
+            finally:
+                os.close(pfd)
+            sh.fs.symlink(target, d)
+        elif statmod.S_ISREG(st.st_mode):
+            _copy_file(sh, s, d)
 
 
 @builtin("cp")
@@ -172,16 +192,18 @@ def b_cp(sh: Session, args: list[str], ctx: Ctx) -> int:
         ctx.err(b"cp: needs 2 arguments\n")
         return 1
     status = 0
+    dest = paths[-1]
+    into = sh.fs.is_dir(dest, sh.cwd)
     for src in paths[:-1]:
+        target = posixpath.join(dest, posixpath.basename(src.rstrip("/"))) if into else dest
         try:
-            shost, dhost = sh.host(src), _target(sh, src, paths[-1])
-            if shost.is_dir():
+            if sh.fs.is_dir(src, sh.cwd):
                 if not flags & {"r", "R", "a"}:
                     raise IsADirectoryError(21, "Is a directory")
-                shutil.copytree(shost, dhost, symlinks=True, dirs_exist_ok=True)
+                _copy_tree(sh, src, target)
             else:
-                shutil.copy2(shost, dhost)
-        except (OSError, SandboxError) as e:
+                _copy_file(sh, src, target)
+        except OSError as e:
             _err(ctx, "cp", src, e)
             status = 1
     return status
@@ -192,8 +214,12 @@ def b_touch(sh: Session, args: list[str], ctx: Ctx) -> int:
     status = 0
     for p in args:
         try:
-            sh.host(p).touch()
-        except (OSError, SandboxError) as e:
+            fd = sh.fs.open(p, os.O_WRONLY | os.O_CREAT, 0o666, cwd=sh.cwd)
+            try:
+                os.utime(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
             _err(ctx, "touch", p, e)
             status = 1
     return status
@@ -230,12 +256,11 @@ def b_chmod(sh: Session, args: list[str], ctx: Ctx) -> int:
     status = 0
     for p in paths:
         try:
-            host = sh.host(p)
-            os.chmod(host, _chmod_mode(spec, statmod.S_IMODE(os.stat(host).st_mode)))
+            sh.fs.chmod(p, _chmod_mode(spec, statmod.S_IMODE(sh.fs.stat(p, sh.cwd).st_mode)), sh.cwd)
         except ValueError:
             ctx.err(_b(f"chmod: invalid mode '{spec}'\n"))
             return 1
-        except (OSError, SandboxError) as e:
+        except OSError as e:
             _err(ctx, "chmod", p, e)
             status = 1
     return status
@@ -275,10 +300,9 @@ def b_stat(sh: Session, args: list[str], ctx: Ctx) -> int:
     status = 0
     for p in rest:
         try:
-            host = sh.host(p, follow=follow)
-            st = os.stat(host) if follow else os.lstat(host)
-        except (OSError, SandboxError) as e:
-            ctx.err(_b(f"stat: '{p}': {e.message if isinstance(e, SandboxError) else e.strerror}\n"))
+            st = sh.fs.stat(p, sh.cwd, follow=follow)
+        except OSError as e:
+            ctx.err(_b(f"stat: '{p}': {e.strerror}\n"))
             status = 1
             continue
         if fmt is None:
@@ -294,14 +318,13 @@ def b_df(sh: Session, args: list[str], ctx: Ctx) -> int:
     """POSIX-ish ``df``: one filesystem (/data) whose size is the configured capacity."""
     flags, paths = _flags(args, "khPa")
     faults = sh.d.faults.get()
-    used = sh.sb.used_bytes()
+    used = sh.sb.used_bytes()  # what the capacity ledger counts (pipeline/virtual/space.py)
     total = faults.capacity_bytes
     avail = 0 if faults.disk_full else max(0, total - used)
     for p in paths:
         try:
-            if not sh.host(p).exists():
-                raise FileNotFoundError(2, "No such file or directory")
-        except (OSError, SandboxError) as e:
+            sh.fs.stat(p, sh.cwd)
+        except OSError as e:
             _err(ctx, "df", p, e)
             return 1
     pct = 100 if faults.disk_full or not total else min(100, -(-used * 100 // total))
@@ -322,14 +345,14 @@ def b_df(sh: Session, args: list[str], ctx: Ctx) -> int:
     return 0
 
 
-def _hash_file(h: Any, path: os.PathLike[str]) -> None:
+def _hash_file(h: Any, fd: int) -> None:
     """Feed a file to ``h`` through one reused 1 MiB buffer.
 
     Why not ``fh.read(1 << 20)``: a fresh 1 MiB bytes per chunk is an mmap/munmap + page faults each time, CPU
     that the virtual device takes from the sender it shares the host's cores with (push verifies every file)."""
     buf = bytearray(1 << 20)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
+    with os.fdopen(fd, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
             h.update(view[:n])
 
@@ -344,8 +367,8 @@ def _hashsum(algo: str) -> Builtin:
                     while data := ctx.read_in():
                         h.update(data)
                 else:
-                    _hash_file(h, sh.host(p))
-            except (OSError, SandboxError) as e:
+                    _hash_file(h, sh.fs.open(p, cwd=sh.cwd))
+            except OSError as e:
                 _err(ctx, f"{algo}sum", p, e)
                 status = 1
                 continue

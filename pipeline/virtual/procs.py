@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,6 +63,17 @@ class ProcessTable:
                 kill_group(p.popen, signal.SIGKILL)
             if p.session is not None:
                 p.session.abort()
+
+
+def host_status(popen: subprocess.Popen) -> bytes | None:
+    """``/proc/<pid>/status`` of a child the daemon started (run by the host broker: the device domain cannot read
+    /proc); None once it has exited."""
+    if popen.poll() is not None:
+        return None
+    try:
+        return Path(f"/proc/{popen.pid}/status").read_bytes()
+    except OSError:
+        return None
 
 
 def kill_group(popen: subprocess.Popen, sig: int) -> None:

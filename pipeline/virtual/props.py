@@ -33,11 +33,13 @@ VIRTUAL_PROPS = {
 DEVICE_ENV = {"PATH": "/product/bin:/apex/com.android.runtime/bin:/system/bin:/system/xbin:/odm/bin:/vendor/bin",
               "HOME": "/", "TMPDIR": "/data/local/tmp", "USER": "shell", "SHELL": "/system/bin/sh"}
 # Never overridable: the device must always be recognisable as virtual (results say "not a phone measurement").
-FIXED_PROPS = frozenset({"ro.odeval.virtual"})
+FIXED_PROPS = frozenset({"ro.odeval.virtual", "ro.odeval.sandbox"})
+SANDBOX_PROP = "ro.odeval.sandbox"  # how the device side is confined: landlock-abi<N>, or "off" (the user opted out)
 
 
-def current_props(override: Mapping[str, str] | None = None) -> dict[str, str]:
+def current_props(override: Mapping[str, str] | None = None, sandbox: str = "off") -> dict[str, str]:
     """What getprop reports: the defaults with the host-side ``props_override`` option applied (a fake phone for
     tests of the run stage's chip check). The option comes only from the daemon's start options or its host-side
     control file (pipeline/virtual/faults.py), never from anything the device side can write."""
-    return {**VIRTUAL_PROPS, **{k: v for k, v in (override or {}).items() if k not in FIXED_PROPS}}
+    return {**VIRTUAL_PROPS, **{k: v for k, v in (override or {}).items() if k not in FIXED_PROPS},
+            SANDBOX_PROP: sandbox}

@@ -1,24 +1,25 @@
-"""Device filesystem of the virtual device: device paths map under a host root directory.
+"""The virtual device's storage: its ``/`` (:class:`~pipeline.virtual.rootfs.DeviceRoot`, resolved in-root by the
+kernel), its capacity (:class:`~pipeline.virtual.space.SpaceLedger`) and the simulated ``/sys`` telemetry files.
 
-Every path the shell or the sync service touches goes through :meth:`Sandbox.host`, which normalises the device
-path (``..`` cannot climb above ``/``) and then checks that the *real* host path (after following symlinks) is still
-inside the root, so neither traversal nor a symlink pointing outside can reach the host.  The root persists across
-daemon restarts, like a phone's storage.
+Every device path the shell or the sync service touches goes through :attr:`Sandbox.fs`; every byte written goes
+through :meth:`Sandbox.create` (charged to the capacity).  Nothing here hands out a host path: a host path would be
+resolved a second time by whoever opens it, and that second walk is what a device-side symlink race exploits.
+The storage persists across daemon restarts, like a phone's.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import posixpath
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.virtual.faults import Faults
+from pipeline.virtual.rootfs import DeviceRoot, normalize
+from pipeline.virtual.space import NoSpace, SpaceLedger, Writer
 
-log = logging.getLogger("odeval.virtual.security")
 DEFAULT_DIRS = ("data/local/tmp", "sdcard", "system/bin", "proc", "sys")
 THERMAL_FILES = {
     "sys/class/thermal/thermal_zone0/type": None,
@@ -27,66 +28,88 @@ THERMAL_FILES = {
     "sys/class/power_supply/battery/voltage_now": None,
     "sys/class/power_supply/battery/temp": None,
 }
+_WRITE_FLAGS = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL}
 
 
-class SandboxError(Exception):
-    """A device path that is not reachable inside the sandbox; ``errno_name`` says which POSIX error to report."""
+class DeviceFile:
+    """A device file open for writing: each chunk is charged to the device's capacity before it is written."""
 
-    def __init__(self, path: str, errno_name: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.errno_name = errno_name
-        self.message = message
+    def __init__(self, fd: int, writer: Writer) -> None:
+        self.fd = fd
+        self.writer = writer
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        self.writer.charge(len(view))
+        done = 0
+        while done < len(view):
+            done += os.write(self.fd, view[done:])
+        return done
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                os.close(self.fd)
+            finally:
+                self.writer.close()
+
+    def __enter__(self) -> DeviceFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Sandbox:
-    """Maps device paths to host paths under ``root`` and refuses anything that would escape it."""
+    """The device's storage: in-root file operations, capacity-charged writes, simulated ``/sys``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, faults: Callable[[], Faults] = Faults) -> None:
         self.root = Path(root).resolve()
         for d in DEFAULT_DIRS:
             (self.root / d).mkdir(parents=True, exist_ok=True)
-        self._real_root = os.path.realpath(self.root)
+        self.fs = DeviceRoot(self.root)
+        self._faults = faults
+        self.space = SpaceLedger(self.fs.walk_sizes, lambda: self._faults().capacity_bytes,
+                                 lambda: self._faults().disk_full)
         self._t0 = time.monotonic()
 
     @staticmethod
     def normalize(path: str, cwd: str = "/") -> str:
         """Absolute, normalised device path (``/a/../..`` → ``/``)."""
-        joined = posixpath.join(cwd, path) if path else cwd
-        norm = posixpath.normpath("/" + joined.lstrip("/"))
-        return "/" if norm in ("", "//") else norm.replace("//", "/")
+        return normalize(path, cwd)
 
-    def host(self, path: str, cwd: str = "/", *, follow: bool = True) -> Path:
-        """Host path for a device path; raises :class:`SandboxError` (EACCES) if it would leave the root."""
-        dev = self.normalize(path, cwd)
-        host = os.path.join(self._real_root, dev.lstrip("/")) if dev != "/" else self._real_root
-        # Check the real location: the parent always, the leaf too unless the caller wants the link itself.
-        probe = host if follow else os.path.dirname(host)
-        real = os.path.realpath(probe)
-        if real != self._real_root and not real.startswith(self._real_root + os.sep):
-            log.warning("refused: device path %r resolves outside the device storage (to %s)", dev, real)
-            raise SandboxError(path, "EACCES", "Permission denied")
-        return Path(host)
+    def disk_full(self) -> bool:
+        return self._faults().disk_full
 
-    def device(self, host: Path | str) -> str:
-        """Device path of a host path inside the root."""
-        rel = os.path.relpath(os.path.realpath(host), self._real_root)
-        return "/" if rel == "." else "/" + rel.replace(os.sep, "/")
+    def create(self, path: str, mode: str = "w", cwd: str = "/", perm: int = 0o666) -> DeviceFile:
+        """Open a device file for writing (``w`` truncate, ``a`` append, ``x`` exclusive), capacity-charged."""
+        if self._faults().disk_full:
+            raise NoSpace
+        existed = mode == "w" and self.fs.exists(path, cwd)
+        fd = self.fs.open(path, _WRITE_FLAGS[mode], perm, cwd=cwd)
+        if existed:
+            self.space.freed()  # O_TRUNC dropped the old bytes
+        return DeviceFile(fd, self.space.writer())
 
-    def symlink_target(self, target: str, link_device_path: str) -> str:
-        """Store absolute device targets as relative links so they stay inside the root on the host."""
-        if not target.startswith("/"):
-            return target
-        return posixpath.relpath(self.normalize(target), posixpath.dirname(self.normalize(link_device_path)))
+    def used_bytes(self) -> int:
+        """Bytes of regular files on the device (what ``df`` reports as used), freshly walked."""
+        return self.space.used(fresh=True)
 
     # -- simulated telemetry -------------------------------------------------------------------------------------
     def refresh_sys(self, faults: Faults) -> None:
         """Create (with fresh values) or remove the simulated /sys telemetry files, as the faults say."""
         if not faults.simulate_thermal:
             for rel in THERMAL_FILES:
-                p = self.root / rel
-                if p.exists():
-                    p.unlink()
+                try:
+                    self.fs.remove("/" + rel)
+                except OSError:
+                    pass
             return
         t = time.monotonic() - self._t0
         wave = math.sin(t / 20.0)
@@ -99,20 +122,15 @@ class Sandbox:
             "sys/class/power_supply/battery/temp": str(int(305 + 30 * wave + random.randint(-3, 3))),
         }
         for rel, value in values.items():
-            p = self.root / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(value + "\n")
-            os.replace(tmp, p)
-
-    def used_bytes(self) -> int:
-        """Bytes of regular files under the root (what df reports as used)."""
-        total = 0
-        for dirpath, _dirs, files in os.walk(self._real_root):
-            for name in files:
+            dev = "/" + rel
+            try:
+                self.fs.mkdir(os.path.dirname(dev), parents=True)
+                tmp = dev + ".tmp"
+                fd = self.fs.open(tmp, _WRITE_FLAGS["w"], 0o644)
                 try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                total += st.st_size
-        return total
+                    os.write(fd, (value + "\n").encode())
+                finally:
+                    os.close(fd)
+                self.fs.rename(tmp, dev)
+            except OSError:
+                continue  # the device side replaced a dir here: its own business, like on a phone

@@ -21,17 +21,17 @@ import stat as statmod
 import subprocess
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.virtual import fs_builtins as _fs_builtins  # noqa: F401 - registers the file builtins
 from pipeline.virtual.app_launch import APP_BASENAME, run_app
 from pipeline.virtual.procs import ProcessTable, VProc, kill_group
 from pipeline.virtual.props import DEVICE_ENV, VIRTUAL_PROPS
-from pipeline.virtual.sandbox import Sandbox, SandboxError
+from pipeline.virtual.sandbox import Sandbox
 from pipeline.virtual.shell_builtins import BUILTINS, Ctx, _b, _Exit
 from pipeline.virtual.shell_io import MemoryIO, ShellIO, StreamIO
 from pipeline.virtual.shell_parse import ASSIGN, Command, ShellSyntaxError, Word, lex, parse
+from pipeline.virtual.space import NoSpace
 
 if TYPE_CHECKING:
     from pipeline.virtual.adbd import Daemon, Stream
@@ -47,6 +47,7 @@ class Session:
     def __init__(self, daemon: Daemon, io: ShellIO, env: dict[str, str] | None = None) -> None:
         self.d = daemon
         self.sb: Sandbox = daemon.sandbox
+        self.fs = daemon.sandbox.fs
         self.io = io
         self.vars: dict[str, str] = dict(DEVICE_ENV)
         self.exported: set[str] = set()
@@ -192,9 +193,8 @@ class Session:
             return []
         head_dev = head if pattern.startswith("/") or head else ""
         try:
-            host_dir = self.sb.host(head_dev or (("/" if pattern.startswith("/") else "") or "."), self.cwd)
-            names = sorted(os.listdir(host_dir))
-        except (OSError, SandboxError):
+            names = self.fs.listdir(head_dev or (("/" if pattern.startswith("/") else "") or "."), self.cwd)
+        except OSError:
             return []
         matched = [x for x in names if fnmatch.fnmatchcase(x, tail) and (tail.startswith(".") or x[0] != ".")]
         prefix = (head + "/") if (head or pattern.startswith("/")) else ""
@@ -239,13 +239,10 @@ class Session:
                 assert target is not None
                 names = self.expand_word(target, split=False)
                 name = names[0] if names else ""
-                mode = "ab" if op.endswith(">>") else ("rb" if op == "<" else "wb")
                 try:
-                    fh = open(os.devnull, mode) if name == "/dev/null" else open(  # noqa: SIM115
-                        self.sb.host(name, self.cwd), mode)
-                except (OSError, SandboxError) as e:
-                    msg = e.message if isinstance(e, SandboxError) else (e.strerror or "Input/output error")
-                    self.io.write_err(_b(f"sh: {name}: {msg}\n"))
+                    fh = self._open_redirect(name, op)
+                except OSError as e:
+                    self.io.write_err(_b(f"sh: {name}: {e.strerror or 'Input/output error'}\n"))
                     return 1
                 opened.append(fh)
                 if op == "<":
@@ -259,6 +256,14 @@ class Session:
         finally:
             for fh in opened:
                 fh.close()
+
+    def _open_redirect(self, name: str, op: str) -> Any:
+        """The file of ``< name`` / ``> name`` / ``>> name``, in-root; writes are capacity-charged."""
+        if name == "/dev/null":
+            return open(os.devnull, "rb" if op == "<" else "ab")  # noqa: SIM115 - closed by the caller
+        if op == "<":
+            return os.fdopen(self.fs.open(name, cwd=self.cwd), "rb")
+        return self.sb.create(name, "a" if op.endswith(">>") else "w", self.cwd)
 
     def _stdin_reader(self) -> Callable[[], bytes]:
         def read() -> bytes:
@@ -286,6 +291,9 @@ class Session:
             raise
         except BrokenPipeError:
             return 1
+        except NoSpace as e:  # a redirect onto a full device
+            self.io.write_err(_b(f"{name}: write error: {e.strerror}\n"))
+            return 1
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -296,9 +304,8 @@ class Session:
     def _exec_file(self, argv: list[str], assigns: dict[str, str], ctx: Ctx, exec_mode: bool) -> int:
         path = argv[0]
         try:
-            host = self.sb.host(path, self.cwd)
-            st = host.stat()
-        except SandboxError:
+            st = self.fs.stat(path, self.cwd)
+        except PermissionError:
             ctx.err(_b(f"sh: {path}: Permission denied\n"))
             return 126
         except OSError:
@@ -315,7 +322,7 @@ class Session:
                         APP_BASENAME)
             ctx.err(_b(f"sh: {path}: cannot execute - the virtual device runs no host binaries\n"))
             return 126
-        return run_app(self, host, argv, assigns, ctx, exec_mode)
+        return run_app(self, argv, assigns, ctx, exec_mode)
 
     # children (the app launcher) --------------------------------------------------------------------------------
     @property
@@ -334,9 +341,6 @@ class Session:
             self._children.discard(child)
 
     # helpers for builtins -------------------------------------------------------------------------------------
-    def host(self, path: str, follow: bool = True) -> Path:
-        return self.sb.host(path, self.cwd, follow=follow)
-
     def sleep(self, seconds: float) -> bool:
         """Interruptible sleep; False if the session was aborted."""
         return not self._aborted.wait(seconds)

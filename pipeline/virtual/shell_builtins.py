@@ -8,19 +8,18 @@ hold host paths).
 
 from __future__ import annotations
 
-import os
 import platform
 import posixpath
 import re
 import signal
+import stat as statmod
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.virtual.procs import VProc, kill_group
+from pipeline.virtual.procs import VProc, host_status, kill_group
 from pipeline.virtual.props import HOST_ARCH, current_props
-from pipeline.virtual.sandbox import Sandbox, SandboxError
+from pipeline.virtual.sandbox import Sandbox
 from pipeline.virtual.shell_parse import _NAME
 
 if TYPE_CHECKING:
@@ -80,9 +79,7 @@ def _flags(args: list[str], allowed: str) -> tuple[set[str], list[str]]:
 
 
 def _err(ctx: Ctx, cmd: str, path: str, exc: BaseException) -> None:
-    if isinstance(exc, SandboxError):
-        msg = exc.message
-    elif isinstance(exc, OSError):
+    if isinstance(exc, OSError):
         msg = exc.strerror or "Input/output error"  # str(exc) of e.g. shutil.Error lists host paths
     else:
         msg = str(exc)
@@ -128,9 +125,9 @@ def b_echo(sh: Session, args: list[str], ctx: Ctx) -> int:
 def b_cd(sh: Session, args: list[str], ctx: Ctx) -> int:
     target = args[0] if args else sh.vars.get("HOME", "/")
     try:
-        if not sh.host(target).is_dir():
-            raise NotADirectoryError(20, "Not a directory" if sh.host(target).exists() else "No such file or directory")
-    except (OSError, SandboxError) as e:
+        if not statmod.S_ISDIR(sh.fs.stat(target, sh.cwd).st_mode):
+            raise NotADirectoryError(20, "Not a directory")
+    except OSError as e:
         _err(ctx, "sh: cd", target, e)
         return 1
     sh.cwd = Sandbox.normalize(target, sh.cwd)
@@ -197,7 +194,7 @@ def b_uname(sh: Session, args: list[str], ctx: Ctx) -> int:
 
 @builtin("getprop")
 def b_getprop(sh: Session, args: list[str], ctx: Ctx) -> int:
-    props = current_props(sh.d.faults.get().props_override)
+    props = current_props(sh.d.faults.get().props_override, sh.d.confinement)
     if not args:
         ctx.out(_b("".join(f"[{k}]: [{v}]\n" for k, v in sorted(props.items()))))
     else:
@@ -229,9 +226,8 @@ def _proc_file(sh: Session, dev: str) -> bytes | None:
     if popen is not None:
         if m.group(2) == "cmdline":  # the device argv: the host one names host paths (python, repo, storage)
             return b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in proc.argv or [proc.name])
-        try:
-            raw = Path(f"/proc/{popen.pid}/status").read_bytes()
-        except OSError:
+        raw = sh.d.broker.call(host_status, popen)
+        if raw is None:
             return None
         text = raw.decode("utf-8", "replace")
         text = re.sub(r"(?m)^Name:\t.*$", f"Name:\t{proc.name}", text)
@@ -264,14 +260,14 @@ def b_test(sh: Session, args: list[str], ctx: Ctx) -> int:
             if op in ("-n", "-z"):
                 return (operand != "") == (op == "-n")
             try:
-                host = sh.host(operand)
-            except SandboxError:
+                st = sh.fs.stat(operand, sh.cwd, follow=op != "-L")
+            except OSError:
                 return False
-            checks = {"-e": host.exists, "-f": host.is_file, "-d": host.is_dir,
-                      "-s": lambda: host.is_file() and host.stat().st_size > 0,
-                      "-x": lambda: host.exists() and os.access(host, os.X_OK),
-                      "-r": host.exists, "-w": host.exists, "-L": host.is_symlink}
-            return bool(checks.get(op, lambda: False)())
+            mode = st.st_mode
+            checks = {"-e": True, "-f": statmod.S_ISREG(mode), "-d": statmod.S_ISDIR(mode),
+                      "-s": statmod.S_ISREG(mode) and st.st_size > 0, "-x": bool(mode & 0o111), "-r": True,
+                      "-w": True, "-L": statmod.S_ISLNK(mode)}
+            return bool(checks.get(op, False))
         a, op, b = args[:3]
         if op in ("=", "=="):
             return a == b
@@ -327,28 +323,27 @@ def b_kill(sh: Session, args: list[str], ctx: Ctx) -> int:
             continue
         if sig == 0:
             continue
+        # through the host broker: each stream has its own Landlock domain, which may signal only what it started
         if proc.popen is not None:
-            kill_group(proc.popen, sig)
+            sh.d.broker.call(kill_group, proc.popen, sig)
         elif proc.session is not None and sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            proc.session.abort(sig)
+            sh.d.broker.call(proc.session.abort, sig)
     return status
 
 
-def _rss_kb(proc: VProc) -> int:
+def _rss_kb(sh: Session, proc: VProc) -> int:
     if proc.popen is None:
         return 0
-    try:
-        m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{proc.popen.pid}/status").read_text())
-        return int(m.group(1)) if m else 0
-    except OSError:
-        return 0
+    raw = sh.d.broker.call(host_status, proc.popen)
+    m = re.search(rb"VmRSS:\s+(\d+)", raw or b"")
+    return int(m.group(1)) if m else 0
 
 
 @builtin("ps")
 def b_ps(sh: Session, args: list[str], ctx: Ctx) -> int:
     lines = ["USER            PID   PPID        VSZ    RSS WCHAN            ADDR S NAME"]
     for p in sh.d.procs.all():
-        lines.append(f"shell      {p.vpid:>8} {p.ppid:>6} {0:>10} {_rss_kb(p):>6} 0                   0 S {p.name}")
+        lines.append(f"shell      {p.vpid:>8} {p.ppid:>6} {0:>10} {_rss_kb(sh, p):>6} 0                   0 S {p.name}")
     ctx.out(_b("\n".join(lines) + "\n"))
     return 0
 

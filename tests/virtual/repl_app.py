@@ -19,7 +19,9 @@ for line in sys.stdin:
         break
     if line == "!info":
         keys = [k for k in os.environ if k.startswith(("ODEVAL_", "LD_", "MYVAR"))]
-        out.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ[k] for k in keys}}))
+        root = os.readlink(f"/proc/self/fd/{os.environ['ODEVAL_ROOT_FD']}") if "ODEVAL_ROOT_FD" in os.environ else None
+        out.write(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "root": root,
+                              "env": {k: os.environ[k] for k in keys}}))
     elif line == "!environ":
         out.write(json.dumps(dict(os.environ)))
     elif line == "!sleep":

@@ -99,7 +99,8 @@ def test_app_cmd_cannot_change_on_a_running_daemon(virtual_device: VirtualDevice
 HOSTILE_ENV = {"PYTHONPATH": "{evil}", "PYTHONSTARTUP": "{evil}/sitecustomize.py", "PYTHONHOME": "{evil}",
                "LD_PRELOAD": "{evil}/x.so", "LD_AUDIT": "{evil}/x.so", "ODEVAL_STANDIN_MODEL": "/etc",
                "ODEVAL_FAULT_HANG": "1", "ODEVAL_VIRTUAL_APP_CMD": '["/bin/sh","-c","id"]', "MYVAR": "x",
-               "ODEVAL_SANDBOX_ROOT": "/", "ODEVAL_TEMPLATE": "../../etc/passwd", "LD_LIBRARY_PATH": "/data/x"}
+               "ODEVAL_SANDBOX_ROOT": "/", "ODEVAL_ROOT_FD": "0", "ODEVAL_APP_SCRATCH": "/tmp",
+               "ODEVAL_TEMPLATE": "../../etc/passwd", "LD_LIBRARY_PATH": "/data/x"}
 
 
 def _env_prefix(env: dict[str, str], evil: str) -> str:
@@ -120,11 +121,12 @@ def test_device_env_does_not_reach_the_app(make_virtual_device, tmp_path: Path) 
                 "ODEVAL_STANDIN_MODEL", "ODEVAL_FAULT_HANG", "ODEVAL_VIRTUAL_APP_CMD", "MYVAR", "ODEVAL_TEMPLATE"):
         assert key not in env, key
     assert env["ODEVAL_DEVICE_LD_LIBRARY_PATH"] == "/data/x" and env["ODEVAL_DEVICE_ADSP_LIBRARY_PATH"] == "."
-    assert env["ODEVAL_SANDBOX_ROOT"] == str(vd.storage)  # set by the launcher, not the device
+    assert env["ODEVAL_ROOT_FD"] != "0" and env["ODEVAL_APP_SCRATCH"] != "/tmp"  # set by the launcher, not the device
+    assert env["ODEVAL_DEVICE_CWD"] == "/data/local/tmp/sec2"
     log = _wait_log(vd, "refused device env", since)
     line = next(x for x in log.splitlines() if "refused device env" in x)
     for key in ("PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "ODEVAL_STANDIN_MODEL", "ODEVAL_VIRTUAL_APP_CMD",
-                "ODEVAL_FAULT_HANG", "ODEVAL_TEMPLATE", "ODEVAL_SANDBOX_ROOT"):
+                "ODEVAL_FAULT_HANG", "ODEVAL_TEMPLATE", "ODEVAL_SANDBOX_ROOT", "ODEVAL_ROOT_FD", "ODEVAL_APP_SCRATCH"):
         assert key in line, key
 
 
@@ -186,11 +188,12 @@ def test_no_host_path_visible_on_the_device(virtual_device: VirtualDevice) -> No
             _assert_no_host_path(vd, r.stdout, r.stderr)
         banner = vd.device.get_state(), vd.device.prop.model
         _assert_no_host_path(vd, repr(banner))
-        # the reference app's own error names the model dir: the device sees its device path, not the host one
-        since = len(_log(vd))
+        # the reference app's own errors name the model dir: the device sees its device path, never the host one
+        # (the app loads a view of the dir in a host scratch dir: pipeline/apps/device_view.py)
         r = _shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/nomodel")
-        assert r.returncode == 1 and b"/data/local/tmp/sec3/nomodel: no config.json" in r.stderr, r.stderr
-        assert "host path(s) scrubbed from simple_app stderr" in _wait_log(vd, "scrubbed", since)
+        assert r.returncode == 1 and b"/data/local/tmp/sec3/nomodel: No such file or directory" in r.stderr, r.stderr
+        r = _shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/dir")
+        assert r.returncode == 1 and b"/data/local/tmp/sec3/dir: no config.json" in r.stderr, r.stderr
     finally:
         _shell(vd, "rm -rf /data/local/tmp/sec3")
 
@@ -230,7 +233,7 @@ def model_on_device(virtual_device: VirtualDevice, tiny_model) -> tuple[VirtualD
 def test_reload_outside_the_device_storage_is_refused(model_on_device, tmp_path: Path, target: str) -> None:
     vd, host_model = model_on_device
     reload_dir = {"/etc": "/etc", "host-model-path": str(host_model)}.get(target)
-    if reload_dir is None:  # a link inside the storage pointing at a host dir: resolved, then refused
+    if reload_dir is None:  # a link inside the storage pointing at a host dir: the kernel resolves it in-root
         link = vd.storage / "data/local/tmp/sec4/escape"
         link.unlink(missing_ok=True)
         link.symlink_to("/etc" if target == "symlink-to-etc" else host_model)
@@ -241,11 +244,10 @@ def test_reload_outside_the_device_storage_is_refused(model_on_device, tmp_path:
     assert r.stdout.startswith(b"Hello, how can I help you today?\n>>> ")
     assert b"Models loaded and ready" not in r.stdout and b"tok/s" not in r.stdout  # nothing loaded, no answer
     assert r.returncode == 1 and b"Initialization errror:" in r.stderr, r.stderr
-    if target.startswith("symlink"):
-        assert b"outside the device storage" in r.stderr
+    assert b"No such file or directory" in r.stderr  # the host path does not exist *on the device*
     _assert_no_host_path(vd, r.stdout, r.stderr)
     log = _wait_log(vd, "refused by simple_app (vpid", since)
-    assert f"!reload {reload_dir!r}" in log or f"{reload_dir!r} resolves outside" in log
+    assert f"!reload {reload_dir!r}" in log
 
 
 def test_model_dir_argument_outside_the_storage_is_refused(model_on_device) -> None:
@@ -254,9 +256,7 @@ def test_model_dir_argument_outside_the_storage_is_refused(model_on_device) -> N
     link.symlink_to(host_model)
     since = len(_log(vd))
     r = _shell(vd, "/data/local/tmp/sec4/app/simple_app /data/local/tmp/sec4/escape-arg", stdin=b"hello\n")
-    assert r.returncode == 127 and b"Permission denied" in r.stderr and b"tok/s" not in r.stdout
-    assert "refused: simple_app model dir '/data/local/tmp/sec4/escape-arg'" in _wait_log(vd, "escape-arg", since)
-    since = len(_log(vd))
-    r = _shell(vd, "cat /data/local/tmp/sec4/escape-arg/config.json")  # the shell's own builtins refuse it too
-    assert r.returncode == 1 and b"Permission denied" in r.stderr and r.stdout == b""
-    assert "refused: device path '/data/local/tmp/sec4/escape-arg/config.json'" in _wait_log(vd, "escape-arg", since)
+    assert r.returncode == 1 and b"escape-arg: No such file or directory" in r.stderr and b"tok/s" not in r.stdout
+    assert "model dir '/data/local/tmp/sec4/escape-arg' cannot be opened" in _wait_log(vd, "escape-arg", since)
+    r = _shell(vd, "cat /data/local/tmp/sec4/escape-arg/config.json")  # the shell's builtins resolve it in-root too
+    assert r.returncode == 1 and b"No such file or directory" in r.stderr and r.stdout == b""

@@ -95,10 +95,11 @@ def test_app_argv_cwd_env_and_faults(app_device: VirtualDevice) -> None:
         info = json.loads(read_until(sh, b"\n>>> ").split(b"\n>>> ")[0])
         sh.write(b"!exit\n")
     root = app_device.storage.resolve()
-    assert info["argv"] == [MODEL_DIR, "8gen3"]  # device paths; the app maps them under ODEVAL_SANDBOX_ROOT
-    assert os.path.realpath(info["cwd"]) == str(root / APP_DIR.lstrip("/"))
+    assert info["argv"] == [MODEL_DIR, "8gen3"]  # device paths; the app resolves them in-root (ODEVAL_ROOT_FD)
+    assert os.path.realpath(info["cwd"]) == str(root / APP_DIR.lstrip("/"))  # the shell's cwd
     env = info["env"]
-    assert env["ODEVAL_SANDBOX_ROOT"] == str(root) and env["ODEVAL_TEMPLATE"] == "raw"
+    assert env["ODEVAL_DEVICE_CWD"] == APP_DIR and env["ODEVAL_TEMPLATE"] == "raw"
+    assert os.path.realpath(info["root"]) == str(root)  # the inherited fd is the device's /
     assert "MYVAR" not in env and env["ODEVAL_DEVICE_LD_LIBRARY_PATH"] == "."  # allowlist: MYVAR is refused
     assert "LD_LIBRARY_PATH" not in env
     assert env["ODEVAL_FAULT_CRASH_AFTER_TOKENS"] == "5" and env["ODEVAL_FAULT_HANG"] == "1"
