@@ -651,6 +651,8 @@ def provenance_tags(
         "device.model": dev("props", "ro.product.model"),
         "device.soc": soc,
         "device.serial": dev("serial"),
+        # how the virtual device was confined: landlock-abi<N>, or off (the user's opt-out); a phone confines itself
+        "device.sandbox": "n/a" if dev("kind") == "real" else dev("props", "ro.odeval.sandbox"),
         "app.manifest_sha256": _first(_get(fetch_json, "app", "manifest_sha256")),
         "model.manifest_sha256": _first(_get(fetch_json, "model", "manifest_sha256")),
         "git.commit": _first(commit),

@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from pipeline.virtual.rootfs import DeviceRoot, normalize
+from pipeline.rootfs import DeviceRoot, normalize
 
 _views = itertools.count()
 _names: dict[str, str] = {}  # view dir -> the device path it shows (for messages)

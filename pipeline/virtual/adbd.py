@@ -44,7 +44,6 @@ MAX_PAYLOAD = 1 << 20
 SYNC_DATA_MAX = 64 * 1024
 HEADER = struct.Struct("<6I")
 FEATURES = "shell_v2,cmd,stat_v2,ls_v2,fixed_push_mkdir"
-ERRNO = {"ENOENT": errno.ENOENT, "EACCES": errno.EACCES, "ENOTDIR": errno.ENOTDIR, "EISDIR": errno.EISDIR}
 
 
 def checksum(data: bytes | memoryview) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.virtual import landlock
-from pipeline.virtual.rootfs import openat2_available
+from pipeline.rootfs import openat2_available
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../pipeline
 SYSTEM_READ_EXEC = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin")

@@ -1,6 +1,6 @@
 """File builtins of the virtual device shell (cat, ls, mkdir, rm, mv, cp, touch, chmod, stat, df, *sum).
 
-Every path is resolved by the kernel inside the device storage (:class:`pipeline.virtual.rootfs.DeviceRoot`), every
+Every path is resolved by the kernel inside the device storage (:class:`pipeline.rootfs.DeviceRoot`), every
 byte written is charged to the device's capacity (:meth:`pipeline.virtual.sandbox.Sandbox.create`); no builtin
 ever builds a host path."""
 

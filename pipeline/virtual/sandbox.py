@@ -1,4 +1,4 @@
-"""The virtual device's storage: its ``/`` (:class:`~pipeline.virtual.rootfs.DeviceRoot`, resolved in-root by the
+"""The virtual device's storage: its ``/`` (:class:`~pipeline.rootfs.DeviceRoot`, resolved in-root by the
 kernel), its capacity (:class:`~pipeline.virtual.space.SpaceLedger`) and the simulated ``/sys`` telemetry files.
 
 Every device path the shell or the sync service touches goes through :attr:`Sandbox.fs`; every byte written goes
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.virtual.faults import Faults
-from pipeline.virtual.rootfs import DeviceRoot, normalize
+from pipeline.rootfs import DeviceRoot, normalize
 from pipeline.virtual.space import NoSpace, SpaceLedger, Writer
 
 DEFAULT_DIRS = ("data/local/tmp", "sdcard", "system/bin", "proc", "sys")

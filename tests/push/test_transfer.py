@@ -186,20 +186,36 @@ def test_host_file_changed_since_manifest(virtual_device, host_tree, remote):
     assert not (sandbox(vd, remote) / "simple_app").exists()
 
 
-def test_permission_denied_names_remote_root(virtual_device, host_tree, tmp_path):
+def test_unusable_remote_root_is_named_and_nothing_lands_outside(virtual_device, host_tree, tmp_path):
     vd = virtual_device
     outside = tmp_path / "outside-the-device"
     outside.mkdir()
     link = sandbox(vd, "/data/local/tmp/escape")
-    link.symlink_to(outside)  # the sandbox refuses to follow it: EACCES, like a dir the shell user cannot write
+    link.symlink_to(outside)  # resolved inside the device (openat2 RESOLVE_IN_ROOT), where it dangles
     try:
         with pytest.raises(TransferError) as err:
             push_dir(vd.device, host_tree, "/data/local/tmp/escape/odeval/apps/a@1234567", scan_dir(host_tree))
     finally:
         link.unlink()
     msg = str(err.value)
-    assert "permission denied" in msg and "device.remote_root" in msg and "\n" not in msg
+    assert "device.remote_root" in msg and "/data/local/tmp/escape" in msg and "\n" not in msg
     assert not list(outside.iterdir())
+
+
+@pytest.mark.parametrize("adb_says,expect", [
+    ("adb: error: failed to copy 'x' to '/system/x': remote Permission denied", "permission denied writing"),
+    ("remote Read-only file system", "permission denied writing"),
+    ("remote No space left on device", "is full writing"),
+    ("remote Is a directory", "refused"),
+])
+def test_send_failures_name_the_fix(adb_says: str, expect: str) -> None:
+    from pipeline.device.transfer import _send_failed
+
+    class Dev:
+        serial = "SER"
+
+    msg = str(_send_failed(Dev(), "/system/x", adb_says))
+    assert expect in msg and "device.remote_root" in msg and "\n" not in msg
 
 
 def test_bytes_corrupted_between_send_and_verify_are_caught(virtual_device, host_tree, remote, monkeypatch):

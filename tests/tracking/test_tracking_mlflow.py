@@ -244,7 +244,8 @@ def test_unwritable_sqlite_location(tmp_path: Path) -> None:
 def test_provenance_tags_defensive_and_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     empty = tracking.provenance_tags({}, {}, {})
-    assert set(empty) == {"device.kind", "device.model", "device.soc", "device.serial", "app.manifest_sha256",
+    assert set(empty) == {"device.kind", "device.model", "device.soc", "device.serial", "device.sandbox",
+                          "app.manifest_sha256",
                           "model.manifest_sha256", "git.commit", "git.dirty", "dvc.exp_name", "sweep_id"}
     assert set(empty.values()) == {"unknown"}
     monkeypatch.setenv("DVC_EXP_NAME", "quick-fern")
@@ -254,7 +255,8 @@ def test_provenance_tags_defensive_and_full(tmp_path: Path, monkeypatch: pytest.
     run = {"device": {"kind": "real", "props": {}}, "git": {"commit": "c" * 40, "dirty": True}, "sweep_id": "s1"}
     tags = tracking.provenance_tags(run, fetch, push)
     assert tags == {"device.kind": "real", "device.model": "K70 Pro", "device.soc": "pineapple",
-                    "device.serial": "R5CX", "app.manifest_sha256": "a" * 64, "model.manifest_sha256": "m" * 64,
+                    "device.serial": "R5CX", "device.sandbox": "n/a", "app.manifest_sha256": "a" * 64,
+                    "model.manifest_sha256": "m" * 64,
                     "git.commit": "c" * 40, "git.dirty": "true", "dvc.exp_name": "quick-fern", "sweep_id": "s1"}
     assert tracking.provenance_tags(run, fetch, {"device": None}, sweep_id="s2")["sweep_id"] == "s2"
 
