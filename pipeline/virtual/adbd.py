@@ -73,6 +73,40 @@ class StreamClosed(Exception):
     """The stream (or its whole transport) is gone."""
 
 
+class CloseCallbacks(list):
+    """A stream's close callbacks, each run exactly once. One appended after the close runs at once: the host's CLSE
+    can arrive before the service thread has registered its cleanup (``shell:sleep 30`` opened and closed at once
+    kept running), and services register with a plain ``stream.on_close.append``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._fired = False
+
+    def append(self, cb: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._fired:
+                super().append(cb)
+                return
+        _run_callback(cb)
+
+    def fire(self) -> None:
+        with self._lock:
+            if self._fired:
+                return
+            self._fired = True
+            cbs = list(self)
+        for cb in cbs:
+            _run_callback(cb)
+
+
+def _run_callback(cb: Callable[[], None]) -> None:
+    try:
+        cb()
+    except Exception:  # noqa: BLE001 - a cleanup callback must not kill the reader thread
+        log.exception("on_close callback failed")
+
+
 class Stream:
     """One ADB stream: blocking reads (with reassembly) and flow-controlled writes for a service thread.
 
@@ -96,7 +130,7 @@ class Stream:
         self._in_flight = False  # a WRTE is out and its OKAY has not come back
         self._wlock = threading.Lock()  # one writer at a time: a write's WRTEs are never interleaved with another's
         self.closed = threading.Event()  # set once: host CLSE, service done (our CLSE sent) or transport gone
-        self.on_close: list[Callable[[], None]] = []
+        self.on_close = CloseCallbacks()
 
     # called by the reader thread ------------------------------------------------------------------------------
     def _deliver(self, data: bytes) -> None:
@@ -130,11 +164,7 @@ class Stream:
     def _wake_service(self) -> None:
         """End of stream for readers, and the service's cleanup (the shell kills its process groups)."""
         self._inbox.put(None)
-        for cb in list(self.on_close):
-            try:
-                cb()
-            except Exception:  # noqa: BLE001 - a cleanup callback must not kill the reader thread
-                log.exception("on_close callback failed")
+        self.on_close.fire()
 
     def _send_clse(self) -> None:
         try:
