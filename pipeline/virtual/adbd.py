@@ -6,7 +6,10 @@ One reader thread per TCP connection parses 24-byte headers and dispatches; each
 - one WRTE in flight per stream until the host's OKAY (``Stream.write`` blocks on it);
 - an incoming WRTE is OKAYed only when the service takes it from the stream (backpressure: at most one queued);
 - shell-v2 packets and sync messages may span WRTEs, so services read through ``Stream.read_exact``;
-- on CLSE the service is told (``Stream.closed``) and the shell kills its child process groups.
+- on CLSE the service is told (``Stream.closed``) and the shell kills its child process groups;
+- every stream ends with exactly one CLSE from us, also when the host closed first (hosts such as the adb-shell
+  package wait for that answer): the life cycle follows AOSP adbd, see ``Stream`` and
+  ``Connection._stream_packet``.
 """
 
 from __future__ import annotations
@@ -71,8 +74,52 @@ class StreamClosed(Exception):
     """The stream (or its whole transport) is gone."""
 
 
+class CloseCallbacks(list):
+    """A stream's close callbacks, each run exactly once. One appended after the close runs at once: the host's CLSE
+    can arrive before the service thread has registered its cleanup (``shell:sleep 30`` opened and closed at once
+    kept running), and services register with a plain ``stream.on_close.append``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._fired = False
+
+    def append(self, cb: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._fired:
+                super().append(cb)
+                return
+        _run_callback(cb)
+
+    def fire(self) -> None:
+        with self._lock:
+            if self._fired:
+                return
+            self._fired = True
+            cbs = list(self)
+        for cb in cbs:
+            _run_callback(cb)
+
+
+def _run_callback(cb: Callable[[], None]) -> None:
+    try:
+        cb()
+    except Exception:  # noqa: BLE001 - a cleanup callback must not kill the reader thread
+        log.exception("on_close callback failed")
+
+
 class Stream:
-    """One ADB stream: blocking reads (with reassembly) and flow-controlled writes for a service thread."""
+    """One ADB stream: blocking reads (with reassembly) and flow-controlled writes for a service thread.
+
+    Life cycle (adbd's local socket, sockets.cpp): the stream is *closed* exactly once, in one of three ways, and
+    after that no WRTE, OKAY or CLSE for it goes out:
+    - the host's CLSE (:meth:`_closed_by_host`, reader thread): we answer CLSE at once, as adbd's
+      ``local_socket_close`` does through ``remote_socket_shutdown``; WRTEs already queued stay readable;
+    - the service ends (:meth:`close`): CLSE once the last WRTE is OKAYed (adbd only reads its service's EOF after
+      that OKAY), no answer awaited; a late CLSE from the host finds no stream and is dropped;
+    - the transport dies (:meth:`_transport_lost`): nothing can be sent.
+    ``_cond`` orders the WRTE/OKAY/CLSE this stream sends against its state, so no packet follows the CLSE.
+    """
 
     def __init__(self, conn: Connection, local_id: int, remote_id: int) -> None:
         self.conn = conn
@@ -80,35 +127,56 @@ class Stream:
         self.remote_id = remote_id
         self._inbox: queue.Queue[bytes | None] = queue.Queue()
         self._buf = memoryview(b"")
-        self._acked = threading.Event()
-        self._acked.set()
-        self._wlock = threading.Lock()
-        self.closed = threading.Event()  # set when the host closed it or the transport died
-        self._sent_close = False
-        self.on_close: list[Callable[[], None]] = []
+        self._cond = threading.Condition()  # guards _in_flight and closed; held while sending this stream's packets
+        self._in_flight = False  # a WRTE is out and its OKAY has not come back
+        self._wlock = threading.Lock()  # one writer at a time: a write's WRTEs are never interleaved with another's
+        self.closed = threading.Event()  # set once: host CLSE, service done (our CLSE sent) or transport gone
+        self.on_close = CloseCallbacks()
 
     # called by the reader thread ------------------------------------------------------------------------------
     def _deliver(self, data: bytes) -> None:
         self._inbox.put(data)
 
     def _okay(self) -> None:
-        self._acked.set()
+        with self._cond:
+            self._in_flight = False
+            self._cond.notify_all()
 
-    def _remote_closed(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
+    def _closed_by_host(self) -> None:
+        """The host's CLSE: answer with ours (adbd does, and clients such as adb-shell wait for it), then stop."""
+        if self._mark_closed(send_clse=True):
+            self._wake_service()
+
+    def _transport_lost(self) -> None:
+        if self._mark_closed(send_clse=False):
+            self._wake_service()
+
+    def _mark_closed(self, send_clse: bool) -> bool:
+        """Close once (False if already closed); the CLSE goes out under the same lock that WRTE/OKAY take."""
+        with self._cond:
+            if self.closed.is_set():
+                return False
+            self.closed.set()
+            self._cond.notify_all()
+            if send_clse:
+                self._send_clse()
+            return True
+
+    def _wake_service(self) -> None:
+        """End of stream for readers, and the service's cleanup (the shell kills its process groups)."""
         self._inbox.put(None)
-        self._acked.set()
-        for cb in list(self.on_close):
-            try:
-                cb()
-            except Exception:  # noqa: BLE001 - a cleanup callback must not kill the reader thread
-                log.exception("on_close callback failed")
+        self.on_close.fire()
+
+    def _send_clse(self) -> None:
+        try:
+            self.conn.send_packet(A_CLSE, self.local_id, self.remote_id)
+        except OSError:
+            pass  # the transport is going away: the host drops the stream with it
 
     # service side ---------------------------------------------------------------------------------------------
     def read_chunk(self, timeout: float | None = None) -> bytes:
-        """Next received bytes (b"" at end of stream); OKAYs the WRTE as it is taken (one queued at most)."""
+        """Next received bytes (b"" at end of stream); OKAYs the WRTE as it is taken (one queued at most).
+        Data the host sent before its CLSE is still returned, but no longer OKAYed (the stream is gone there)."""
         if len(self._buf):
             out = bytes(self._buf)
             self._buf = memoryview(b"")
@@ -120,7 +188,9 @@ class Stream:
         if data is None:
             self._inbox.put(None)
             return b""
-        self.conn.send_packet(A_OKAY, self.local_id, self.remote_id)
+        with self._cond:
+            if not self.closed.is_set():
+                self.conn.send_packet(A_OKAY, self.local_id, self.remote_id)
         return data
 
     def read_exact(self, n: int) -> memoryview:
@@ -147,24 +217,23 @@ class Stream:
         step = self.conn.max_payload
         with self._wlock:
             for off in range(0, len(view), step):
-                self._acked.wait()
-                if self.closed.is_set():
-                    raise StreamClosed("stream closed by host")
-                self._acked.clear()
-                self.conn.send_packet(A_WRTE, self.local_id, self.remote_id, view[off:off + step])
+                with self._cond:
+                    while self._in_flight and not self.closed.is_set():
+                        self._cond.wait()
+                    if self.closed.is_set():
+                        raise StreamClosed("stream closed")
+                    self._in_flight = True
+                    self.conn.send_packet(A_WRTE, self.local_id, self.remote_id, view[off:off + step])
 
     def close(self) -> None:
-        """Close from the device side (CLSE) once the service is done."""
-        with self._wlock:
-            if not self._sent_close:
-                self._sent_close = True
-                if not self.closed.is_set():
-                    try:
-                        self.conn.send_packet(A_CLSE, self.local_id, self.remote_id)
-                    except OSError:
-                        pass
+        """Close from the device side once the service is done: CLSE after the last WRTE's OKAY; no reply awaited."""
+        with self._wlock, self._cond:
+            while self._in_flight and not self.closed.is_set():
+                self._cond.wait()
+            ours = self._mark_closed(send_clse=True)  # False: the host closed first and was answered already
         self.conn.forget(self.local_id)
-        self._remote_closed()
+        if ours:
+            self._wake_service()
 
 
 class Connection:
@@ -234,7 +303,7 @@ class Connection:
                 streams = list(self._streams.values())
                 self._streams.clear()
             for s in streams:
-                s._remote_closed()
+                s._transport_lost()
             try:
                 self.sock.close()
             except OSError:
@@ -253,35 +322,70 @@ class Connection:
         elif not self.authorized:
             return  # adbd ignores streams on a transport that is not online (unauthorized)
         elif cmd == A_OPEN:
-            service = data.rstrip(b"\0").decode("utf-8", "replace")
-            with self._lock:
-                local_id = self._next_id
-                self._next_id += 1
-                stream = Stream(self, local_id, arg0)
-                self._streams[local_id] = stream
-            handler = self.daemon.service_for(service)
-            if handler is None:
-                self.forget(local_id)
-                self.send_packet(A_CLSE, 0, arg0)
-                return
-            self.send_packet(A_OKAY, local_id, arg0)
-            threading.Thread(target=self._run_service, args=(handler, stream, service), daemon=True,
-                             name=f"svc-{local_id}").start()
+            self._open(arg0, arg1, data)
         elif cmd in (A_OKAY, A_WRTE, A_CLSE):
-            with self._lock:
-                stream = self._streams.get(arg1)
-            if stream is None:
-                if cmd == A_WRTE:  # unknown stream: tell the host it is gone
-                    self.send_packet(A_CLSE, 0, arg0)
-                return
-            if cmd == A_OKAY:
-                stream._okay()
-            elif cmd == A_WRTE:
-                stream._deliver(data)
-            else:
-                self.forget(arg1)
-                stream._remote_closed()
+            self._stream_packet(cmd, arg0, arg1, data)
         # STLS is never offered (no TLS feature in the banner).
+
+    def _open(self, remote_id: int, send_bytes: int, data: bytes) -> None:
+        """OPEN(remote-id, 0, service) as adbd's handle_packet takes it: remote-id 0 is ignored; a non-zero arg1
+        (a delayed-ack window, which we never negotiate) or a service we do not have is refused with
+        CLSE(0, remote-id); otherwise OKAY(local-id, remote-id) and the service starts."""
+        if remote_id == 0:
+            return
+        service = data.rstrip(b"\0").decode("utf-8", "replace")
+        handler = self.daemon.service_for(service) if send_bytes == 0 else None
+        if handler is None:
+            self.send_packet(A_CLSE, 0, remote_id)
+            return
+        with self._lock:
+            local_id = self._new_local_id()
+            stream = Stream(self, local_id, remote_id)
+            self._streams[local_id] = stream
+        self.send_packet(A_OKAY, local_id, remote_id)
+        threading.Thread(target=self._run_service, args=(handler, stream, service), daemon=True,
+                         name=f"svc-{local_id}").start()
+
+    def _new_local_id(self) -> int:
+        """Next free non-zero id (caller holds _lock); wraps at 2**32 like adbd's local_socket_next_id."""
+        while True:
+            local_id = self._next_id
+            self._next_id = self._next_id % 0xFFFFFFFF + 1
+            if local_id not in self._streams:
+                return local_id
+
+    def _stream_packet(self, cmd: int, arg0: int, arg1: int, data: bytes) -> None:
+        """OKAY/WRTE/CLSE(remote-id, local-id) as adbd's handle_packet (adb.cpp) and sockets.cpp treat them.
+
+        A stream is found by our local-id (arg1) *and* the host's id (arg0), like ``find_local_socket(arg1, arg0)``;
+        CLSE also accepts arg0 = 0 (old hosts closed that way), OKAY looks up arg1 alone and then ignores a foreign
+        arg0. Per case:
+        - WRTE, known: queued; OKAYed when the service takes it. Unknown (closed, never opened, wrong arg0) or a
+          zero id: dropped without a reply.
+        - OKAY, known: the in-flight WRTE is acknowledged. With a payload (a delayed-ack count, never negotiated
+          here) adbd logs a mismatch and ignores it. Unknown local-id: CLSE(arg1, arg0), so a host that still holds
+          the stream closes it ("the host server may have closed the local socket" in adbd's words).
+        - CLSE, known: answered with CLSE(local-id, remote-id) at once (``local_socket_close`` ->
+          ``remote_socket_shutdown``) and the service is told. Unknown: ignored — e.g. the host's answer to our
+          own CLSE, since a device-side close forgets the stream as it sends.
+        """
+        if arg1 == 0 or (arg0 == 0 and cmd != A_CLSE):
+            return
+        with self._lock:
+            stream = self._streams.get(arg1)
+        if cmd == A_OKAY:
+            if stream is None:
+                self.send_packet(A_CLSE, arg1, arg0)
+            elif stream.remote_id == arg0 and not data:
+                stream._okay()
+            return
+        if stream is None or (stream.remote_id != arg0 and not (cmd == A_CLSE and arg0 == 0)):
+            return
+        if cmd == A_WRTE:
+            stream._deliver(data)
+        else:
+            self.forget(arg1)
+            stream._closed_by_host()
 
     def _send_cnxn(self) -> None:
         self.send_packet(A_CNXN, VERSION, MAX_PAYLOAD, self.daemon.banner().encode())

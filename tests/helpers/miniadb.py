@@ -4,6 +4,12 @@ Why not the adb binary: the adb server always announces 0x01000001 (no checksums
 exercises the older protocol a device must still speak. This client talks straight to the daemon's TCP port as an
 old host would: any version (default 0x01000000 → checksummed packets), any maxdata (default 4096), one WRTE in
 flight per stream, and it *verifies* every checksum it receives while the negotiated version requires them.
+
+It is also the independent client that speaks 0x01000001 (the PyPI ``adb-shell`` package, the other one, announces
+0x01000000 only and verifies checksums unconditionally): shell v1/v2 with exit status, sync push/pull/stat, and both
+ways of ending a stream — the host's CLSE, answered by the device (what adb-shell does after every sync), or the
+device's own CLSE after QUIT or the end of a command. Stream-ending waits are bounded by the socket timeout, so a
+device that never answers fails a test instead of hanging it.
 """
 
 from __future__ import annotations
@@ -140,6 +146,53 @@ class MiniAdb:
         local, remote = self.open(f"shell:{command}")
         return self.read_until_close(local, remote)
 
+    def shell_v2(self, command: str) -> tuple[bytes, bytes, int]:
+        """``shell,v2,raw:`` as adb ≥ 29 opens it → (stdout, stderr, exit status from the id-3 packet)."""
+        local, remote = self.open(f"shell,v2,raw:{command}")
+        raw = self.read_until_close(local, remote)
+        out, err, code = bytearray(), bytearray(), None
+        off = 0
+        while off < len(raw):
+            kind, n = struct.unpack_from("<BI", raw, off)
+            payload = raw[off + 5:off + 5 + n]
+            off += 5 + n
+            if kind == 1:
+                out += payload
+            elif kind == 2:
+                err += payload
+            elif kind == 3:
+                code = payload[0]
+        if code is None:
+            raise ProtocolError("shell v2 stream closed without an exit packet")
+        return bytes(out), bytes(err), code
+
+    def close_stream(self, local: int, remote: int) -> None:
+        """Host-initiated close: CLSE, then wait for the device's CLSE(remote, local), as adb-shell's ``_clse``
+        does. WRTEs still arriving for the stream are dropped un-OKAYed (adb's host finds no socket for them)."""
+        self.send(A_CLSE, local, remote)
+        while True:
+            cmd, a0, a1, _ = self.recv()
+            if a1 != local:
+                continue
+            if cmd == A_CLSE:
+                if a0 != remote:
+                    raise ProtocolError(f"CLSE answer names stream {a0}, expected {remote}")
+                return
+
+    def barrier(self, marker_id: int = 0x7FFF0000) -> list[tuple[int, int, int, bytes]]:
+        """Every packet the device sends before it answers an OPEN of an unknown service (CLSE(0, marker_id)).
+
+        The device handles packets in order on one reader thread, so the list holds everything it answered to what
+        we sent before (e.g. empty = an unknown-id WRTE got no reply). Packets sent by service threads on their
+        own may race the marker; use it when no stream is active."""
+        self.send(A_OPEN, marker_id, 0, b"odeval-no-such-service:\0")
+        seen = []
+        while True:
+            pkt = self.recv()
+            if pkt[0] == A_CLSE and pkt[1:3] == (0, marker_id):
+                return seen
+            seen.append(pkt)
+
     # ------------------------------------------------------------------ sync
     def _sync_read(self, local: int, remote: int, n: int) -> bytes:
         pending = self._pending.setdefault(local, bytearray())
@@ -154,23 +207,44 @@ class MiniAdb:
         del pending[:n]
         return out
 
-    def push(self, path: str, data: bytes, mode: int = 0o100644, mtime: int = 1_700_000_000) -> None:
+    def push(self, path: str, data: bytes, mode: int = 0o100644, mtime: int = 1_700_000_000, *,
+             end: str = "quit") -> None:
         local, remote = self.open("sync:")
         spec = f"{path},{mode}".encode()
-        msg = b"SEND" + struct.pack("<I", len(spec)) + spec
+        msg = bytearray(b"SEND" + struct.pack("<I", len(spec)) + spec)
         for off in range(0, len(data), 65536):
             chunk = data[off:off + 65536]
             msg += b"DATA" + struct.pack("<I", len(chunk)) + chunk
         msg += b"DONE" + struct.pack("<I", mtime)
-        self.write(local, remote, msg)
+        self.write(local, remote, bytes(msg))
         head = self._sync_read(local, remote, 8)
         if head[:4] != b"OKAY":
             n = struct.unpack("<I", head[4:])[0]
             raise OSError(f"push failed: {head[:4]!r} {self._sync_read(local, remote, n)!r}")
-        self.write(local, remote, b"QUIT" + struct.pack("<I", 0))
-        self.read_until_close(local, remote)
+        self._end_sync(local, remote, end)
 
-    def pull(self, path: str) -> bytes:
+    def _end_sync(self, local: int, remote: int, end: str) -> None:
+        """``quit``: QUIT, the device closes (adb's way); ``clse``: we close and wait for the answer (adb-shell's)."""
+        if end == "quit":
+            self.write(local, remote, b"QUIT" + struct.pack("<I", 0))
+            self.read_until_close(local, remote)
+        elif end == "clse":
+            self.close_stream(local, remote)
+        else:
+            raise ValueError(end)
+
+    def stat(self, path: str, *, end: str = "quit") -> tuple[int, int, int]:
+        """sync STAT (v1) → (mode, size, mtime); all zero for a missing file."""
+        local, remote = self.open("sync:")
+        raw = path.encode()
+        self.write(local, remote, b"STAT" + struct.pack("<I", len(raw)) + raw)
+        reply = self._sync_read(local, remote, 16)
+        if reply[:4] != b"STAT":
+            raise ProtocolError(f"STAT answered with {reply[:4]!r}")
+        self._end_sync(local, remote, end)
+        return struct.unpack("<III", reply[4:])
+
+    def pull(self, path: str, *, end: str = "quit") -> bytes:
         local, remote = self.open("sync:")
         raw = path.encode()
         self.write(local, remote, b"RECV" + struct.pack("<I", len(raw)) + raw)
@@ -183,8 +257,7 @@ class MiniAdb:
             if kind != b"DATA":
                 raise OSError(f"pull failed: {kind!r} {self._sync_read(local, remote, n)!r}")
             out += self._sync_read(local, remote, n)
-        self.write(local, remote, b"QUIT" + struct.pack("<I", 0))
-        self.read_until_close(local, remote)
+        self._end_sync(local, remote, end)
         return bytes(out)
 
     def close(self) -> None:

@@ -1,14 +1,19 @@
 """The virtual device as an ADB peer for hosts other than the bundled adb: protocol 0x01000000 (checksummed
-packets, maxdata 4096) from an independent pure-socket client (tests/helpers/miniadb.py), and AUTH verified against
-keys made by a crypto library, not by our own code."""
+packets, maxdata 4096) and 0x01000001 from an independent pure-socket client (tests/helpers/miniadb.py), the PyPI
+adb-shell package (0x01000000 only), the stream life cycle of AOSP adbd, and AUTH verified against keys made by a
+crypto library, not by our own code."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import io
+import random
+import stat
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +21,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from pipeline.virtual import adbauth
-from pipeline.virtual.adbd import Daemon
+from pipeline.virtual.adbd import Daemon, Stream
 from pipeline.virtual.services import make_daemon
-from tests.helpers.miniadb import MiniAdb
+from tests.helpers.miniadb import A_CLSE, A_OKAY, A_OPEN, A_WRTE, MiniAdb
 
 
 def adb_pubkey_line(key: rsa.RSAPrivateKey, comment: str = "tester@host") -> str:
@@ -189,3 +194,163 @@ def test_checksums_are_per_connection(daemon: Daemon) -> None:
     finally:
         old.close()
         new.close()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Independent clients (issue 26): the PyPI adb-shell package and miniadb at both protocol versions, and the stream
+# life cycle of AOSP adbd (adb.cpp handle_packet, sockets.cpp local_socket_close / remote_socket_shutdown).
+# ------------------------------------------------------------------------------------------------------------------
+GUARD_S = 15.0  # per-read guard: a stream end the device never answers fails here instead of hanging the suite
+BIG = random.Random(26).randbytes(3 * 1024 * 1024 + 17)  # 3 MB, not a multiple of any chunk or WRTE size
+VERSIONS = [pytest.param(0x01000000, 4096, id="v1.0-checksums-4k"),
+            pytest.param(0x01000001, 1 << 20, id="v1.0.1-nochecksum-1M")]
+
+
+def test_adb_shell_package_shell_push_pull_stat(daemon: Daemon) -> None:
+    """adb-shell ends every sync stream with CLSE and waits for the device's; without that answer each push, pull,
+    stat and list used to raise TcpTimeoutException although the file had arrived."""
+    from adb_shell.adb_device import AdbDeviceTcp
+
+    dev = AdbDeviceTcp("127.0.0.1", daemon.port, default_transport_timeout_s=GUARD_S)
+    assert dev.connect(read_timeout_s=GUARD_S)
+    try:
+        assert dev.shell("echo hi", read_timeout_s=GUARD_S) == "hi\n"
+        path = "/data/local/tmp/adbshell.bin"
+        dev.push(io.BytesIO(BIG), path, st_mode=0o100640, mtime=1_700_000_123, read_timeout_s=GUARD_S)
+        assert (daemon.sandbox.root / path.lstrip("/")).read_bytes() == BIG
+        mode, size, mtime = dev.stat(path, read_timeout_s=GUARD_S)
+        assert (stat.S_IMODE(mode), size, mtime) == (0o640, len(BIG), 1_700_000_123)
+        got = io.BytesIO()
+        dev.pull(path, got, read_timeout_s=GUARD_S)
+        assert got.getvalue() == BIG
+        assert "adbshell.bin" in [f.filename.decode() for f in dev.list("/data/local/tmp", read_timeout_s=GUARD_S)]
+        assert dev.shell("sha256sum " + path, read_timeout_s=GUARD_S).split()[0] == hashlib.sha256(BIG).hexdigest()
+    finally:
+        dev.close()
+
+
+@pytest.mark.parametrize("end", ["clse", "quit"])
+@pytest.mark.parametrize(("version", "maxdata"), VERSIONS)
+def test_independent_client_both_versions(daemon: Daemon, version: int, maxdata: int, end: str) -> None:
+    """Shell output and exit status, a 3 MB push and pull, stat — each sync stream ended by the host's CLSE
+    (answered) or by QUIT (the device closes) — and afterwards not one stray packet."""
+    c = MiniAdb("127.0.0.1", daemon.port, version=version, maxdata=maxdata, timeout=GUARD_S)
+    try:
+        c.connect()
+        assert c.negotiated == version
+        assert c.shell("echo hi") == b"hi\n"
+        assert c.shell_v2("echo out; echo err >&2; exit 3") == (b"out\n", b"err\n", 3)
+        assert c.shell_v2("true") == (b"", b"", 0)
+        out, err, code = c.shell_v2("no-such-tool")
+        assert (out, code) == (b"", 127) and b"not found" in err
+        path = "/data/local/tmp/mini-big.bin"
+        c.push(path, BIG, mode=0o100600, mtime=1_700_000_456, end=end)
+        assert (daemon.sandbox.root / path.lstrip("/")).read_bytes() == BIG
+        mode, size, mtime = c.stat(path, end=end)
+        assert (stat.S_ISREG(mode), stat.S_IMODE(mode), size, mtime) == (True, 0o600, len(BIG), 1_700_000_456)
+        assert c.stat("/data/local/tmp/absent", end=end) == (0, 0, 0)
+        assert c.pull(path, end=end) == BIG
+        assert 0 < c.max_wrte <= maxdata
+        if version < 0x01000001:
+            assert c.checked > 700  # 3 MB in 4 KiB WRTEs, every one's sum verified by recv()
+        assert c.barrier() == []  # no second CLSE, no OKAY/WRTE for a stream that is gone
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[MiniAdb]:
+    """A connected host at 0x01000001 with 4 KiB WRTEs (the life cycle does not depend on the version)."""
+    c = MiniAdb("127.0.0.1", daemon.port, version=0x01000001, maxdata=4096, timeout=GUARD_S)
+    try:
+        c.connect()
+        yield c
+    finally:
+        c.close()
+
+
+def test_open_refusals_as_adbd(client: MiniAdb) -> None:
+    """OPEN: unknown service -> CLSE(0, id); remote-id 0 -> ignored; a delayed-ack window in arg1, which this
+    device never negotiates -> CLSE(0, id)."""
+    client.send(A_OPEN, 9, 0, b"no-such-service:\0")
+    assert client.recv() == (A_CLSE, 0, 9, b"")
+    client.send(A_OPEN, 0, 0, b"shell:echo ignored\0")
+    assert client.barrier() == []
+    client.send(A_OPEN, 10, 4096, b"shell:echo refused\0")
+    assert client.recv() == (A_CLSE, 0, 10, b"")
+
+
+def test_host_close_is_answered_once_and_the_id_forgotten(client: MiniAdb) -> None:
+    """The host's CLSE gets one CLSE(local, remote) back; afterwards WRTE and CLSE for that id are dropped and an
+    OKAY is answered with CLSE(its arg1, its arg0) — the same as for ids never opened."""
+    local, remote = client.open("sync:")
+    client.close_stream(local, remote)
+    assert client.barrier() == []
+    client.send(A_WRTE, local, remote, b"QUIT\0\0\0\0")
+    client.send(A_CLSE, local, remote)
+    assert client.barrier() == []
+    client.send(A_OKAY, local, remote)
+    assert client.barrier() == [(A_CLSE, remote, local, b"")]
+    client.send(A_WRTE, 4242, 777, b"x")
+    client.send(A_CLSE, 4242, 777)
+    client.send(A_OKAY, 4242, 777)
+    assert client.barrier() == [(A_CLSE, 777, 4242, b"")]
+
+
+def test_device_close_needs_no_answer(client: MiniAdb) -> None:
+    """A finished command closes from the device side; the host's CLSE in reply finds no stream and is ignored."""
+    local, remote = client.open("shell:echo bye")
+    assert client.read_until_close(local, remote) == b"bye\n"  # answers the device's CLSE, as adb's host does
+    assert client.barrier() == []
+
+
+def test_wrte_with_foreign_remote_id_is_dropped(client: MiniAdb) -> None:
+    """find_local_socket(local, remote) matches both ids: a WRTE with our local-id but another remote-id is not
+    delivered (had it been, the first STAT answer would be the directory's, not the missing file's)."""
+    local, remote = client.open("sync:")
+    bogus, missing = b"/data/local/tmp", b"/data/local/tmp/absent"
+    client.send(A_WRTE, local + 1000, remote, b"STAT" + struct.pack("<I", len(bogus)) + bogus)
+    client.write(local, remote, b"STAT" + struct.pack("<I", len(missing)) + missing)
+    assert client._sync_read(local, remote, 16) == b"STAT" + bytes(12)
+    client.close_stream(local, remote)
+    assert client.barrier() == []
+
+
+def test_host_close_while_device_waits_for_okay(daemon: Daemon, client: MiniAdb) -> None:
+    """A pull in 4 KiB WRTEs, the first not OKAYed: the host's CLSE is still answered, and no WRTE follows it."""
+    (daemon.sandbox.root / "data/local/tmp/big.bin").write_bytes(BIG)
+    local, remote = client.open("sync:")
+    path = b"/data/local/tmp/big.bin"
+    client.write(local, remote, b"RECV" + struct.pack("<I", len(path)) + path)
+    cmd, _a0, a1, data = client.recv()
+    assert (cmd, a1, len(data)) == (A_WRTE, local, 4096)
+    client.close_stream(local, remote)
+    assert client.barrier() == []
+
+
+def test_host_close_stops_a_running_command(daemon: Daemon, client: MiniAdb,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLSE right after OPEN of ``sleep 30``: answered at once, and the command ends — also when the CLSE beats the
+    service's registration of its cleanup (it used to sleep on). The real shell service runs; a probe only notes
+    when its handler returns."""
+    returned = threading.Event()
+    real_service_for = daemon.service_for
+
+    def probed(service: str) -> Callable[[Stream, str], None] | None:
+        handler = real_service_for(service)
+        if handler is None or not service.startswith("shell:sleep"):
+            return handler
+
+        def run(stream: Stream, svc: str) -> None:
+            try:
+                handler(stream, svc)
+            finally:
+                returned.set()
+        return run
+
+    monkeypatch.setattr(daemon, "service_for", probed)
+    local, remote = client.open("shell:sleep 30")
+    client.close_stream(local, remote)
+    assert returned.wait(GUARD_S), "the command kept running after the host closed its stream"
+    assert client.barrier() == []
+    assert client.shell("echo still-serving") == b"still-serving\n"
