@@ -742,6 +742,7 @@ class _Upload:
         self.tmp: str | None = None
         self.fd: int | None = None
         self.writer = sandbox.space.writer()
+        self.kept = False
         try:
             if sandbox.disk_full():
                 self.error = "write failed: No space left on device"
@@ -796,6 +797,7 @@ class _Upload:
             replaced = _exists_at(self.parent_fd, self.leaf)
             os.rename(self.tmp, self.leaf, src_dir_fd=self.parent_fd, dst_dir_fd=self.parent_fd)
             self.tmp = None
+            self.kept = True
             if replaced:
                 self.sb.space.freed()
         except OSError as e:
@@ -816,7 +818,7 @@ class _Upload:
         if self.parent_fd is not None:
             os.close(self.parent_fd)
             self.parent_fd = None
-        self.writer.close()
+        self.writer.close(kept=self.kept)
 
 
 def _exists_at(dirfd: int, name: str) -> bool:

@@ -41,6 +41,7 @@ from pipeline.virtual import confine
 from pipeline.virtual.layout import state_dir
 from pipeline.virtual.procs import kill_group
 from pipeline.virtual.sandbox import Sandbox
+from pipeline.virtual.space import NoSpace
 
 if TYPE_CHECKING:
     from pipeline.virtual.shell import Session
@@ -292,12 +293,16 @@ def _pump(pipe: Any, write: Callable[[bytes], None],
 
     def run() -> None:
         fd = pipe.fileno()
+        full = False
         try:
             while data := os.read(fd, 65536):
                 if scrub is not None:
                     data = scrub(data)
-                if data:
-                    write(data)
+                if data and not full:
+                    try:
+                        write(data)
+                    except NoSpace:  # stdout redirected onto a full device: the app's writes fail, it runs on
+                        full = True
         except OSError:
             pass
         finally:

@@ -23,8 +23,8 @@ import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.virtual import landlock
 from pipeline.rootfs import openat2_available
+from pipeline.virtual import landlock
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../pipeline
 SYSTEM_READ_EXEC = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin")

@@ -320,7 +320,7 @@ def b_df(sh: Session, args: list[str], ctx: Ctx) -> int:
     faults = sh.d.faults.get()
     used = sh.sb.used_bytes()  # what the capacity ledger counts (pipeline/virtual/space.py)
     total = faults.capacity_bytes
-    avail = 0 if faults.disk_full else max(0, total - used)
+    avail = 0 if faults.disk_full else sh.sb.space.available()
     for p in paths:
         try:
             sh.fs.stat(p, sh.cwd)

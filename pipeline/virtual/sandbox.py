@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.virtual.faults import Faults
 from pipeline.rootfs import DeviceRoot, normalize
+from pipeline.virtual.faults import Faults
 from pipeline.virtual.space import NoSpace, SpaceLedger, Writer
 
 DEFAULT_DIRS = ("data/local/tmp", "sdcard", "system/bin", "proc", "sys")
@@ -71,12 +71,16 @@ class Sandbox:
 
     def __init__(self, root: Path, faults: Callable[[], Faults] = Faults) -> None:
         self.root = Path(root).resolve()
-        for d in DEFAULT_DIRS:
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.fs = DeviceRoot(self.root)
+        for d in DEFAULT_DIRS:  # in-root: a link the device left at /data must not make the host mkdir elsewhere
+            try:
+                self.fs.mkdir("/" + d, parents=True)
+            except OSError:
+                pass  # the device replaced it with a file: its own business, as on a phone
         self._faults = faults
         self.space = SpaceLedger(self.fs.walk_sizes, lambda: self._faults().capacity_bytes,
-                                 lambda: self._faults().disk_full)
+                                 lambda: self._faults().disk_full, host_fd=self.fs.fd)
         self._t0 = time.monotonic()
 
     @staticmethod

@@ -366,6 +366,12 @@ def serve_shell_stream(daemon: Daemon, stream: Stream, service: str) -> None:
     """Run ``shell:``, ``shell,v2…:`` or ``exec:`` on a stream until the command finishes or the host closes."""
     kind, v2, cmd = parse_service(service)
     io = StreamIO(stream, v2=v2 and kind == "shell")
+    cap = daemon.faults.get().max_processes
+    if len(daemon.procs.all()) >= cap:  # fork's EAGAIN: every session is a device process
+        log.warning("refused: shell stream %r (%d device processes, cap %d)", service[:80], cap, cap)
+        io.write_err(b"/system/bin/sh: can't fork: Try again\n")
+        io.send_exit(1)
+        return
     session = Session(daemon, io)
     stream.on_close.append(session.abort)
     try:

@@ -149,6 +149,8 @@ def test_symlink_swap_race_reaches_nothing_on_the_host(make_virtual_device, host
                     [f"cat {link}/{readme}", f"echo 'import os' > {link}/odeval-race.pth",
                      f"echo PWNED > {link}/owned.txt"])
     text = "\n".join(outputs)
+    print(f"race {what}: {len(outputs)} attacking commands in {RACE_S:.0f} s, "
+          f"{text.count('where the link leads')} reads through the link (all inside the device)")
     assert "in the real dir" in text and "where the link leads on the device" in text, "the race did not run"
     assert SECRET not in text and "PATH=" not in text and "PWNED" not in text
     if what != "daemon-proc":
@@ -274,3 +276,20 @@ def test_refuses_to_start_when_the_kernel_cannot_confine(tmp_path: Path, monkeyp
     with pytest.raises(AdbdError, match=r"sandbox=off"):
         make_daemon(tmp_path / "dev", 0)
     assert make_daemon(tmp_path / "dev", 0, sandbox=False).confinement == "off"  # the explicit opt-out starts
+
+
+def test_shell_sessions_are_capped(make_virtual_device) -> None:
+    vd = make_virtual_device(max_processes=2)
+    shells = [ShellV2.open(vd.device, "sleep 20") for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while (r := vd.adb("shell", "echo hi")).returncode == 0 and time.monotonic() < deadline:  # both started
+            time.sleep(0.05)
+        assert r.returncode == 1 and b"can't fork: Try again" in r.stderr and b"hi" not in r.stdout
+    finally:
+        for s in shells:
+            s.close()
+    deadline = time.monotonic() + 10
+    while vd.adb("shell", "echo hi").returncode != 0 and time.monotonic() < deadline:  # the cap frees up again
+        time.sleep(0.1)
+    assert vd.adb("shell", "echo hi").stdout == b"hi\n"
