@@ -116,19 +116,19 @@ def cache_root() -> Path:
 
 
 def content_key(spec: TinySpec = SPEC) -> str:
-    """Hash of everything that determines the bytes: code, data, prompt sets, hyper-parameters, library versions.
+    """Hash of everything that determines the bytes: code (this module's whole import closure), data, prompt sets,
+    hyper-parameters, library versions.
 
     The versions come from the installed distributions' metadata (the same strings as ``torch.__version__`` etc.):
     importing torch + transformers only to read them cost every warm-cache fetch ~2.5 s."""
-    from importlib.metadata import version
+    from pipeline.codehash import code_files, digest, library_versions
 
     h = hashlib.sha256()
-    files = [Path(__file__), Path(__file__).with_name("tokenizer_bin.py"), *sorted(DATA_DIR.iterdir()),
-             PROMPTS_DIR / "qa.jsonl", PROMPTS_DIR / "smoke.jsonl"]
-    for f in files:
+    for f in [*sorted(DATA_DIR.iterdir()), PROMPTS_DIR / "qa.jsonl", PROMPTS_DIR / "smoke.jsonl"]:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(json.dumps(spec.__dict__, sort_keys=True).encode())
-    h.update("|".join(version(d) for d in ("torch", "transformers", "tokenizers", "safetensors")).encode())
+    versions = library_versions("torch", "transformers", "tokenizers", "safetensors", "numpy")
+    h.update(digest(code_files("pipeline.models.tiny"), json.dumps(versions, sort_keys=True)).encode())
     return h.hexdigest()
 
 
