@@ -41,6 +41,7 @@ __all__ = [
     "flatten",
     "redact",
     "log_run",
+    "mark_superseded",
     "get_or_create_parent",
     "git_commit",
     "git_dirty",
@@ -105,6 +106,8 @@ REVISION_TAG = "odeval.revision"
 MISSING_METRICS_TAG = "missing_metrics"
 MISSING_ARTIFACTS_TAG = "missing_artifacts"
 PARAMS_CHANGED_TAG = "params_changed"
+SUPERSEDED_BY_TAG = "odeval.superseded_by"
+SUPERSEDED_WHY_TAG = "odeval.superseded_why"
 TRUNCATED_SUFFIX = "...[truncated]"
 UNKNOWN = "unknown"
 
@@ -564,6 +567,17 @@ def log_run(
         _set_tags(client, run_id, all_tags)
         client.set_terminated(run_id, status="FINISHED", end_time=end_time_ms)
         return run_id
+
+
+def mark_superseded(*, tracking_uri: str, experiment: str, run_key: str, by: str, why: str) -> list[str]:
+    """Tag the runs logged under ``run_key`` as superseded by run ``by`` (their numbers are of results this
+    directory no longer holds); returns their ids. Status and metrics are left as they were: history stays."""
+    with _session(tracking_uri) as client:
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        old = [r for r in _find_runs(client, exp_id, {RUN_KEY_TAG: run_key}) if r.info.run_id != by]
+        for r in old:
+            _set_tags(client, r.info.run_id, {SUPERSEDED_BY_TAG: by, SUPERSEDED_WHY_TAG: why})
+        return [r.info.run_id for r in old]
 
 
 def get_or_create_parent(
