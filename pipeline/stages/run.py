@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.context import RunContext
+from pipeline.device.pool import device_scope
 from pipeline.fetched import resolved
 from pipeline.run_identity import RunIdentity, ask_keys, run_identity
 from pipeline.run_record import RunDir, now
@@ -23,6 +24,7 @@ from pipeline.stages import StageError, read_json, stage_main
 from pipeline.workspace import git_commit, git_dirty, shared_root
 
 
+@device_scope()  # the device is held while the stage runs (one device, one run), then released
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
     from pipeline.apps.launch import app_env, app_launcher
