@@ -17,10 +17,11 @@ from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.device.pool import device_scope
 from pipeline.fetched import resolved
+from pipeline.interrupts import Interrupted, signal_name, signum_of
 from pipeline.run_identity import RunIdentity, ask_keys, run_identity
 from pipeline.run_record import RunDir, now
 from pipeline.runner import RunItem
-from pipeline.stages import StageError, read_json, stage_main
+from pipeline.stages import StageError, StageInterrupted, read_json, stage_main
 from pipeline.workspace import git_commit, git_dirty, shared_root
 
 
@@ -78,9 +79,10 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
             status, reason = write_row.tally.verdict()
         except DeviceLost as e:
             status, reason = "interrupted", str(e)
-        except KeyboardInterrupt:
-            status, reason = "interrupted", "interrupted by the user (Ctrl-C)"
-            raise
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (pipeline/interrupts.py): recorded, then said once
+            status, reason = "interrupted", f"interrupted by {signal_name(signum_of(e))}"
+            raise Interrupted(signum_of(e), f"{reason} after {write_row.tally.rows} row(s) on disk "
+                                            f"({record.rows_path})") from None
         except BaseException as e:  # a bug or an unexpected error: never recorded as complete
             status, reason = "failed", f"{type(e).__name__}: {e}"
             raise
@@ -89,8 +91,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
             record.finish(status, reason, write_row.tally)
     tally = write_row.tally
     if status == "interrupted":
-        raise StageError(f"interrupted after {tally.rows} rows: {reason}. Finished rows are kept in {record.path}; "
-                         "re-run (`dvc repro`) to continue where it stopped")
+        raise StageInterrupted(f"interrupted after {tally.rows} rows: {reason}. Finished rows are kept in "
+                               f"{record.path}")
     if status == "failed":
         raise StageError(f"{reason}. The rows are kept in {record.path} (app.log has the app's output); fix the "
                          "cause and re-run")

@@ -43,6 +43,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
                               judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge"))
     scores = [next(scored) if failure_kind(r) is None else summary.failed_answer_score(r, failure_kind(r))
               for r in rows]
+    for r, sc in zip(rows, scores, strict=True):  # flagged per row: the text hides bytes the app really printed
+        if summary.undecodable(r):
+            sc["undecodable_chars"] = r["replaced_chars"]
     families = [f for f in FAMILIES if any(s.get(f) is not None for s in scores)]
     prompt_rows = summary.per_prompt(rows, scores, prompts, families)
     kind = run_json["device"].get("kind", "unknown")
@@ -190,6 +193,10 @@ def _print_summary(score: dict) -> None:
     else:
         print(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
               f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
+    bad = score["undecodable"]
+    if bad["rows"]:
+        print(f"  UNDECODABLE: {bad['rows']} of {score['n_rows']} answers had invalid UTF-8 ({bad['replaced_chars']} "
+              "bytes shown as U+FFFD; flagged per row in prompts.csv and quality.jsonl)")
     if score["plausible"] is False:
         print(f"  IMPLAUSIBLE: decode rate above the bandwidth roofline ({f(score['roofline_tok_s'])} tok/s)")
 
