@@ -35,7 +35,7 @@ RUN_PARAMS = (
     "app.name", "app.binary", "app.device_arg", "app.env", "app.template", "app.template_tokens",
     "app.past_end_token", "app.past_end_unwritten_id", "app.virtual_only", "app.required_files",
     "device.kind", "device.serial", "device.adb_host", "device.adb_port", "device.connect", "device.remote_root",
-    "device.virtual", "device.pool", "device.require",
+    "device.virtual",
     "sequence", "prompting", "session", "runtime",
 )
 # Host libraries whose behaviour enters rows (adb transport, re-tokenising answers).

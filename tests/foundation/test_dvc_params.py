@@ -28,7 +28,10 @@ ALLOWED: dict[str, dict[str, str]] = {
     "fetch": {"paths.artifacts": "where outputs are written: DVC tracks the outputs themselves"},
     "push": {"paths.artifacts": "where outputs are written: DVC tracks the outputs themselves"},
     "run": {"paths.artifacts": "where outputs are written: DVC tracks the outputs themselves",
-            "device.lease_timeout_s": "how long to wait for the device, not what runs on it"},
+            "device.lease_timeout_s": "how long to wait for the device, not what runs on it",
+            "device.pool": "which pool device is leased: run is pinned to the one push used, whose serial is part "
+                           "of the run's identity (push.json)",
+            "device.require": "as device.pool: it only selects the device push then pinned"},
     "score": {"paths.artifacts": "where inputs are read from: DVC tracks them as deps",
               "paths.metrics": "where outputs are written: DVC tracks the outputs themselves"},
 }
@@ -108,3 +111,23 @@ def test_the_tracer_records_leaf_reads_only(tmp_path: Path):
     _ = cfg.device.virtual.faults
     _ = cfg.runtime.repeats
     assert trace.reset() == {"device.virtual.faults", "runtime.repeats"}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("choice", [f"{g}={o}" for g in ("model", "app", "device", "prompts", "sequence", "prompting",
+                                                          "session", "runtime", "scoring", "tracking", "experiment")
+                                    for o in _options(g)])
+def test_every_dvc_param_exists_in_params_yaml_for_every_preset(choice):
+    """DVC refuses to run a stage whose listed param is absent from params.yaml ("missing from 'params.yaml'"), and
+    params.yaml is what conf/ composes to: every preset must spell out every key a stage lists (null is fine)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.config import compose
+
+    composed = compose([choice])
+    missing = {stage: [p for p in params_of(stage) if OmegaConf.select(composed, p, default="<absent>") == "<absent>"]
+               for stage in STAGES}
+    assert not any(missing.values()), f"{choice}: dvc.yaml params absent from the composed config: {missing}"
