@@ -280,8 +280,8 @@ def summarize_sweep(config: Any, interrupted: str | None = None) -> list[dict[st
     sweep_dir = Path(config.hydra.sweep.dir)
     jobs = job_outcomes(sweep_dir)
     bad = [j for j in jobs if j["status"] != "complete"]
-    how = f" — interrupted by {interrupted}" if interrupted else ""
-    print(f"sweep {sweep_dir.name}: {len(jobs) - len(bad)} of {len(jobs)} started jobs complete{how}",
+    how = f" — interrupted by {interrupted} (jobs not started yet are not counted)" if interrupted else ""
+    print(f"sweep {sweep_dir.name}: {len(jobs) - len(bad)} of {len(jobs)} jobs complete{how}",
           file=sys.stderr)
     for j in bad:
         print(f"  {j['job']} ({j['overrides'] or 'no overrides'}): {j['status']} — {j['error']}", file=sys.stderr)

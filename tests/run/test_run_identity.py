@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.codehash import closure, code_files, digest
-from pipeline.run_identity import RunIdentity, app_code, ask_keys, describe_change
+from pipeline.run_identity import RunIdentity, app_code, ask_keys, asked_digest, describe_change
 from pipeline.run_record import RunDir
 from pipeline.stages.fetch import REFERENCE_APP_MODULE, build_reference_app
 
@@ -117,4 +117,5 @@ def test_another_identity_starts_afresh_in_one_line_naming_the_change(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("run: starting afresh — changed: code (pipeline/apps/npllama.py)")
     assert "4 rows" in err[0] and not run.rows_path.exists()
-    assert run.previous == {"run_key": ident().key, "why": "changed: code (pipeline/apps/npllama.py)"}
+    assert run.previous == {"run_key": ident().key, "asked": asked_digest(asks),
+                            "why": "changed: code (pipeline/apps/npllama.py)"}

@@ -109,7 +109,7 @@ def test_sigterm_of_a_sweep_marks_its_mlflow_parent_and_unfinished_child_killed(
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "Traceback" not in err, err
-    assert "0 of 1 started jobs complete — interrupted by SIGTERM" in err, err
+    assert "0 of 1 jobs complete — interrupted by SIGTERM" in err, err
     line = _resume_line(err)
     assert f"hydra.sweep.dir={sweep_dir}" in line and " -m " in line
     assert json.loads((sweep_dir / "job0" / "artifacts" / "run" / "run.json").read_text())["status"] == "interrupted"
