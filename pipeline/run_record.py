@@ -4,7 +4,7 @@ Files: ``responses.jsonl`` (one row per prompt × repeat, appended and fsynced a
 terminal-style transcript that ``python -m pipeline.apps.simple_app parse`` reads back), ``telemetry.jsonl``,
 ``prompts.jsonl`` (what score needs: references, rules, tags) and ``run.json`` (provenance + status).
 
-Statuses: ``running`` while the stage runs; then ``complete``, ``interrupted`` (device/connection lost, Ctrl-C:
+Statuses: ``running`` while the stage runs; then ``complete``, ``interrupted`` (device/connection lost, Ctrl-C, SIGTERM:
 resumable) or ``failed`` (every prompt failed, or an unexpected error) with the reason in ``error``. A ``running``
 left behind by a killed process is reported as ``killed`` by :func:`run_status`.
 """
