@@ -3,6 +3,10 @@
     python -m pipeline                                    # one run of the default (offline) experiment
     python -m pipeline --cfg job model=tiny-w4            # print the composed config (validated first)
     python -m pipeline -m model=tiny-fp,tiny-w4 prompts=qa,instruct   # a sweep: one MLflow parent, a child per job
+    python -m pipeline ... hydra.run.dir=outputs/<date>/<time>     # resume an interrupted run in its directory
+
+Ctrl-C or SIGTERM ends a run with status ``interrupted`` (run.json; in a sweep also the MLflow parent and the
+unfinished children) and one line with the command that resumes it.
 """
 
 from __future__ import annotations
@@ -40,20 +44,30 @@ def app(raw: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from pipeline.stages import StageError
-    from pipeline.sweep import record_job, run_job
+    from pipeline.stages import StageError, StageInterrupted
+    from pipeline.sweep import RUNNING, record_job, resume_command, run_job
 
     hc = HydraConfig.get()
     workdir = Path(hc.runtime.output_dir)
+    if hc.mode != RunMode.MULTIRUN:  # what main() needs to say how to resume this very run
+        RUNNING.update(mode="run", dir=workdir.resolve(), task=list(hc.overrides.task),
+                       hydra=list(hc.overrides.hydra))
     try:
         cfg = to_config(raw)
         result = run_job(cfg, workdir, hc)
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: recorded here, reported once by main()
+        if hc.mode == RunMode.MULTIRUN:
+            workdir.mkdir(parents=True, exist_ok=True)
+            record_job(workdir, "interrupted", str(e) or "interrupted")
+        raise
     except (ConfigError, StageError, Exception) as e:
         expected = isinstance(e, ConfigError | StageError)
         message = str(e) if expected else f"{type(e).__name__}: {e}"
         if hc.mode != RunMode.MULTIRUN:  # one clear message, not Hydra's traceback
             if not expected:
                 raise
+            if isinstance(e, StageInterrupted):
+                message += f"; resume this run: {resume_command()}"
             print(f"error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
         # a sweep job fails alone: the other jobs run, and SweepSummary names this one at the end
@@ -69,8 +83,22 @@ def app(raw: DictConfig) -> float | None:
 
 
 def main() -> None:
+    from pipeline.interrupts import Interrupted, signal_name, signals_as_exceptions, signum_of
+
     _validate_before_print(sys.argv[1:])
-    app()
+    try:
+        with signals_as_exceptions():
+            app()
+    except KeyboardInterrupt as e:  # one line (per sweep: its summary), never a raw traceback
+        from pipeline.sweep import RUNNING, resume_command, sweep_interrupted
+
+        signum = signum_of(e)
+        if RUNNING.get("mode") == "sweep":
+            sweep_interrupted(signum)
+        else:
+            what = e.message if isinstance(e, Interrupted) and e.message else f"interrupted by {signal_name(signum)}"
+            print(f"error: {what} — finished work is kept; resume this run: {resume_command()}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 if __name__ == "__main__":

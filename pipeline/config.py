@@ -11,8 +11,6 @@ The schema is registered in Hydra's ConfigStore (``odeval_schema``) for tools an
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,14 +318,6 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
 
 def as_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
-
-
-def config_hash(cfg: Config, sections: tuple[str, ...] = ()) -> str:
-    """Stable hash of the config (or some sections): the run stage's resume key and MLflow's run_key part."""
-    d = as_dict(cfg)
-    if sections:
-        d = {s: d[s] for s in sections}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- validation

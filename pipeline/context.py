@@ -17,6 +17,9 @@ from dataclasses import dataclass, replace
 # name -> (who reads it, what it does). The only environment variables odeval reads (a test keeps this complete).
 ENV_VARS: dict[str, tuple[str, str]] = {
     "HF_TOKEN": ("huggingface_hub", "token for gated/private repos; never written anywhere"),
+    "DVC_STAGE": ("pipeline.stages", "set by DVC for a stage's command: an interrupted stage says `dvc repro` resumes"),
+    "DVC_EXP_NAME": ("pipeline.stages, pipeline.tracking", "set by `dvc exp run`: the experiment's name (MLflow tag; "
+                     "how to resume an interrupted stage)"),
     "CI": ("pipeline.context", "`true`: no progress bars"),
     "ODEVAL_QUIET": ("pipeline.context", "`1`: no progress bars (like --quiet)"),
     "ODEVAL_ROOT": ("pipeline.workspace", "the repo root that shared state (mlflow.db, caches, virtual devices) "

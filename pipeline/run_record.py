@@ -4,7 +4,7 @@ Files: ``responses.jsonl`` (one row per prompt × repeat, appended and fsynced a
 terminal-style transcript that ``python -m pipeline.apps.simple_app parse`` reads back), ``telemetry.jsonl``,
 ``prompts.jsonl`` (what score needs: references, rules, tags) and ``run.json`` (provenance + status).
 
-Statuses: ``running`` while the stage runs; then ``complete``, ``interrupted`` (device/connection lost, Ctrl-C:
+Statuses: ``running`` while the stage runs; then ``complete``, ``interrupted`` (device/connection lost, Ctrl-C, SIGTERM:
 resumable) or ``failed`` (every prompt failed, or an unexpected error) with the reason in ``error``. A ``running``
 left behind by a killed process is reported as ``killed`` by :func:`run_status`.
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 from pipeline.jsonio import read_jsonl, write_json, write_jsonl
 from pipeline.outcomes import FailureTally
+from pipeline.run_identity import RunIdentity, asked_digest, describe_change, listed
 
 FILES = ("responses.jsonl", "telemetry.jsonl", "app.log", "run.json", "prompts.jsonl")
 
@@ -33,43 +34,71 @@ def now() -> str:
 
 
 class RunDir:
-    """One run's directory. Rows of an interrupted run with the same ``run_key`` are kept; another key starts over."""
+    """One run's directory. Rows are kept only for a run of the same identity and only while what they asked is
+    unchanged (pipeline/run_identity.py); another identity starts over and says what changed."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.rows_path = self.path / "responses.jsonl"
         self.meta: dict[str, Any] = {}
+        # the results this run replaces (another identity, or other questions): score marks their MLflow run
+        self.previous: dict[str, Any] | None = None
+        self.asked = ""  # digest of what this run asks (all prompts' ask keys)
 
-    def resume(self, run_key: str) -> set[tuple[str, int]]:
-        """Finished (prompt_id, repeat) pairs of an interrupted run with the same key; other runs are cleared."""
+    def resume(self, identity: RunIdentity, asks: dict[str, str]) -> set[tuple[str, int]]:
+        """Finished (prompt_id, repeat) pairs to keep: rows of a run with the same identity whose ask key is
+        unchanged (``asks``: prompt id → key). Other rows are removed from the directory, and one line says why."""
         self.path.mkdir(parents=True, exist_ok=True)
         meta_path = self.path / "run.json"
         old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if old.get("run_key") != run_key:
+        lines = self.rows_path.read_text(encoding="utf-8").splitlines() if self.rows_path.exists() else []
+        self.asked = asked_digest(asks)
+        if old.get("run_key") != identity.key:
+            if old or lines:
+                self.previous = {"run_key": old.get("run_key"), "asked": old.get("asked"),
+                                 "why": describe_change(old.get("identity"), identity)}
+                print(f"run: starting afresh — {self.previous['why']}; the previous run's {len(lines)} rows in "
+                      f"{self.rows_path} are not reused", file=sys.stderr)
             for name in FILES:
                 (self.path / name).unlink(missing_ok=True)
             return set()
+        self.previous = old.get("previous_run")
+        if old.get("asked") != self.asked:  # the same run asking other questions: new results replace the old
+            self.previous = {"run_key": old.get("run_key"), "asked": old.get("asked"),
+                             "why": "the prompt set changed (rows re-asked or dropped)"}
         if old.get("status") == "running":
             print(f"run: the previous run (pid {old.get('pid')} on {old.get('hostname')}) ended without recording "
                   "its status — it was killed; resuming from its finished rows", file=sys.stderr)
-        done, good = set(), []
-        for line in self.rows_path.read_text(encoding="utf-8").splitlines() if self.rows_path.exists() else []:
+        done, good, changed, gone = set(), [], set(), set()
+        for line in lines:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a crash mid-write: redo that prompt
                 continue
-            done.add((row["prompt_id"], row["repeat"]))
-            good.append(line)
+            pid = row["prompt_id"]
+            if pid not in asks:
+                gone.add(pid)
+            elif row.get("ask_key") != asks[pid]:
+                changed.add(pid)
+            else:
+                done.add((pid, row["repeat"]))
+                good.append(line)
         self.rows_path.write_text("".join(line + "\n" for line in good), encoding="utf-8")
-        if done:
-            print(f"run: resuming — {len(done)} finished rows kept")
+        said = [f"{len(done)} finished rows kept"] if done else []
+        if changed:
+            said.append(f"re-asking {len(changed)} changed prompt(s) {listed(sorted(changed))}")
+        if gone:
+            said.append(f"dropped the rows of {len(gone)} prompt(s) no longer in the set {listed(sorted(gone))}")
+        if said:
+            print("run: resuming — " + "; ".join(said))
         return done
 
     def write_prompts(self, items: Iterable[dict[str, Any]]) -> None:
         write_jsonl(self.path / "prompts.jsonl", items)
 
     def start(self, meta: dict[str, Any], rows: int) -> None:
-        self.meta = {**meta, "pid": os.getpid(), "hostname": platform.node()}
+        self.meta = {**meta, "pid": os.getpid(), "hostname": platform.node(), "asked": self.asked,
+                     "previous_run": self.previous}
         write_json(self.path / "run.json", {**self.meta, "status": "running", "rows": rows})
 
     @contextmanager

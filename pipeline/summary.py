@@ -16,7 +16,15 @@ from pipeline.stats import energy_per_token, plausibility, roofline_tok_s, summa
 
 THROUGHPUT_KEYS = ("decode_tok_s", "ttft_s", "app_tok_s", "e2e_s", "load_s", "host_blended_tok_s")
 CSV_FIELDS = ("prompt_id", "set", "n_repeats", "quality_score", "on_topic", "decode_tok_s", "ttft_s", "app_tok_s",
-              "e2e_s", "n_prompt_tokens", "n_output_tokens", "eos", "truncated", "timed_out", "crashed")
+              "e2e_s", "n_prompt_tokens", "n_output_tokens", "eos", "truncated", "timed_out", "crashed", "undecodable")
+
+
+def undecodable(row: Mapping[str, Any]) -> bool:
+    """The answer's bytes were not valid UTF-8: U+FFFD stands in the text for what the app really printed.
+
+    WHY a flag of its own: the text then scores like any answer ("Paris\ufffd" still contains Paris), so a score of
+    1.00 would hide that the app emitted broken bytes (a tokenizer/detokenizer or transport defect)."""
+    return (row.get("replaced_chars") or 0) > 0
 
 
 def measured(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -59,6 +67,7 @@ def per_prompt(rows: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, 
             row[key] = mean_of(r.get(key) for r in rs)
         for key in ("eos", "truncated", "timed_out", "crashed"):
             row[key] = mean_of(float(bool(r.get(key))) for r in rs)
+        row["undecodable"] = mean_of(float(undecodable(r)) for r in rs)
         for fam in ("quality_score", *families):
             row[fam] = mean_of(s.get(fam) for s in ss)
         on = [s.get("on_topic") for s in ss if s.get("on_topic") is not None]
@@ -101,6 +110,7 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mappi
     window = (min(sends), max(ends)) if sends and ends else None  # generation time only: not idle or model load
     energy = energy_per_token(telemetry, n_tokens or None, duration or None, window=window)
     temps = temperature_span(telemetry)
+    broken = [r for r in rows if undecodable(r)]
     return {
         "device_kind": device_kind,
         "n_prompts": len(prompt_rows),
@@ -110,7 +120,10 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mappi
         "failures": failures,
         "rates": {k: mean_of(float(bool(r.get(k))) for r in rows) for k in ("eos", "truncated", "timed_out",
                                                                            "crashed")}
-        | {"failed": failures["failed"] / len(rows) if rows else None},
+        | {"failed": failures["failed"] / len(rows) if rows else None,
+           "undecodable": len(broken) / len(rows) if rows else None},
+        "undecodable": {"rows": len(broken), "replaced_chars": sum(r["replaced_chars"] for r in broken),
+                        "prompt_ids": sorted({r["prompt_id"] for r in broken})},
         "roofline_tok_s": roof,
         "roofline_efficiency": plaus["roofline_efficiency"],
         "plausible": plaus["plausible"],

@@ -22,6 +22,9 @@ from pipeline.config import Config
 from pipeline.context import RunContext
 
 JOB_STATUS = "job_status.json"
+# What this `python -m pipeline` process is running, for the one line that says how to resume it after Ctrl-C or
+# SIGTERM: mode "run" (dir, task, hydra overrides) or "sweep" (+ the sweep's config).
+RUNNING: dict[str, Any] = {}
 
 
 def run_job(cfg: Config, workdir: Path, hydra_cfg: Any = None) -> float | None:
@@ -251,43 +254,89 @@ class SweepSummary(Callback):
     """Hydra callback: after a multirun, name the jobs that failed and end the sweep non-zero if any did.
 
     WHY: each job catches its own failure (so the other jobs still run), which means Hydra itself would end the
-    sweep with status 0; this puts the truth back at the end, on the terminal and on the MLflow parent run.
+    sweep with status 0; this puts the truth back at the end, on the terminal and on the MLflow parent run. An
+    interrupted sweep (Ctrl-C, SIGTERM) never reaches ``on_multirun_end``: ``python -m pipeline`` then calls
+    :func:`sweep_interrupted`, which records the same summary with the parent KILLED.
     """
 
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        hydra = config.hydra
+        RUNNING.update(mode="sweep", dir=Path(str(hydra.sweep.dir)).resolve(), task=list(hydra.overrides.task),
+                       hydra=list(hydra.overrides.hydra), config=config)
+
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = job_outcomes(sweep_dir)
-        bad = [j for j in jobs if j["status"] != "complete"]
-        print(f"sweep {sweep_dir.name}: {len(jobs) - len(bad)} of {len(jobs)} jobs complete", file=sys.stderr)
-        for j in bad:
-            print(f"  {j['job']} ({j['overrides'] or 'no overrides'}): {j['status']} — {j['error']}",
-                  file=sys.stderr)
-        self._mark_parent(config, sweep_dir.name, bad)
-        print(f"compare: python -m pipeline.report --sweep {sweep_dir.name} --out reports/{sweep_dir.name}",
-              file=sys.stderr)
+        RUNNING.clear()
+        bad = summarize_sweep(config)
+        sweep_id = Path(config.hydra.sweep.dir).name
+        print(f"compare: python -m pipeline.report --sweep {sweep_id} --out reports/{sweep_id}", file=sys.stderr)
         if bad:
             raise SystemExit(1)
 
-    @staticmethod
-    def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]]) -> None:
-        from pipeline.tracking import TrackingError, log_failed_job, mark_parent, sweep_parent
-        from pipeline.workspace import shared_root
 
-        found = _sweep_tracking(config, "the sweep's outcome is not recorded in MLflow")
-        if found is None:
-            return
-        uri, cfg = found
-        try:
-            parent = sweep_parent(uri, cfg.tracking.experiment, sweep_id, shared_root() / ".odeval" / "locks")
-            for j in bad:  # a FAILED child run per job that did not finish, visible next to the finished ones
-                log_failed_job(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent,
-                               run_name=f"{j['job']}:{j['status']}", error=j["error"] or j["status"],
-                               tags={"sweep_id": sweep_id, "odeval.job": j["job"], "odeval.overrides": j["overrides"]})
-            failed = "; ".join(f"{j['job']} ({j['overrides']}): {j['status']}" for j in bad)
-            mark_parent(tracking_uri=uri, parent_run_id=parent, failed=bool(bad),
-                        tags={"odeval.failed_jobs": failed or "none", "odeval.n_failed_jobs": str(len(bad))})
-        except TrackingError as e:
-            print(f"warning: could not record the sweep's outcome in MLflow: {e}", file=sys.stderr)
+def summarize_sweep(config: Any, interrupted: str | None = None) -> list[dict[str, Any]]:
+    """Print the sweep's outcome (one line per job that did not complete) and record it in MLflow: a FAILED child
+    per failed job, a KILLED one per job the interruption stopped or never let finish, the parent FAILED (or
+    KILLED when ``interrupted`` names the signal) with the summary in its tags. Returns the jobs not complete."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    jobs = job_outcomes(sweep_dir)
+    bad = [j for j in jobs if j["status"] != "complete"]
+    how = f" — interrupted by {interrupted} (jobs not started yet are not counted)" if interrupted else ""
+    print(f"sweep {sweep_dir.name}: {len(jobs) - len(bad)} of {len(jobs)} jobs complete{how}",
+          file=sys.stderr)
+    for j in bad:
+        print(f"  {j['job']} ({j['overrides'] or 'no overrides'}): {j['status']} — {j['error']}", file=sys.stderr)
+    _mark_parent(config, sweep_dir.name, bad, interrupted)
+    return bad
+
+
+def sweep_interrupted(signum: int) -> None:
+    """After Ctrl-C/SIGTERM of a sweep: its summary (MLflow parent and unfinished children KILLED) and the one
+    line that resumes it (each job continues in its own dir; complete jobs keep all their rows)."""
+    from pipeline.interrupts import signal_name
+
+    config = RUNNING.get("config")
+    if config is not None:
+        summarize_sweep(config, interrupted=signal_name(signum))
+    print(f"sweep interrupted — finished work is kept; resume this sweep: {resume_command()}", file=sys.stderr)
+
+
+def resume_command() -> str:
+    """The command that resumes what :data:`RUNNING` describes: the same overrides, in the same directory."""
+    from pipeline.interrupts import command_line
+
+    sweep = RUNNING.get("mode") == "sweep"
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    hydra = [o for o in RUNNING.get("hydra", []) if not o.startswith(("hydra.sweep.dir=", "hydra.run.dir="))]
+    argv = ["python", "-m", "pipeline", *(["-m"] if sweep else []), *RUNNING.get("task", []), *hydra,
+            f"{key}={RUNNING.get('dir', '?')}"]
+    return f"`{command_line(argv)}`"
+
+
+def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]], interrupted: str | None = None) -> None:
+    from pipeline.tracking import TrackingError, close_running_children, log_failed_job, mark_parent, sweep_parent
+    from pipeline.workspace import shared_root
+
+    found = _sweep_tracking(config, "the sweep's outcome is not recorded in MLflow")
+    if found is None:
+        return
+    uri, cfg = found
+    try:
+        parent = sweep_parent(uri, cfg.tracking.experiment, sweep_id, shared_root() / ".odeval" / "locks")
+        for j in bad:  # a child run per job that did not finish, visible next to the finished ones
+            log_failed_job(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent,
+                           run_name=f"{j['job']}:{j['status']}", error=j["error"] or j["status"],
+                           tags={"sweep_id": sweep_id, "odeval.job": j["job"], "odeval.overrides": j["overrides"]},
+                           status="FAILED" if j["status"] == "failed" else "KILLED")
+        if interrupted:  # a job stopped while it was logging: its child run must not stay RUNNING
+            close_running_children(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent)
+        failed = "; ".join(f"{j['job']} ({j['overrides']}): {j['status']}" for j in bad)
+        tags = {"odeval.failed_jobs": failed or "none", "odeval.n_failed_jobs": str(len(bad))}
+        if interrupted:
+            tags["odeval.interrupted"] = interrupted
+        mark_parent(tracking_uri=uri, parent_run_id=parent, failed=bool(bad), tags=tags,
+                    status="KILLED" if interrupted else None)
+    except TrackingError as e:
+        print(f"warning: could not record the sweep's outcome in MLflow: {e}", file=sys.stderr)
 
 
 def _sweep_tracking(config: Any, what: str) -> tuple[str, Config] | None:

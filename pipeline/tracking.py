@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import socket
 import tempfile
 import time
 import warnings
@@ -41,6 +42,7 @@ __all__ = [
     "flatten",
     "redact",
     "log_run",
+    "mark_superseded",
     "get_or_create_parent",
     "git_commit",
     "git_dirty",
@@ -105,6 +107,10 @@ REVISION_TAG = "odeval.revision"
 MISSING_METRICS_TAG = "missing_metrics"
 MISSING_ARTIFACTS_TAG = "missing_artifacts"
 PARAMS_CHANGED_TAG = "params_changed"
+SUPERSEDED_BY_TAG = "odeval.superseded_by"
+KILLED_WHY_TAG = "odeval.killed"
+PID_TAG, HOST_TAG = "odeval.pid", "odeval.host"  # who logs a run: a RUNNING run whose process is gone is KILLED
+SUPERSEDED_WHY_TAG = "odeval.superseded_why"
 TRUNCATED_SUFFIX = "...[truncated]"
 UNKNOWN = "unknown"
 
@@ -530,40 +536,101 @@ def log_run(
     present, missing = _prepare_metrics(metrics)
     with _session(tracking_uri) as client:
         exp_id = _experiment_id(client, experiment, tracking_uri)
-        found = _find_runs(client, exp_id, {RUN_KEY_TAG: run_key})
+        found = _live_runs(client, _find_runs(client, exp_id, {RUN_KEY_TAG: run_key}), tracking_uri)
         if found:
             run = client.get_run(found[0].info.run_id)
             revision = int(run.data.tags.get(REVISION_TAG, "0")) + 1
             stale = [k for k in run.data.metrics if k in missing]
         else:
-            start_tags = {RUN_KEY_TAG: run_key}
+            start_tags = {RUN_KEY_TAG: run_key, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
             if parent_run_id:
                 start_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(exp_id, tags=start_tags, run_name=run_name, start_time=start_time_ms)
             revision, stale = 1, []
         run_id = run.info.run_id
-        changed = _log_params(client, run, flat_params)
-        _log_metrics(client, run_id, {**present, **dict.fromkeys(stale, math.nan)}, step=revision)
-        missing_art = _log_artifacts(client, run_id, artifacts)
-        _log_tables(client, run_id, tables or {})
-        all_tags = {k: str(v) for k, v in redact(dict(tags)).items()}
-        all_tags.update({
-            RUN_KEY_TAG: run_key,
-            REVISION_TAG: str(revision),
-            MISSING_METRICS_TAG: ",".join(missing),
-            MISSING_ARTIFACTS_TAG: ",".join(missing_art),
-        })
-        if changed:
-            all_tags[PARAMS_CHANGED_TAG] = json.dumps(changed, sort_keys=True)
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        if run_name and found:
-            all_tags["mlflow.runName"] = run_name
-        if description:
-            all_tags["mlflow.note.content"] = description
-        _set_tags(client, run_id, all_tags)
-        client.set_terminated(run_id, status="FINISHED", end_time=end_time_ms)
-        return run_id
+        try:
+            return _fill_run(client, run, flat_params, present, missing, stale, revision, artifacts, tables, tags,
+                             run_key, parent_run_id, run_name, found, description, end_time_ms)
+        except BaseException as e:  # Ctrl-C, SIGTERM, an error mid-log: the run is incomplete, never left RUNNING
+            interrupted = isinstance(e, KeyboardInterrupt | SystemExit)
+            with contextlib.suppress(Exception):
+                _set_tags(client, run_id, {KILLED_WHY_TAG: "its logging was interrupted"} if interrupted
+                          else {"error": _truncate(f"{type(e).__name__}: {e}", MAX_TAG_VAL_LENGTH)})
+                client.set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
+            raise
+
+
+def _live_runs(client: Any, runs: list[Any], tracking_uri: str) -> list[Any]:
+    """The runs worth updating; a RUNNING one whose logging process is gone is closed as KILLED (and skipped).
+
+    With a sqlite store every log holds its file lock, so a RUNNING run found under it is always orphaned; on a
+    server store it is orphaned when it was created on this host by a process that no longer exists."""
+    live = []
+    for r in runs:
+        status = r.info.status
+        if status == "RUNNING" and _orphaned(r, sqlite=_sqlite_path(tracking_uri) is not None):
+            _set_tags(client, r.info.run_id, {KILLED_WHY_TAG: f"its process (pid {r.data.tags.get(PID_TAG, '?')}) "
+                                              "ended before it finished logging"})
+            client.set_terminated(r.info.run_id, status="KILLED")
+        elif status in ("RUNNING", "FINISHED"):  # KILLED/FAILED: an incomplete log, kept as history, not reused
+            live.append(r)
+    return live
+
+
+def _orphaned(run: Any, sqlite: bool) -> bool:
+    if sqlite:
+        return True
+    pid, host = run.data.tags.get(PID_TAG), run.data.tags.get(HOST_TAG)
+    if host != socket.gethostname() or not (pid or "").isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _fill_run(client: Any, run: Any, flat_params: dict[str, str], present: dict[str, float], missing: list[str],
+              stale: list[str], revision: int, artifacts: Sequence[Path], tables: Mapping[str, Any] | None,
+              tags: Mapping[str, str], run_key: str, parent_run_id: str | None, run_name: str | None,
+              found: list[Any], description: str | None, end_time_ms: int | None) -> str:
+    """Log everything of :func:`log_run` into ``run`` and end it FINISHED."""
+    run_id = run.info.run_id
+    changed = _log_params(client, run, flat_params)
+    _log_metrics(client, run_id, {**present, **dict.fromkeys(stale, math.nan)}, step=revision)
+    missing_art = _log_artifacts(client, run_id, artifacts)
+    _log_tables(client, run_id, tables or {})
+    all_tags = {k: str(v) for k, v in redact(dict(tags)).items()}
+    all_tags.update({
+        RUN_KEY_TAG: run_key,
+        REVISION_TAG: str(revision),
+        MISSING_METRICS_TAG: ",".join(missing),
+        MISSING_ARTIFACTS_TAG: ",".join(missing_art),
+    })
+    if changed:
+        all_tags[PARAMS_CHANGED_TAG] = json.dumps(changed, sort_keys=True)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    if run_name and found:
+        all_tags["mlflow.runName"] = run_name
+    if description:
+        all_tags["mlflow.note.content"] = description
+    _set_tags(client, run_id, all_tags)
+    client.set_terminated(run_id, status="FINISHED", end_time=end_time_ms)
+    return run_id
+
+
+def mark_superseded(*, tracking_uri: str, experiment: str, run_key: str, by: str, why: str) -> list[str]:
+    """Tag the runs logged under ``run_key`` as superseded by run ``by`` (their numbers are of results this
+    directory no longer holds); returns their ids. Status and metrics are left as they were: history stays."""
+    with _session(tracking_uri) as client:
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        old = [r for r in _find_runs(client, exp_id, {RUN_KEY_TAG: run_key}) if r.info.run_id != by]
+        for r in old:
+            _set_tags(client, r.info.run_id, {SUPERSEDED_BY_TAG: by, SUPERSEDED_WHY_TAG: why})
+        return [r.info.run_id for r in old]
 
 
 def get_or_create_parent(
@@ -663,25 +730,38 @@ def provenance_tags(
 
 
 def log_failed_job(*, tracking_uri: str, experiment: str, parent_run_id: str | None, run_name: str, error: str,
-                   tags: Mapping[str, str]) -> str:
-    """A child run with status FAILED for a sweep job that did not finish, so the sweep's failures show in the UI.
-
-    Its ``error`` tag holds the one-line reason (redacted like every tag)."""
+                   tags: Mapping[str, str], status: str = "FAILED") -> str:
+    """A child run for a sweep job that did not finish (``FAILED``, or ``KILLED`` when an interruption stopped it),
+    so the sweep's failures show in the UI. Its ``error`` tag holds the one-line reason (redacted like every tag)."""
     with _session(tracking_uri) as client:
         exp_id = _experiment_id(client, experiment, tracking_uri)
-        all_tags = {**tags, "error": _truncate(error, MAX_TAG_VAL_LENGTH), "odeval.status": "failed"}
+        all_tags = {**tags, "error": _truncate(error, MAX_TAG_VAL_LENGTH), "odeval.status": status.lower()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(exp_id, tags={k: str(v) for k, v in redact(all_tags).items()}, run_name=run_name)
-        client.set_terminated(run.info.run_id, status="FAILED")
+        client.set_terminated(run.info.run_id, status=status)
         return run.info.run_id
 
 
-def mark_parent(*, tracking_uri: str, parent_run_id: str, tags: Mapping[str, str], failed: bool) -> None:
-    """Record a sweep's outcome on its parent run (e.g. which jobs failed); FAILED when any job failed."""
+def mark_parent(*, tracking_uri: str, parent_run_id: str, tags: Mapping[str, str], failed: bool,
+                status: str | None = None) -> None:
+    """Record a sweep's outcome on its parent run (e.g. which jobs failed); FAILED when any job failed, or the
+    given ``status`` (KILLED: the sweep was interrupted)."""
     with _session(tracking_uri) as client:
         _set_tags(client, parent_run_id, {k: str(v) for k, v in redact(dict(tags)).items()})
-        client.set_terminated(parent_run_id, status="FAILED" if failed else "FINISHED")
+        client.set_terminated(parent_run_id, status=status or ("FAILED" if failed else "FINISHED"))
+
+
+def close_running_children(*, tracking_uri: str, experiment: str, parent_run_id: str) -> list[str]:
+    """End every child run of ``parent_run_id`` still RUNNING as KILLED (their process was interrupted)."""
+    with _session(tracking_uri) as client:
+        exp_id = _experiment_id(client, experiment, tracking_uri)
+        flt = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        runs = client.search_runs([exp_id], filter_string=flt, max_results=1000)
+        for r in runs:
+            _set_tags(client, r.info.run_id, {KILLED_WHY_TAG: "the sweep was interrupted while it logged"})
+            client.set_terminated(r.info.run_id, status="KILLED")
+        return [r.info.run_id for r in runs]
 
 
 def sweep_parent(tracking_uri: str, experiment: str, sweep_id: str, lock_dir: Path) -> str:

@@ -35,7 +35,8 @@ from typing import Any
 from pipeline.config import DeviceConfig, PoolDevice
 
 __all__ = ["PoolError", "lease", "select", "probe", "device_key", "serial_of", "lock_dir_for", "read_leases",
-           "overlaps", "concrete_device", "check_pool", "leased_device", "hold",
+           "overlaps", "concrete_device", "check_pool", "leased_device", "hold", "hold_single", "single_device",
+           "device_scope", "virtual_holder_elsewhere",
            "release_held", "LEASE_LOG"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ LEASE_LOG = "leases.jsonl"
 POLL_S = 0.1  # a waiting job re-tries the lock files (cheap); 0.5 s left a freed device idle up to 0.5 s
 REMOTE_SERVER_TIMEOUT_S = 3.0
 _HELD: dict[str, tuple[PoolDevice, ExitStack]] = {}  # leases a DVC stage process holds until it exits
+_ACTIVE: dict[str, PoolDevice] = {}  # leases an enclosing `leased_device` block of this process holds
+_SCOPES: list[list[str]] = []  # open device_scope blocks: the keys each will release
+_ATEXIT: list[Any] = []
 
 
 class PoolError(Exception):
@@ -69,10 +73,13 @@ def serial_of(dev: PoolDevice) -> str:
 
 
 def device_key(dev: PoolDevice) -> str:
-    """Lock-file name = the device's address (adb server + serial), so two pool configs naming the same phone
-    differently still exclude each other."""
+    """Lock-file name = the device's address, so two configs naming the same device differently (a pool entry,
+    ``device=virtual``, ``device=adb``) still exclude each other: a phone by adb server + serial, a virtual device
+    by its daemon's port (any adb server reaches the same daemon)."""
     from pipeline.device.adb import adb_server_port
 
+    if dev.kind == "virtual":
+        return re.sub(r"[^A-Za-z0-9._-]", "_", f"virtual_{serial_of(dev)}")
     port = dev.adb_port or adb_server_port()
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{dev.adb_host}_{port}_{serial_of(dev)}")
 
@@ -242,6 +249,15 @@ def _busy_text(devs: list[PoolDevice], lock_dir: Path) -> str:
     return ", ".join(parts)
 
 
+def _held_text(devs: list[PoolDevice], lock_dir: Path) -> str:
+    """``<device> (held by <job>, pid N on <host>)`` per busy device: who a waiting run waits for."""
+    parts = []
+    for d in devs:
+        h = _holder(lock_dir / f"{device_key(d)}.holder.json") or {}
+        parts.append(f"{d.name} (held by {h.get('job', '?')}, pid {h.get('pid', '?')} on {h.get('host', '?')})")
+    return ", ".join(parts)
+
+
 def _order(devs: list[PoolDevice], pin: str | None, prefer: str | None, require: dict) -> list[PoolDevice]:
     if pin is not None:
         pinned = [d for d in devs if serial_of(d) == pin or d.name == pin]
@@ -257,22 +273,29 @@ def _order(devs: list[PoolDevice], pin: str | None, prefer: str | None, require:
 @contextmanager
 def lease(pool: list[PoolDevice], require: dict[str, Any], lock_dir: Path, timeout_s: float, job: str, *,
           kinds: tuple[str, ...] | None = None, pin: str | None = None, prefer: str | None = None,
-          root: Path | None = None, poll_s: float = POLL_S) -> Iterator[PoolDevice]:
+          root: Path | None = None, poll_s: float = POLL_S, probe_devices: bool = True) -> Iterator[PoolDevice]:
     """Lease one free, online pool device carrying the ``require`` labels for the duration of the block.
 
     Devices are tried in pool order (``prefer`` first; only ``pin`` when given); offline/absent ones are skipped
-    with a warning; when every usable one is busy, polls until ``timeout_s``. Released on exit, exception,
-    Ctrl-C — and by the OS if the process is killed.
+    with a warning (``probe_devices=False``: not probed — the caller connects and reports); when every usable one
+    is busy, one line on stderr names the holders and the lease polls until ``timeout_s``. Released on exit,
+    exception, Ctrl-C — and by the OS if the process is killed.
     """
     candidates = _order(select(pool, require, kinds), pin, prefer, require)
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
     warned: set[str] = set()
+    said_wait = False
     while True:
-        held, busy, offline = _acquire_first(candidates, lock_dir, root, warned)
+        held, busy, offline = _acquire_first(candidates, lock_dir, root if probe_devices else None, warned,
+                                             probe_devices)
         if held is not None:
             break
+        if busy and not said_wait:
+            said_wait = True
+            print(f"{job}: waiting for {_held_text(busy, lock_dir)}; up to device.lease_timeout_s={timeout_s:g} s",
+                  file=sys.stderr)
         if not busy:
             raise PoolError(f"no device of the pool is online (device.require={dict(require)}): "
                             + "; ".join(f"{n}: {why}" for n, why in offline.items())
@@ -301,8 +324,8 @@ def lease(pool: list[PoolDevice], require: dict[str, Any], lock_dir: Path, timeo
         held.lock.release()
 
 
-def _acquire_first(candidates: list[PoolDevice], lock_dir: Path, root: Path | None, warned: set[str]
-                   ) -> tuple[_Held | None, list[PoolDevice], dict[str, str]]:
+def _acquire_first(candidates: list[PoolDevice], lock_dir: Path, root: Path | None, warned: set[str],
+                   probe_devices: bool = True) -> tuple[_Held | None, list[PoolDevice], dict[str, str]]:
     """One pass over the candidates: the first lockable online device, else (None, busy ones, offline ones)."""
     busy: list[PoolDevice] = []
     offline: dict[str, str] = {}
@@ -311,7 +334,7 @@ def _acquire_first(candidates: list[PoolDevice], lock_dir: Path, root: Path | No
         if held is None:
             busy.append(dev)
             continue
-        why = probe(dev, root)
+        why = probe(dev, root) if probe_devices else None
         if why is None:
             return held, busy, offline
         held.lock.release()
@@ -353,18 +376,139 @@ def check_pool(device: DeviceConfig, virtual_only: bool) -> None:
 @contextmanager
 def leased_device(device: DeviceConfig, job: str, virtual_only: bool, root: Path | None = None
                   ) -> Iterator[DeviceConfig]:
-    """For one whole job: ``device`` itself unless ``device.kind=pool``, else a lease and the leased device made
-    concrete."""
-    if device.kind != "pool":
-        yield device
-        return
+    """For one whole job: a lease on the device and the device config to use — a pool lease made concrete for
+    ``device.kind=pool``, else ``device`` itself, held exclusively (one device, one run). Stages opening the
+    device inside the block reuse this lease (:func:`hold`, :func:`hold_single`)."""
     from pipeline.workspace import shared_root
 
     base = root or shared_root()
+    if device.kind != "pool":
+        serial = _attached_serial(device) if device.kind == "adb" else None
+        if device.kind == "adb" and serial is None:  # no device yet: the stage reports it (and holds it then)
+            yield device
+            return
+        dev = single_device(device, serial)
+        with lease([dev], {}, lock_dir_for(base), device.lease_timeout_s, job, root=base, probe_devices=False), \
+                _registered(dev):
+            yield device
+        return
     with lease(device.pool, device.require, lock_dir_for(base), device.lease_timeout_s, job,
-               kinds=_kinds(virtual_only), root=base) as dev:
+               kinds=_kinds(virtual_only), root=base) as dev, _registered(dev):
         log.info("pool: job %s leased %s (%s)", job, dev.name, serial_of(dev))
         yield concrete_device(device, dev, base)
+
+
+@contextmanager
+def _registered(dev: PoolDevice) -> Iterator[None]:
+    """Record that this process holds ``dev`` for the block (stages then reuse the lease, never self-deadlock)."""
+    key = device_key(dev)
+    _ACTIVE[key] = dev
+    try:
+        yield
+    finally:
+        _ACTIVE.pop(key, None)
+
+
+def _attached_serial(device: DeviceConfig) -> str | None:
+    """The serial of the phone a ``device=adb`` config names (adb's "the single attached device" resolved), or
+    None when adb cannot tell (no device, several): then the stage that opens it says why."""
+    if device.serial or device.connect:
+        return device.serial or device.connect
+    from pipeline.device.connect import DeviceError, get_device
+
+    try:
+        return get_device("adb", adb_host=device.adb_host, adb_port=device.adb_port).serial
+    except DeviceError:
+        return None
+
+
+def single_device(device: DeviceConfig, serial: str | None = None) -> PoolDevice:
+    """A ``device=virtual|adb`` config as the pool entry naming the same device (same lock: :func:`device_key`).
+
+    A phone needs its serial (``serial``: the one adb resolved for "the single attached device")."""
+    from pipeline.workspace import resolve, shared_root
+
+    if device.kind == "virtual":
+        from pipeline.virtual import default_port
+
+        vroot = resolve(device.virtual.root, shared_root())
+        port = device.virtual.port or default_port(vroot)
+        return PoolDevice(name=f"virtual device 127.0.0.1:{port}", kind="virtual", virtual_root=str(vroot),
+                          virtual_port=int(port))
+    from pipeline.device.adb import resolve_server
+
+    server = resolve_server(device.adb_host, device.adb_port)
+    name = serial or device.serial or device.connect
+    if not name:
+        raise PoolError("device.serial=None: the device must be connected to know which one to hold")
+    return PoolDevice(name=f"device {name}", kind="adb", serial=serial or device.serial, connect=device.connect,
+                      adb_host=server.host, adb_port=server.port)
+
+
+def hold_single(device: DeviceConfig, job: str, serial: str | None = None) -> None:
+    """Hold the one device ``device`` names until this process exits (a DVC stage process), unless this process
+    already holds it. Taken BEFORE the virtual device is started or its options (faults, auth) are applied, so
+    a run never changes a device another run holds: a second run waits, saying which run holds it."""
+    from pipeline.workspace import shared_root
+
+    dev = single_device(device, serial)
+    key = device_key(dev)
+    if key in _ACTIVE or key in _HELD:
+        return
+    root = shared_root()
+    stack = ExitStack()
+    stack.enter_context(lease([dev], {}, lock_dir_for(root), device.lease_timeout_s, job, root=root,
+                              probe_devices=False))
+    _keep(key, dev, stack)
+
+
+def _keep(key: str, dev: PoolDevice, stack: ExitStack) -> None:
+    """Keep a lease: until the innermost :func:`device_scope` ends, else until the process exits."""
+    if not _ATEXIT:
+        _ATEXIT.append(atexit.register(release_held))
+    _HELD[key] = (dev, stack)
+    if _SCOPES:
+        _SCOPES[-1].append(key)
+
+
+@contextmanager
+def device_scope() -> Iterator[None]:
+    """Leases taken by :func:`hold`/:func:`hold_single` inside the block are released at its end.
+
+    WHY: a stage function called in a long-lived process (the Hydra app's sweep, a test, a notebook) must not keep
+    the device after it returns — another process's run would wait for the whole session."""
+    keys: list[str] = []
+    _SCOPES.append(keys)
+    try:
+        yield
+    finally:
+        _SCOPES.remove(keys)
+        for key in reversed(keys):
+            entry = _HELD.pop(key, None)
+            if entry is not None:
+                entry[1].close()
+
+
+def virtual_holder_elsewhere(port: int, root: Path | None = None) -> dict[str, Any] | None:
+    """Who holds the virtual device on ``port`` when it is another process (its holder record), else None.
+
+    For tools that change a running daemon (its faults, auth): they must not act under another run."""
+    from filelock import Timeout, UnixFileLock
+
+    from pipeline.workspace import shared_root
+
+    lock_dir = lock_dir_for(root or shared_root())
+    key = device_key(PoolDevice(name="virtual", kind="virtual", virtual_port=int(port)))
+    if not (lock_dir / f"{key}.lock").exists():
+        return None
+    lock = UnixFileLock(str(lock_dir / f"{key}.lock"), timeout=0, thread_local=False, fallback_to_soft=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _holder(lock_dir / f"{key}.holder.json") or {"job": "?", "pid": "?", "host": "?"}
+        return None if holder.get("pid") == os.getpid() else holder
+    lock.release()
+    return None
 
 
 def hold(device: DeviceConfig, job: str, virtual_only: bool, *, pin: str | None = None,
@@ -376,15 +520,14 @@ def hold(device: DeviceConfig, job: str, virtual_only: bool, *, pin: str | None 
     from pipeline.workspace import shared_root
 
     root = shared_root()
-    for dev, _ in _HELD.values():  # this process already holds a fitting lease (stages called in one process)
-        if pin is None or serial_of(dev) == pin:
+    held = [dev for dev, _ in _HELD.values()] + list(_ACTIVE.values())
+    for dev in held:  # this process already holds a fitting lease (stages called in one process)
+        if dev.name in {d.name for d in device.pool} and (pin is None or serial_of(dev) == pin):
             return concrete_device(device, dev, root)
     stack = ExitStack()
     dev = stack.enter_context(lease(device.pool, device.require, lock_dir_for(root), device.lease_timeout_s, job,
                                     kinds=_kinds(virtual_only), pin=pin, prefer=prefer, root=root))
-    if not _HELD:
-        atexit.register(release_held)
-    _HELD[device_key(dev)] = (dev, stack)
+    _keep(device_key(dev), dev, stack)
     print(f"{job}: leased pool device {dev.name} ({serial_of(dev)})", file=sys.stderr)
     return concrete_device(device, dev, root)
 

@@ -19,12 +19,12 @@ Variants (``model.variant``), each a self-contained dir and each stored lean (th
 
 GGUF's llama tensors have the q/k rows of each head permuted for llama.cpp's interleaved RoPE; they are
 un-permuted here (``reverse_permute``, as transformers' GGUF loader does) so the engine's HF-style RoPE applies.
-Conversion is cached by content (GGUF sha256 + variant + converter version), built in a temp dir and renamed.
+Conversion is cached by content (GGUF sha256 + variant + converter version + the converter's code and libraries:
+:func:`cache_key`), built in a temp dir and renamed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -353,15 +353,12 @@ def convert(src: Path, src_sha256: str, variant: str, out: Path, provenance: dic
 
 
 def cache_key(src_sha256: str, variant: str) -> str:
-    """Everything that determines the converted bytes: source, variant, converter code and library versions."""
-    import importlib.metadata as md
+    """Everything that determines the converted bytes: source, variant, converter code (this module's whole import
+    closure: quantiser, tokenizer export, the engine's config keys) and library versions."""
+    from pipeline.codehash import code_files, digest, library_versions
 
-    versions = "|".join(md.version(d) for d in ("gguf", "tokenizers", "numpy", "safetensors"))
-    h = hashlib.sha256(f"{src_sha256}|{variant}|{CONVERTER_VERSION}|{versions}".encode())
-    here = Path(__file__).parent
-    for f in (Path(__file__), here / "quant.py", here / "tokenizer_bin.py"):
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    versions = json.dumps(library_versions("gguf", "tokenizers", "numpy", "safetensors"), sort_keys=True)
+    return digest(code_files("pipeline.models.gguf_model"), src_sha256, variant, CONVERTER_VERSION, versions)
 
 
 def ensure_converted(src: Path, src_sha256: str, variant: str, name: str, root: Path,

@@ -26,7 +26,10 @@ from pipeline.models.tokenizer_bin import bytes_to_unicode, export_tokenizer_bin
 MODEL_NAMES = ("tiny-fp", "tiny-w8", "tiny-w4", "tiny-w2", "tiny-random")
 QUANT_BITS = {"tiny-fp": None, "tiny-w8": 8, "tiny-w4": 4, "tiny-w2": 2, "tiny-random": None}
 DATA_DIR = Path(__file__).resolve().parent / "data"
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+# The qa and smoke sets as tiny-fp learned them: a snapshot of prompts/qa.jsonl and prompts/smoke.jsonl (a test
+# keeps them equal in this repo). WHY a snapshot: the model under test must not change when a user edits the
+# prompt set it is evaluated on — an edited prompt is re-asked, it does not retrain the model.
+TRAIN_SETS = {"qa": DATA_DIR / "prompts_qa.jsonl", "smoke": DATA_DIR / "prompts_smoke.jsonl"}
 SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 like Llama: simple_app stops on 0/1/2
 USER, ASSISTANT = "<|user|>\n", "\n<|assistant|>\n"  # the template is USER + prompt + "</s>" + ASSISTANT
 CHAT_TEMPLATE = (
@@ -82,11 +85,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_examples(split: str = "train") -> list[Example]:
     """``train``: train-tagged qa + smoke (what tiny-fp learns); ``heldout``: heldout qa; ``qa-train``: train qa.
 
-    WHY built from the prompt files: the sets and the model must agree on prompts and references.
+    WHY built from (a snapshot of) the prompt files: the sets and the model must agree on prompts and references.
     """
     answers = json.loads((DATA_DIR / "answers.json").read_text(encoding="utf-8"))
-    qa = _read_jsonl(PROMPTS_DIR / "qa.jsonl")
-    smoke = _read_jsonl(PROMPTS_DIR / "smoke.jsonl")
+    qa = _read_jsonl(TRAIN_SETS["qa"])
+    smoke = _read_jsonl(TRAIN_SETS["smoke"])
     out: list[Example] = []
     for item in qa + smoke:
         tags = tuple(item.get("tags", []))
@@ -116,19 +119,19 @@ def cache_root() -> Path:
 
 
 def content_key(spec: TinySpec = SPEC) -> str:
-    """Hash of everything that determines the bytes: code, data, prompt sets, hyper-parameters, library versions.
+    """Hash of everything that determines the bytes: code (this module's whole import closure), data (with the
+    snapshot of the prompt sets it trains on), hyper-parameters, library versions.
 
     The versions come from the installed distributions' metadata (the same strings as ``torch.__version__`` etc.):
     importing torch + transformers only to read them cost every warm-cache fetch ~2.5 s."""
-    from importlib.metadata import version
+    from pipeline.codehash import code_files, digest, library_versions
 
     h = hashlib.sha256()
-    files = [Path(__file__), Path(__file__).with_name("tokenizer_bin.py"), *sorted(DATA_DIR.iterdir()),
-             PROMPTS_DIR / "qa.jsonl", PROMPTS_DIR / "smoke.jsonl"]
-    for f in files:
+    for f in sorted(DATA_DIR.iterdir()):  # answers, corpus, the snapshot of the prompt sets
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(json.dumps(spec.__dict__, sort_keys=True).encode())
-    h.update("|".join(version(d) for d in ("torch", "transformers", "tokenizers", "safetensors")).encode())
+    versions = library_versions("torch", "transformers", "tokenizers", "safetensors", "numpy")
+    h.update(digest(code_files("pipeline.models.tiny"), json.dumps(versions, sort_keys=True)).encode())
     return h.hexdigest()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.report import ReportError
-from pipeline.tracking import PARENT_ROLE, SWEEP_TAG  # tag names: defined once
+from pipeline.tracking import PARENT_ROLE, SUPERSEDED_BY_TAG, SWEEP_TAG  # tag names: defined once
 from pipeline.tracking import PARENT_ROLE_TAG as ROLE_TAG
 
 ARTIFACTS = ("responses.jsonl", "quality.jsonl")
@@ -94,7 +94,8 @@ def _to_record(run: Any) -> RunRecord:
 
 def select_runs(tracking_uri: str, *, experiment: str | None = None, sweep: str | None = None,
                 tag: str | None = None, load_artifacts: bool = True) -> list[RunRecord]:
-    """Finished scored runs matching all given selectors (sweep parents excluded), oldest first.
+    """Finished scored runs matching all given selectors (sweep parents and superseded runs excluded), oldest
+    first.
 
     ``experiment``: MLflow experiment name (all experiments when None and a sweep/tag is given; ``odeval``, the
     default of conf/tracking, when nothing is given). ``sweep``: the ``sweep_id`` tag. ``tag``: the ``tag`` param
@@ -123,7 +124,9 @@ def select_runs(tracking_uri: str, *, experiment: str | None = None, sweep: str 
     except Exception as exc:  # noqa: BLE001 — any store failure: one line naming the URI
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ReportError(f"cannot read MLflow store {tracking_uri}: {first} — check --tracking-uri") from exc
-    records = [_to_record(r) for r in runs if r.data.tags.get(ROLE_TAG) != PARENT_ROLE]
+    # a superseded run holds results its directory replaced (new code/config/prompts): never compared as current
+    records = [_to_record(r) for r in runs
+               if r.data.tags.get(ROLE_TAG) != PARENT_ROLE and not r.data.tags.get(SUPERSEDED_BY_TAG)]
     if load_artifacts:
         for rec in records:
             load_run_artifacts(client, rec)

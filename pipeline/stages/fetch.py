@@ -8,7 +8,6 @@ and converted to a model dir, cached by content).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -60,16 +59,25 @@ def fetch_app(a: AppConfig, cache: Path, progress: bool = False) -> dict:
     return _remote_or_local(a.name, a.source, a.repo_id, a.revision, a.allow_patterns, a.path, "app", progress)
 
 
+# What the virtual device runs for the reference app: its import closure (engine and model loaders included) and
+# the libraries those import. Changing any of them changes app.json, hence the app manifest and every result key.
+REFERENCE_APP_MODULE = "pipeline.apps.reference_app"
+REFERENCE_APP_LIBRARIES = ("numpy", "safetensors", "gguf", "tokenizers", "torch", "transformers")
+
+
 def build_reference_app(out: Path, binary: str) -> Path:
-    """The reference 'app' is a launcher named like simple_app plus the reference implementation's source hash,
-    so the app manifest (and every downstream result) changes when the reference app's code changes."""
+    """The reference 'app' is a launcher named like simple_app plus ``app.json``: the sha256 of every file of the
+    reference implementation's import closure and the versions of its libraries, so the app manifest (and every
+    downstream result) changes when any code the device runs changes — not only reference_app.py."""
+    import platform
+
     import pipeline
-    from pipeline.apps import reference_app
+    from pipeline.codehash import code_files, library_versions
 
     out.mkdir(parents=True, exist_ok=True)
-    src = Path(reference_app.__file__).read_bytes()
     info = {"app": "odeval-reference", "version": getattr(pipeline, "__version__", "0"),
-            "reference_app_sha256": hashlib.sha256(src).hexdigest()}
+            "module": REFERENCE_APP_MODULE, "code": code_files(REFERENCE_APP_MODULE),
+            "libraries": library_versions(*REFERENCE_APP_LIBRARIES), "python": platform.python_version()}
     _write_if_changed(out / binary, REFERENCE_LAUNCHER)
     _write_if_changed(out / "app.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.chmod(out / binary, 0o755)

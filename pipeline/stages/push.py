@@ -27,9 +27,11 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.context import RunContext
+from pipeline.device.pool import device_scope
 from pipeline.stages import StageError, stage_main, write_json
 
 
+@device_scope()  # the device is held while the stage runs (one device, one run), then released
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     """Push app + model named in fetch.json; write push.json (+ push_stats.json); return push.json's path."""
     from pipeline.device.transfer import TransferError

@@ -8,23 +8,24 @@ an honest run.json status). Exit status ≠ 0 for `interrupted` and `failed` run
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
 from pathlib import Path
 
-from pipeline.config import Config, config_hash
+from pipeline.config import Config
 from pipeline.context import RunContext
+from pipeline.device.pool import device_scope
 from pipeline.fetched import resolved
+from pipeline.interrupts import Interrupted, signal_name, signum_of
+from pipeline.run_identity import RunIdentity, ask_keys, run_identity
 from pipeline.run_record import RunDir, now
 from pipeline.runner import RunItem
-from pipeline.stages import StageError, read_json, stage_main
+from pipeline.stages import StageError, StageInterrupted, read_json, stage_main
 from pipeline.workspace import git_commit, git_dirty, shared_root
 
-RUN_SECTIONS = ("model", "app", "device", "prompts", "sequence", "prompting", "session", "runtime")
 
-
+@device_scope()  # the device is held while the stage runs (one device, one run), then released
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
     from pipeline.apps.launch import app_env, app_launcher
@@ -50,11 +51,12 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     except TransferError as e:
         raise StageError(str(e)) from None
     checks["device"] = _preflight(lambda: check_device(cfg, device_props(dev)))  # the phone, before any prompt
-    run_key = _run_key(cfg, fetch, push)
+    identity = run_identity(cfg, fetch, push)
+    asks = ask_keys([p.to_item() for p in prompts], [it.sent_text for it in items], cfg.session.mode == "shared")
     record = RunDir(art / "run")
-    done = record.resume(run_key)
+    done = record.resume(identity, asks)
     record.write_prompts(p.to_item() | {"set": p.set_name, "tags": list(p.tags)} for p in prompts)
-    record.start(provenance(cfg, fetch, push, run_key) | {"device_check": checked, "preflight": checks},
+    record.start(provenance(cfg, fetch, push, identity) | {"device_check": checked, "preflight": checks},
                  rows=len(done))
 
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
@@ -71,14 +73,16 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
             run_prompts(items, start_app, RunOptions.from_config(cfg.runtime, cfg.session.mode,
                                                                  cfg.sequence.max_new_tokens, cfg.model.max_seq_len),
                         count_tokens=count_tokens, count_prompt=fmt.count, skip=done,
-                        on_row=lambda row: write_row(row | {"past_end": past_ends.get(row["sent_text"])}),
+                        on_row=lambda row: write_row(row | {"past_end": past_ends.get(row["sent_text"]),
+                                                             "ask_key": asks[row["prompt_id"]]}),
                         progress=not ctx.quiet)
             status, reason = write_row.tally.verdict()
         except DeviceLost as e:
             status, reason = "interrupted", str(e)
-        except KeyboardInterrupt:
-            status, reason = "interrupted", "interrupted by the user (Ctrl-C)"
-            raise
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (pipeline/interrupts.py): recorded, then said once
+            status, reason = "interrupted", f"interrupted by {signal_name(signum_of(e))}"
+            raise Interrupted(signum_of(e), f"{reason} after {write_row.tally.rows} row(s) on disk "
+                                            f"({record.rows_path})") from None
         except BaseException as e:  # a bug or an unexpected error: never recorded as complete
             status, reason = "failed", f"{type(e).__name__}: {e}"
             raise
@@ -87,8 +91,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
             record.finish(status, reason, write_row.tally)
     tally = write_row.tally
     if status == "interrupted":
-        raise StageError(f"interrupted after {tally.rows} rows: {reason}. Finished rows are kept in {record.path}; "
-                         "re-run (`dvc repro`) to continue where it stopped")
+        raise StageInterrupted(f"interrupted after {tally.rows} rows: {reason}. Finished rows are kept in "
+                               f"{record.path}")
     if status == "failed":
         raise StageError(f"{reason}. The rows are kept in {record.path} (app.log has the app's output); fix the "
                          "cause and re-run")
@@ -182,21 +186,14 @@ def context_record(cfg: Config) -> dict:
             if cfg.session.mode == "shared" else "fresh session: one process per prompt, within the budget"}
 
 
-def _run_key(cfg: Config, fetch: dict, push: dict) -> str:
-    """What makes two runs the same run: config sections that change answers + the exact bits on the device."""
-    parts = [config_hash(cfg, RUN_SECTIONS), fetch["model"]["manifest_sha256"], fetch["app"]["manifest_sha256"],
-             push["device"].get("serial", ""), push["device"].get("kind", "")]
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
-
-
-def provenance(cfg: Config, fetch: dict, push: dict, run_key: str) -> dict:
+def provenance(cfg: Config, fetch: dict, push: dict, identity: RunIdentity) -> dict:
     device = push["device"]
     kind = device.get("kind", "unknown")
     root = shared_root()
     pick = ("repo_id", "commit", "manifest_sha256", "source")
     return {
-        "run_key": run_key,
-        "config_hash": config_hash(cfg, RUN_SECTIONS),
+        "run_key": identity.key,
+        "identity": identity.to_record(),
         "device": device,
         "throughput_source": "host CPU via the virtual device — not a phone measurement" if kind == "virtual"
         else "phone",

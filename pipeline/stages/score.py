@@ -43,6 +43,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
                               judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge"))
     scores = [next(scored) if failure_kind(r) is None else summary.failed_answer_score(r, failure_kind(r))
               for r in rows]
+    for r, sc in zip(rows, scores, strict=True):  # flagged per row: the text hides bytes the app really printed
+        if summary.undecodable(r):
+            sc["undecodable_chars"] = r["replaced_chars"]
     families = [f for f in FAMILIES if any(s.get(f) is not None for s in scores)]
     prompt_rows = summary.per_prompt(rows, scores, prompts, families)
     kind = run_json["device"].get("kind", "unknown")
@@ -88,6 +91,7 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
         headline_metrics,
         iso_to_ms,
         log_run,
+        mark_superseded,
         provenance_tags,
         resolve_tracking_uri,
         run_description,
@@ -98,10 +102,13 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
     scoring = json.dumps(as_dict(cfg)["scoring"], sort_keys=True)
     sweep_id = ctx.sweep_id  # the same run in another sweep is another MLflow child run
-    key = f"{run_json.get('run_key')}|{scoring}|{sweep_id}|{cfg.tag}"  # same outputs, other label: its own run
-    run_key = hashlib.sha256(key.encode()).hexdigest()[:24]
+    run_key = mlflow_key(run_json.get("run_key"), run_json.get("asked"), scoring, sweep_id, cfg.tag)
     tags = provenance_tags(run_json, fetch, push, root=root, sweep_id=sweep_id)
     tags["throughput_source"] = run_json.get("throughput_source", "unknown")
+    tags.update({f"odeval.identity.{k}": v for k, v in ((run_json.get("identity") or {}).get("parts") or {}).items()})
+    previous = run_json.get("previous_run") or None
+    if previous:
+        tags["odeval.replaces"] = previous.get("why") or "an earlier run of this directory"
     name = ":".join([cfg.tag, cfg.model.name, cfg.app.template, cfg.session.mode, cfg.prompts.name, cfg.sequence.name,
                      str(run_json["device"].get("kind"))])
     try:
@@ -116,6 +123,11 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
                          start_time_ms=iso_to_ms(run_json.get("started")), end_time_ms=iso_to_ms(run_json.get("ended")),
                          description=run_description(score, headline))
         print(f"score: MLflow run {run_id} in experiment {cfg.tracking.experiment!r} ({uri})")
+        if previous:  # the results this run replaces stay in MLflow, marked as replaced by this run
+            old = mlflow_key(previous.get("run_key"), previous.get("asked"), scoring, sweep_id, cfg.tag)
+            for old_id in mark_superseded(tracking_uri=uri, experiment=cfg.tracking.experiment, run_key=old,
+                                          by=run_id, why=tags["odeval.replaces"]):
+                print(f"  supersedes MLflow run {old_id} ({tags['odeval.replaces']})")
         path = experiment_ui_path(uri, cfg.tracking.experiment) or ""  # runs table with the headline columns
         where = (f"mlflow ui --backend-store-uri {uri}  → http://127.0.0.1:5000/" if uri.startswith("sqlite:")
                  else uri.rstrip("/") + "/")
@@ -126,6 +138,14 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
         if cfg.tracking.required:
             raise StageError(msg) from None
         print(f"warning: {msg}", file=sys.stderr)
+
+
+def mlflow_key(run_key: str | None, asked: str | None, scoring: str, sweep_id: str | None, tag: str) -> str:
+    """The MLflow run of one set of results: the run's identity and what it asked, scored one way, in one sweep,
+    under one label. Re-scoring the same rows updates that run; new rows (new identity or questions) get a new one
+    (see README "Caches and keys")."""
+    key = f"{run_key}|{asked}|{scoring}|{sweep_id}|{tag}"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def _fp_answers(cfg: Config) -> dict[str, str] | None:
@@ -173,6 +193,10 @@ def _print_summary(score: dict) -> None:
     else:
         print(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
               f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
+    bad = score["undecodable"]
+    if bad["rows"]:
+        print(f"  UNDECODABLE: {bad['rows']} of {score['n_rows']} answers had invalid UTF-8 ({bad['replaced_chars']} "
+              "bytes shown as U+FFFD; flagged per row in prompts.csv and quality.jsonl)")
     if score["plausible"] is False:
         print(f"  IMPLAUSIBLE: decode rate above the bandwidth roofline ({f(score['roofline_tok_s'])} tok/s)")
 

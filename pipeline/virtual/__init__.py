@@ -146,6 +146,7 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
         wanted = (daemon_opts["auth"], daemon_opts["adb_keys"], daemon_opts["sandbox"])
         asked = any(k in given for k in DAEMON_OPTIONS)  # not given: keep whatever runs (like other options)
         if info is not None and asked and _fixed_at_start(info) != wanted:
+            _refuse_if_held(port)
             stop(root)  # fixed for a daemon's life (auth, sandbox): restart it, as a phone reboots
             info = None
         if info is not None:
@@ -158,11 +159,24 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
                     f"virtual device for {root} already runs with app_cmd={info.get('app_cmd')!r}, not {app_cmd!r}; "
                     f"the app command is fixed at start: `python -m pipeline.virtual stop --root {root}` first")
             if options and info.get("options") != options:
+                _refuse_if_held(port)
                 write_faults(root, **options)
                 info["options"] = options
                 (state / PID_FILE).write_text(json.dumps(info))
             return info["serial"]
         return _spawn(Path(root).resolve(), port, options, app_cmd, daemon_opts)
+
+
+def _refuse_if_held(port: int) -> None:
+    """Options that restart the daemon or change its faults never touch a device another run holds (its lease,
+    pipeline/device/pool.py): one line names the holder."""
+    from pipeline.device.pool import virtual_holder_elsewhere
+
+    holder = virtual_holder_elsewhere(port)
+    if holder is not None:
+        raise VirtualDeviceError(f"virtual device 127.0.0.1:{port} is held by {holder.get('job')} (pid "
+                                 f"{holder.get('pid')} on {holder.get('host')}): its options (faults, auth) cannot "
+                                 "change under that run — wait for it to end")
 
 
 def _spawn(root: Path, port: int, options: dict[str, Any], app_cmd: list[str] | None = None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from tests.helpers.device import free_port
 from tests.helpers.hub_server import DEAD_ENDPOINT
+from tests.helpers.pipeline import repo_copy
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -27,20 +27,6 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
-
-
-def _repo_copy(dest: Path) -> None:
-    """A git repo holding this checkout's files as they are now (tracked + new, not ignored)."""
-    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for n in filter(None, names):
-        if (REPO / n).is_file():
-            (dest / n).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / n, dest / n)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
 
 
 def _sha256s(fetch_json: Path) -> dict[str, dict[str, str]]:
@@ -53,7 +39,7 @@ def test_second_clone_pulls_the_fetched_files_and_runs_without_the_hub(hub_serve
     sha = hub_server.add_repo("odeval-test/tiny-fp", tiny_model("tiny-fp"))
     one, two, remote = tmp_path / "clone1", tmp_path / "clone2", tmp_path / "dvc-remote"
     one.mkdir()
-    _repo_copy(one)
+    repo_copy(one)
     base = {**os.environ, "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "ODEVAL_QUIET": "1",
             "ANDROID_ADB_SERVER_PORT": str(adb_server.port),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}  # dvc.yaml: python

@@ -7,66 +7,15 @@ transitively from the stage's `python -m <module>` command.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.codehash import closure, imported_modules
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "pipeline"
-
-
-def module_file(name: str) -> Path | None:
-    """The project file of a dotted module name (package → its __init__.py), or None if not ours."""
-    if name != PACKAGE and not name.startswith(PACKAGE + "."):
-        return None
-    base = REPO / Path(*name.split("."))
-    if (base / "__init__.py").exists():
-        return base / "__init__.py"
-    if base.with_suffix(".py").exists():
-        return base.with_suffix(".py")
-    return None
-
-
-def imported_modules(path: Path, name: str) -> set[str]:
-    """Dotted names imported anywhere in the module (relative imports resolved; `from x import y` adds x.y too)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                mod = f"{base}.{node.module}" if node.module else base
-            else:
-                mod = node.module or ""
-            found.add(mod)
-            found.update(f"{mod}.{alias.name}" for alias in node.names)
-    return found
-
-
-def closure(entry: str) -> set[Path]:
-    """Every project file reachable by imports from `entry` (parent packages' __init__ included: they run too)."""
-    seen: set[str] = set()
-    files: set[Path] = set()
-    todo = [entry]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = module_file(name)
-        if path is None:
-            continue
-        files.add(path)
-        parts = name.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        todo.extend(imported_modules(path, name))
-    return files
 
 
 def covered(path: Path, deps: list[str]) -> bool:

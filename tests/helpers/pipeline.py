@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,17 @@ def rows(work: Path) -> list[dict]:
 def stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One built-model cache for every stage test of the session (tiny models build once)."""
     return tmp_path_factory.mktemp("stage-cache")
+
+
+def repo_copy(dest: Path) -> None:
+    """A git repo holding this checkout's files as they are now (tracked + new, not ignored): a user's clone."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for n in filter(None, names):
+        if (REPO / n).is_file():
+            (dest / n).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / n, dest / n)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)

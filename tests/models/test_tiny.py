@@ -36,6 +36,13 @@ def test_prompt_sets_follow_the_line_contract(name: str) -> None:
         assert rows[0]["id"] == "joke" and rows[0]["prompt"] == "tell me a joke."
 
 
+@pytest.mark.parametrize("name", ["smoke", "qa"])
+def test_the_sets_tiny_fp_learned_are_the_shipped_prompt_sets(name: str) -> None:
+    """The model trains on a snapshot (a user's prompt edit must not retrain the model under test); in this repo
+    the snapshot and prompts/ agree — after editing a shipped set, copy it to the snapshot (the models rebuild)."""
+    assert tiny.TRAIN_SETS[name].read_bytes() == (REPO / "prompts" / f"{name}.jsonl").read_bytes()
+
+
 def test_training_answers_contain_their_reference() -> None:
     train = tiny.load_examples("train")
     heldout_ids = {e.id for e in tiny.load_examples("heldout")}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import tracking
 from pipeline.report import ReportError
 from pipeline.report.build import report_from_mlflow
 from pipeline.report.factors import bootstrap_ci
@@ -233,3 +234,14 @@ def test_embedding_similarity_to_fp(store: dict, tmp_path: Path) -> None:
             else:
                 assert -1.0 <= row["embedding_cos"] < 0.9999
     assert "off (--embeddings)" not in rep.report_md.read_text()
+
+
+def test_superseded_runs_are_not_reported(tmp_path: Path) -> None:
+    """A run replaced by newer results of its directory (tracking.mark_superseded) is history, not a result."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kw = dict(tracking_uri=uri, experiment="sup", params={"tag": "t"}, tags={}, artifacts=[])
+    old = tracking.log_run(run_key="old", metrics={"quality.score": 0.9}, **kw)
+    new = tracking.log_run(run_key="new", metrics={"quality.score": 0.1}, **kw)
+    assert tracking.mark_superseded(tracking_uri=uri, experiment="sup", run_key="old", by=new,
+                                    why="changed: code (pipeline/apps/npllama.py)") == [old]
+    assert [r.run_id for r in select_runs(uri, experiment="sup", load_artifacts=False)] == [new]

@@ -184,3 +184,20 @@ def test_score_writes_only_its_own_outputs(virtual_device, workdir, stage_cache)
     run_stages(cfg, workdir, "score")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     assert (workdir / "metrics" / "quality.jsonl").exists()
+
+
+def test_answers_with_undecodable_bytes_are_flagged_per_row_and_counted(virtual_device, workdir, stage_cache,
+                                                                        capsys):
+    cfg = stage_config(virtual_device, workdir, "prompts.limit=2", "tracking=none", cache=stage_cache)
+    cfg.device.virtual.faults = {"app_invalid_utf8": True}
+    run_stages(cfg, workdir)
+    score = json.loads((workdir / "metrics" / "score.json").read_text())
+    assert score["undecodable"]["rows"] == 2 and score["undecodable"]["replaced_chars"] >= 2
+    assert score["rates"]["undecodable"] == 1.0
+    quality = [json.loads(line) for line in (workdir / "metrics" / "quality.jsonl").read_text().splitlines()]
+    assert all(q["undecodable_chars"] > 0 for q in quality)  # a 1.00 is never unflagged
+    import csv
+
+    with (workdir / "metrics" / "prompts.csv").open() as f:
+        assert [r["undecodable"] for r in csv.DictReader(f)] == ["1.0", "1.0"]
+    assert "UNDECODABLE: 2 of 2 answers" in capsys.readouterr().out

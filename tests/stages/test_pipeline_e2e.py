@@ -107,7 +107,7 @@ def test_resume_after_the_device_dies_mid_run(make_virtual_device, workdir, stag
     stop(vd.root)  # the phone is unplugged
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
-    assert "re-run" in err and "kept" in err
+    assert "kept" in err and "resume this run: `python -m pipeline.stages.run --quiet`" in err, err
     before = rows(workdir)
     assert 2 <= len(before) < 8
     run_stages(cfg, workdir, "run")  # reconnects (restarts the virtual device) and continues

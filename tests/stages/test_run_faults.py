@@ -28,7 +28,7 @@ def run_json(work: Path) -> dict:
 
 def assert_interrupted_then_resumed(cfg, work: Path, err: str, n_before: int | None = None) -> None:
     """The acceptance of issue 18 item 1, for one fault that already happened."""
-    assert "interrupted after" in err and "re-run" in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupted after" in err and "kept" in err and len(err.strip().splitlines()) == 1, err
     meta = run_json(work)
     assert meta["status"] == "interrupted" and meta["error"], meta
     before = rows(work)
@@ -116,6 +116,7 @@ def test_app_killed_from_a_second_adb_shell(make_virtual_device, workdir, stage_
     assert proc.returncode == 2, err
     line = [x for x in err.splitlines() if "interrupted after" in x]
     assert line and "SIGKILL" in line[0], err
+    assert "resume this run: `python -m pipeline.stages.run --quiet` in " in line[0], line
     assert_interrupted_then_resumed(cfg, workdir, line[0])
 
 

@@ -340,3 +340,30 @@ def test_headline_metrics_have_plain_names(store: dict, exp: str, tmp_path: Path
     assert "j_per_token" in run.data.tags["missing_metrics"].split(",")  # not measured: never invented
     text = tracking.run_description({"device_kind": "virtual", "n_prompts": 4}, head)
     assert "| energy J/token (`j_per_token`) | not measured |" in text and "0.700" in text
+
+
+# ------------------------------------------------------------------------------------------ honest endings
+
+
+def test_a_running_run_whose_process_is_gone_is_closed_as_killed_when_its_key_logs_again(store, exp, tmp_path):
+    first = log(store, exp, "orphan", {"q": 0.5}, tmp_path)
+    store["client"].update_run(first, status="RUNNING")  # what `kill -9` mid-log leaves behind
+    second = log(store, exp, "orphan", {"q": 0.9}, tmp_path)
+    assert second != first
+    old, new = store["client"].get_run(first), store["client"].get_run(second)
+    assert old.info.status == "KILLED" and "ended before it finished logging" in old.data.tags["odeval.killed"]
+    assert new.info.status == "FINISHED" and new.data.metrics["q"] == 0.9
+    assert log(store, exp, "orphan", {"q": 0.8}, tmp_path) == second  # re-logging updates the live run
+
+
+def test_a_log_interrupted_by_ctrl_c_ends_killed_not_running(store, exp, tmp_path):
+    def rows():
+        yield {"prompt_id": "a"}
+        raise KeyboardInterrupt  # Ctrl-C while the prompts table is being written
+
+    with pytest.raises(KeyboardInterrupt):
+        log(store, exp, "interrupted", {"q": 0.5}, tmp_path, tables={"prompts": rows()})
+    (run,) = runs(store, exp)
+    assert run.info.status == "KILLED" and run.data.tags["odeval.killed"] == "its logging was interrupted"
+    again = log(store, exp, "interrupted", {"q": 0.5}, tmp_path)
+    assert again != run.info.run_id and store["client"].get_run(again).info.status == "FINISHED"
