@@ -89,6 +89,12 @@ def digest(files: dict[str, str], *extra: str) -> str:
     return h.hexdigest()
 
 
+def virtual_device_code() -> str:
+    """The virtual device daemon's code (the closure of ``pipeline.virtual.__main__``): a daemon records it when it
+    starts and is restarted when it differs; a run on the virtual device has it in its identity."""
+    return digest(code_files("pipeline.virtual.__main__"))[:16]
+
+
 def library_versions(*dists: str) -> dict[str, str]:
     """Installed versions of third-party distributions (from metadata: no import of torch just to read one);
     ``absent`` for one not installed (a key must still differ once it is)."""

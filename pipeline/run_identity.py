@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.codehash import changed_files, code_files, library_versions
+from pipeline.codehash import changed_files, code_files, library_versions, virtual_device_code
 
 RUN_STAGE_MODULE = "pipeline.stages.run"
 # Config keys the run stage reads (its `params:` in dvc.yaml minus `prompts`, which only selects the rows). A
@@ -92,6 +92,8 @@ def run_identity(cfg: Any, fetch: dict[str, Any], push: dict[str, Any]) -> RunId
     code = {**code_files(RUN_STAGE_MODULE), **app_code(Path(fetch["app"]["local_dir"]))}
     code.update({f"library:{k}": v for k, v in library_versions(*HOST_LIBRARIES).items()})
     code["python"] = platform.python_version()
+    if device.get("kind") == "virtual":  # the daemon's shell and services carry every byte (restarted on a change)
+        code["virtual-device"] = virtual_device_code()
     return RunIdentity(
         config={key: config_value(cfg, key) for key in RUN_PARAMS},
         device_files={"model": fetch["model"]["manifest_sha256"], "app": fetch["app"]["manifest_sha256"],

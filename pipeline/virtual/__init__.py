@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.codehash import virtual_device_code
 from pipeline.virtual.faults import make_faults, split_options, write_faults
 from pipeline.virtual.layout import state_dir, storage_dir
 
@@ -149,7 +150,7 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
             _refuse_if_held(port)
             stop(root)  # fixed for a daemon's life (auth, sandbox): restart it, as a phone reboots
             info = None
-        if info is not None and info.get("code") != daemon_code():
+        if info is not None and info.get("code") != virtual_device_code():
             _refuse_if_held(port)
             print(f"virtual device {serial_for(port)}: restarting it — its code changed since it started",
                   file=sys.stderr)
@@ -171,13 +172,6 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
                 (state / PID_FILE).write_text(json.dumps(info))
             return info["serial"]
         return _spawn(Path(root).resolve(), port, options, app_cmd, daemon_opts)
-
-
-def daemon_code() -> str:
-    """The hash of the daemon's code (the import closure of ``pipeline.virtual.__main__``), recorded at start."""
-    from pipeline.codehash import code_files, digest
-
-    return digest(code_files("pipeline.virtual.__main__"))[:16]
 
 
 def _refuse_if_held(port: int) -> None:
@@ -251,7 +245,7 @@ def write_pid_file(root: Path, port: int, host: str, options: dict[str, Any],
             "root": str(Path(root).resolve()), "storage": str(storage_dir(root)), "state": str(state),
             "options": options, "app_cmd": app_cmd, "log": str(state / LOG_FILE), "started": time.time(),
             "auth": auth, "adb_keys": adb_keys, "sandbox": sandbox != "off", "confinement": sandbox,
-            "code": daemon_code()}
+            "code": virtual_device_code()}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, path)
