@@ -42,6 +42,7 @@ from typing import Any
 from pipeline.quality import relevance as rel
 from pipeline.quality.degeneration import degeneration_scores
 from pipeline.quality.fidelity import fidelity_scores
+from pipeline.quality.fluency import NOISE_AT, FluencyScorer, fluency_scores
 from pipeline.quality.language import language_match
 from pipeline.quality.reference import keyword_recall, reference_scores
 from pipeline.quality.rules import RuleError, rule_scores, validate_rule
@@ -55,25 +56,33 @@ FAMILIES: tuple[str, ...] = (
     "fidelity",
     "degeneration",
     "language_match",
+    "fluency",
     "eos_rate",
     "truncation_rate",
     "answer_len",
 )
-# family -> the key whose value quality_score averages, and whether to invert it.
-_SCORE_INPUTS: tuple[tuple[str, str, bool], ...] = (
+# family -> the key whose value quality_score uses, and whether to invert it.
+# CONTENT families say whether the answer answers (what it says); FORM families say whether it is an answer at all
+# (language, not a loop, not noise). Form is necessary, never sufficient: see combine().
+CONTENT_INPUTS: tuple[tuple[str, str, bool], ...] = (
     ("reference_match", "reference_match", False),
     ("keyword_recall", "keyword_recall", False),
     ("rule_pass_rate", "rule_pass_rate", False),
     ("relevance", "relevance_score", False),
     ("fidelity", "fidelity", False),
-    ("degeneration", "degeneration", True),
-    ("language_match", "language_match", False),
     ("judge", "judge_score", False),  # only present when a judge URL is given
 )
+FORM_INPUTS: tuple[tuple[str, str, bool], ...] = (
+    ("degeneration", "degeneration", True),
+    ("language_match", "language_match", False),
+    ("fluency", "fluency", False),
+)
+_SCORE_INPUTS = CONTENT_INPUTS + FORM_INPUTS
 
 
 DEGENERATE_AT = 0.6
 PASS_THRESHOLD = 0.5
+NOT_ANSWER_CAP = 1 - DEGENERATE_AT  # a non-answer scores at most 0.4 (and at most its weakest form signal)
 
 
 class QualityError(ValueError):
@@ -131,24 +140,90 @@ def _basic(item: Mapping[str, Any], fp_answers: Mapping[str, str] | None) -> dic
     return out
 
 
-def _finish(out: dict[str, Any]) -> dict[str, Any]:
-    """quality_score from the applicable families, then a stable key order: id, families, score, details."""
+def _values(out: Mapping[str, Any], inputs: tuple[tuple[str, str, bool], ...]) -> tuple[list[str], list[float]]:
+    """(families that apply, their values in [0, 1], high = good) for one group of inputs."""
     used, values = [], []
-    for family, key, invert in _SCORE_INPUTS:
+    for family, key, invert in inputs:
         v = out.get(key)
         if v is not None:
             used.append(family)
             values.append(1 - v if invert else v)
-    out["quality_score"] = sum(values) / len(values) if values else None
-    deg = out.get("degeneration")
-    if out["quality_score"] is not None and deg is not None and deg >= DEGENERATE_AT:
-        out["quality_score"] = min(out["quality_score"], 1 - deg)
-        out["quality_gate"] = f"degeneration {deg:.2f} >= {DEGENERATE_AT}: capped at 1 - degeneration"
-    out["quality_families"] = ",".join(used)
-    if not values:
+    return used, values
+
+
+def form_factor(out: Mapping[str, Any]) -> float | None:
+    """The weakest form signal: fluency, language_match, sqrt(1 - degeneration); None when none applies.
+
+    WHY sqrt for degeneration: 1 - degeneration is 1/k for a text said k times; linear, an answer that restates
+    itself once ("The answer is 12.\n\nThe answer is 12.", labelled good) would lose half its score. The root makes one
+    restatement cost 29 % and keeps mild repetition a (ranking) cost; loops are handled by the gate, not by this.
+    """
+    deg, flu, lang = out.get("degeneration"), out.get("fluency"), out.get("language_match")
+    signals = [x for x in (flu, lang, None if deg is None else (1 - deg) ** 0.5) if x is not None]
+    return min(signals) if signals else None
+
+
+def not_an_answer(out: Mapping[str, Any]) -> str | None:
+    """Why the text is not an answer by its form (None when it is one): empty, a control-token leak or opening
+    markup, a loop (degeneration >= DEGENERATE_AT), noise (fluency_nll >= NOISE_AT: not language under the
+    reference LM), or the wrong script. Content cannot redeem these; see the module doc."""
+    deg, nll = out.get("degeneration"), out.get("fluency_nll")
+    if out.get("answer_chars", 0) == 0 or deg is None:
+        return "empty answer"
+    if out.get("template_leak"):
+        return f"template leak (template_leak {out['template_leak']:.1f})"
+    if deg >= DEGENERATE_AT:
+        return f"loop (degeneration {deg:.2f} >= {DEGENERATE_AT})"
+    if nll is not None and nll >= NOISE_AT:
+        return f"not language (fluency_nll {nll:.2f} >= {NOISE_AT} nats/token under {out.get('fluency_model')})"
+    if out.get("language_match") == 0.0:
+        return f"wrong language (detected {out.get('language_detected')})"
+    return None
+
+
+def _finish(out: dict[str, Any]) -> dict[str, Any]:
+    """quality_score = content × form, gated for non-answers; on_topic = relevant and an answer; then a stable
+    key order: id, families, score, details."""
+    used_c, content = _values(out, CONTENT_INPUTS)
+    used_f, _ = _values(out, FORM_INPUTS)
+    form = form_factor(out)
+    out["quality_content"] = sum(content) / len(content) if content else None
+    out["quality_form"] = form
+    if content:
+        out["quality_score"] = out["quality_content"] * (1.0 if form is None else form)
+    else:  # nothing measures what it says: the form is all there is (reported as such)
+        out["quality_score"] = form
+        if form is not None:
+            out["quality_score_basis"] = "form only: no family measures whether the text answers the prompt"
+    why = not_an_answer(out)
+    out["is_answer"] = why is None
+    if why:
+        out["is_answer_reason"] = why
+    if out["quality_score"] is not None and why and out.get("answer_chars", 0):
+        cap = min(NOT_ANSWER_CAP, *(v for v in (out.get("fluency"), out.get("language_match"),
+                                                None if out.get("degeneration") is None else 1 - out["degeneration"])
+                                    if v is not None))
+        out["quality_score"] = min(out["quality_score"], cap)
+        out["quality_gate"] = f"not an answer: {why}; capped at {cap:.2f}"
+    if out.get("on_topic") and why:
+        out["on_topic"] = False
+        out["on_topic_reason"] = f"relevant (relevance {out['relevance']:.2f}) but not an answer: {why}"
+    out["quality_families"] = ",".join(used_c + used_f)
+    if out["quality_score"] is None:
         out["quality_score_reason"] = "no family applies"
     head = ["id", *FAMILIES, "quality_score", "on_topic"]
     return {k: out[k] for k in head if k in out} | {k: v for k, v in out.items() if k not in head}
+
+
+def _add_fluency(items: Sequence[Mapping[str, Any]], rows: list[dict[str, Any]], lm: FluencyScorer | None,
+                 why_off: str | None) -> None:
+    """The fluency family for every row; a prompt/answer pair seen before (greedy repeats) is scored once."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for item, row in zip(items, rows, strict=True):
+        pair = (item["prompt"], item["response"])
+        if pair not in seen:
+            seen[pair] = fluency_scores(lm, *pair, why_off=why_off)
+        row.update(seen[pair])
 
 
 def score_items(
@@ -159,11 +234,14 @@ def score_items(
     fp_answers: Mapping[str, str] | None = None,
     judge_url: str | None = None,
     judge_model: str = "judge",
+    fluency: FluencyScorer | None = None,
+    fluency_off_reason: str | None = None,
 ) -> list[dict[str, Any]]:
     """Score every item; see the module doc for which families apply. Embeddings are computed in one batch.
 
     Items: ``prompt``, ``response`` and optional ``id`` (or ``prompt_id``), ``reference`` (str or aliases),
     ``keywords``, ``rules``, ``lang``, ``eos``, ``truncated``. ``fp_answers`` maps item id -> the FP model's answer.
+    ``fluency`` is the reference LM (fluency.py); without it the family is null with ``fluency_off_reason``.
     """
     for i, item in enumerate(items):
         check_item(item, f"item {i}" + (f" (id {_item_id(item)!r})" if _item_id(item) is not None else ""))
@@ -180,6 +258,7 @@ def score_items(
         cos_prompt = sims[: len(rows)]
         for j, i in enumerate(fp_idx):
             cos_fp[i] = sims[len(rows) + j]
+    _add_fluency(items, rows, fluency, fluency_off_reason)
     for i, (item, row) in enumerate(zip(items, rows, strict=True)):
         row.update(fidelity_scores(item["response"], row.pop("_fp"), cos_fp[i]))
         if not relevance:
