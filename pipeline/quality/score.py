@@ -1,37 +1,44 @@
 """score_items: every quality family for a batch of (prompt, response) items, plus quality_score and on_topic.
 
-Which families apply (and so enter quality_score, the plain mean of the applicable family values in [0, 1]):
-- reference_match  — the item has a non-empty ``reference``;
-- keyword_recall   — the item has ``keywords``;
-- rule_pass_rate   — the item has ``rules``;
-- relevance        — relevance is on (default); enters as ``relevance_score`` (calibrated, threshold -> 0.5);
-- fidelity         — ``fp_answers`` has an answer for the item's id;
-- degeneration     — the response is non-empty; enters as 1 - degeneration;
-- language_match   — the item has a supported ``lang``;
-- judge            — only with ``judge_url`` (optional LLM judge, judge.py; keys judge_score/judge_raw/judge_reason
-                     are added only then, so they are not in FAMILIES).
+Which families apply (a family that does not apply is null and ``<family>_reason`` says why):
+- CONTENT — does the text answer? reference_match (the item has a ``reference``), keyword_recall (``keywords``),
+  rule_pass_rate (``rules``), relevance (on by default; enters as the calibrated ``relevance_score``), fidelity
+  (``fp_answers`` has the item's id), judge (only with ``judge_url``; judge_score/judge_raw/judge_reason are added
+  only then, so they are not in FAMILIES).
+- FORM — is the text an answer at all? degeneration (non-empty answer; enters as sqrt(1 - degeneration), see
+  form_factor), language_match (a supported ``lang``), fluency (a reference LM is given: fluency.py).
 eos_rate, truncation_rate and answer_len are reported per item (eos_rate = 1.0/0.0 for one item, so the stage's
 mean over items is the rate) but do NOT enter quality_score: they describe the stop condition, which depends on
 max_new_tokens, and a looping answer is already penalised by degeneration.
-A family that does not apply is null and ``<family>_reason`` says why.
 
-Degeneration gate. A strongly degenerate answer is a failure however well its other families do — the seed's
-``<!--\n\nA: 1.\n\nA: 2.…`` joke had a mean of 0.88 — so when ``degeneration`` >= ``DEGENERATE_AT`` (0.6) its
-quality_score is capped at ``1 - degeneration`` (<= 0.4, below ``PASS_THRESHOLD``) and ``quality_gate`` says why.
-0.6 sits between a text said twice (a period-p loop repeated k times scores 1 - 1/k: k = 2 -> 0.5, an answer that
-restates itself once, which is common and mild) and three times (k = 3 -> 0.67, a loop); a leaked control token
-(1.0) and a list skeleton (share of empty list lines) are above it. Below 0.6 degeneration only enters the mean.
+Combination (issue 32): ``quality_score = quality_content × quality_form`` — the mean of the content families
+times the weakest form signal — and a non-answer is capped. WHY a product and not the old plain mean of all
+families: any text that is not repetitive and in the right script earned the form families (1 - degeneration ≈
+0.9, language_match 1.0), and averaged with the content families they lifted word salad to 0.55, above the as-is
+app's real answers (0.28). Form is necessary, never sufficient: as a factor <= 1 it can only lower what the content
+earned (quality_score <= quality_content always), and a clean form adds nothing. Rejected alternatives, measured on
+both labelled sets (README "How well the scorer separates…"): a geometric mean of all families still lets perfect
+form raise a weak content score; a pure gate (form ignored unless failed) drops the ranking signal of mild
+repetition (lower AUC on the SmolLM2 set); a learned weighting gives no structural guarantee that form
+cannot lift and would be fitted on ~300 answers of one model. When no content family applies (relevance off, no
+reference/keywords/rules) quality_score is the form factor alone and ``quality_score_basis`` says so.
+
+Not an answer (``is_answer`` False, ``is_answer_reason``): empty, a template/control-token leak or opening markup,
+a loop (``degeneration`` >= ``DEGENERATE_AT``), noise (``fluency_nll`` >= fluency.NOISE_AT), or the wrong script.
+Such a text is capped at ``NOT_ANSWER_CAP`` (0.4, below ``PASS_THRESHOLD``) and at its weakest form signal
+(1 - degeneration, fluency, language_match), and ``quality_gate`` says why. 0.6 sits between a text said twice
+(a period-p loop repeated k times scores 1 - 1/k: k = 2 -> 0.5, a restatement, common and mild) and three times
+(k = 3 -> 0.67, a loop). ``on_topic`` = relevant (cosine >= the threshold) AND an answer: "relevant" alone made a
+looping answer with quality 0.01 count as on-topic; ``on_topic_reason`` names the form failure when it overrides.
 
 ``PASS_THRESHOLD`` (0.5) is the quality_score at or above which an answer counts as acceptable; it mirrors
-relevance's calibration (on-topic threshold -> 0.5). Only the degeneration gate forces a score under it: a wrong
-fact or a broken instruction lowers one family of several, so such answers rank below good ones (what AUC
-measures) but often stay above 0.5. On the labelled real SmolLM2 answers (tests/quality/smollm2_labelled.jsonl,
-rule in tests/quality/data/README.md) tests/quality/test_smollm2_labelled.py checks the AUC of quality_score;
-``python -m pipeline.quality auc FILE`` prints the table for every family.
+relevance's calibration (on-topic threshold -> 0.5). On the labelled real SmolLM2 answers
+(tests/quality/smollm2_labelled.jsonl and pipeline_labelled.jsonl, rules in tests/quality/data/README.md) tests
+check the AUC of quality_score; ``python -m pipeline.quality auc FILE`` prints the table for every family.
 
 Relevance is measured on the answer's content (relevance.answer_content: template tokens and list scaffolding
 removed, scaled by the content share); the raw cosine of that content is in ``relevance_cosine`` and the share in
-``content_share`` (both added keys; every earlier key is unchanged).
+``content_share``.
 """
 
 from __future__ import annotations
