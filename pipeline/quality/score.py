@@ -207,9 +207,9 @@ def _finish(out: dict[str, Any]) -> dict[str, Any]:
     if why:
         out["is_answer_reason"] = why
     if out["quality_score"] is not None and why and out.get("answer_chars", 0):
-        cap = min(NOT_ANSWER_CAP, *(v for v in (out.get("fluency"), out.get("language_match"),
-                                                None if out.get("degeneration") is None else 1 - out["degeneration"])
-                                    if v is not None))
+        deg = out.get("degeneration")
+        signals = (out.get("fluency"), out.get("language_match"), None if deg is None else 1 - deg)
+        cap = min([NOT_ANSWER_CAP, *(v for v in signals if v is not None)])
         out["quality_score"] = min(out["quality_score"], cap)
         out["quality_gate"] = f"not an answer: {why}; capped at {cap:.2f}"
     if out.get("on_topic") and why:

@@ -169,3 +169,11 @@ def test_content_free_answer_has_zero_relevance_and_is_off_topic():
     (row,) = score_items([{"prompt": JOKE_PROMPT, "response": "<!--\n\nA: 1.\n\nA: 2.\n\nA: 3.\n\nA: 4."}])
     assert row["relevance"] == 0.0 and row["on_topic"] is False and "no content" in row["relevance_reason"]
     assert row["quality_score"] == 0.0
+
+
+def test_whitespace_only_answer_is_not_an_answer_and_scores_zero():
+    """smollm2-w4's real answer to "What is the opposite of hot?" was 40 vertical tabs: no form signal applies."""
+    (row,) = score_items([{"prompt": "What is the opposite of hot?", "response": "\x0b" * 40, "reference": ["cold"],
+                           "lang": "en"}])
+    assert row["is_answer"] is False and row["is_answer_reason"] == "empty answer"
+    assert row["quality_score"] == 0.0 and row["on_topic"] is False and "capped at 0.40" in row["quality_gate"]
