@@ -175,12 +175,19 @@ class JudgeConfig:
 
 
 @dataclass
+class FluencyConfig:
+    model: str | None = "auto"  # auto | null | a conf/model preset or model dir (pipeline/quality/fluency.py)
+    references: dict[str, str] = field(default_factory=dict)  # model-name prefix -> reference preset (auto)
+
+
+@dataclass
 class ScoringConfig:
     name: str = "default"
     relevance: bool = True
     embedding_model: str | None = None
     fp_reference: str | None = None
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    fluency: FluencyConfig = field(default_factory=FluencyConfig)
     soc_bandwidth_gb_s: dict[str, float] = field(default_factory=dict)
 
 

@@ -7,9 +7,12 @@ aliases), ``keywords``, ``rules``, ``lang``, ``eos``, ``truncated`` (other keys 
 responses.jsonl can be scored directly). Output: one JSON object per input line, in order, on stdout.
 ``--fp`` gives the FP reference model's answers (lines with ``id``/``prompt_id`` and ``response``) for fidelity;
 ``--judge-url`` turns on the optional LLM judge (pipeline/quality/judge.py documents the rubric).
+``--fluency-model smollm2-ref`` (a conf/model preset or a model dir) turns on the fluency family (surprisal under a
+reference LM, pipeline/quality/fluency.py); ``--fluency-recorded FILE`` uses surprisals recorded earlier instead
+(tests/quality/data/make_pipeline_answers.py ``record``). Off by default here: the CLI scores text from anywhere.
 Exit status 2 with one line on stderr for unusable input.
 
-    python -m pipeline.quality auc LABELLED.jsonl [--no-relevance] [--json]
+    python -m pipeline.quality auc LABELLED.jsonl [--no-relevance] [--json] [--fluency-model M | --fluency-recorded F]
 
 scores a labelled file (each line also has ``label``: 1 good / 0 failure, e.g. tests/quality/smollm2_labelled.jsonl)
 and prints the ROC AUC of quality_score and of each family (pipeline/quality/evaluation.py) as a Markdown table.
@@ -24,8 +27,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.quality.fluency import FluencyError, FluencyScorer, load_recorded, load_reference, reference_dir
 from pipeline.quality.relevance import RelevanceError
 from pipeline.quality.score import QualityError, check_item, score_items
+
+_ERRORS = (QualityError, RelevanceError, FluencyError)
+
+
+def _add_fluency_args(ap: argparse.ArgumentParser) -> None:
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--fluency-model", default=None,
+                       help="reference LM for the fluency family: a conf/model preset (smollm2-ref) or a model dir")
+    group.add_argument("--fluency-recorded", default=None,
+                       help="surprisals recorded by tests/quality/data/make_pipeline_answers.py record")
+
+
+def _fluency(args: argparse.Namespace) -> tuple[FluencyScorer | None, str | None]:
+    """The reference LM the flags ask for, or (None, why the family is off)."""
+    if args.fluency_recorded:
+        return load_recorded(Path(args.fluency_recorded)), None
+    if args.fluency_model:
+        return load_reference(reference_dir(args.fluency_model), args.fluency_model), None
+    return None, "fluency off (no --fluency-model / --fluency-recorded)"
 
 
 def _read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
@@ -78,14 +101,17 @@ def auc_main(argv: list[str]) -> int:
     ap.add_argument("file", help="JSONL with prompt/response/label per line")
     ap.add_argument("--no-relevance", action="store_true", help="skip the embedding model")
     ap.add_argument("--json", action="store_true", help="print the table as JSON instead of Markdown")
+    _add_fluency_args(ap)
     args = ap.parse_args(argv)
     try:
         rows = _read_jsonl(args.file)
         for n, obj in rows:
             check_item(obj, f"{args.file}:{n}")
         labels = _labels(rows, args.file)
-        scored = score_items([obj for _, obj in rows], relevance=not args.no_relevance)
-    except (QualityError, RelevanceError) as exc:
+        lm, off = _fluency(args)
+        scored = score_items([obj for _, obj in rows], relevance=not args.no_relevance, fluency=lm,
+                             fluency_off_reason=off)
+    except _ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     table = auc_table(scored, labels, PASS_THRESHOLD)
@@ -107,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads for a --embedding-model (the bundled one runs on numpy)")
+    _add_fluency_args(ap)
     args = ap.parse_args(argv)
     try:
         rows = _read_jsonl(args.file)
@@ -117,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        lm, off = _fluency(args)
         scored = score_items([obj for _, obj in rows], relevance=not args.no_relevance,
                              embedding_model=args.embedding_model, fp_answers=fp, judge_url=args.judge_url,
-                             judge_model=args.judge_model)
-    except (QualityError, RelevanceError) as exc:  # one clear line, never a traceback, for input/model problems
+                             judge_model=args.judge_model, fluency=lm, fluency_off_reason=off)
+    except _ERRORS as exc:  # one clear line, never a traceback, for input/model problems
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for row in scored:

@@ -22,6 +22,7 @@ AUC_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("relevance", "relevance_score", False),
     ("1 - degeneration", "degeneration", True),
     ("language_match", "language_match", False),
+    ("fluency", "fluency", False),
     ("fidelity", "fidelity", False),
 )
 

@@ -56,6 +56,13 @@ def _ci(e: LevelEffect) -> str:
     return NA if e.ci95 is None else f"[{e.ci95[0]:+.3f}, {e.ci95[1]:+.3f}]"
 
 
+def _answers(e: LevelEffect) -> str:
+    """Share of answers that are answers by form (not empty, leaked, looping, noise), level / baseline."""
+    if e.answers_level is None or e.answers_baseline is None:
+        return NA
+    return f"{e.answers_level:.2f} / {e.answers_baseline:.2f}"
+
+
 def _signed(x: float | None) -> str:
     return NA if x is None else f"{x:+.3f}"
 
@@ -67,7 +74,9 @@ def factor_section(effects: Sequence[FactorEffect], dropped: int) -> list[str]:
            "baseline over **matched pairs**: runs identical in every other factor. delta = quality(level) − "
            "quality(baseline), averaged over pairs; n prompts, sd and the 95% bootstrap CI (2000 resamples, "
            "seeded) are over the per-prompt paired deltas from each run's `quality.jsonl` (averaged over pairs per "
-           "prompt). Factors are ranked by the largest |delta| among their levels.", ""]
+           "prompt). Factors are ranked by the largest |delta| among their levels. \"answers\" is the share of a "
+           "run's answers that are answers by their form (`is_answer`: not empty, no template leak, no loop, not "
+           "noise under the reference LM, right script; failed rows count as not answers).", ""]
     if not effects:
         return [*out, "No param varies across the selected runs: nothing to compare.", ""]
     rows = []
@@ -88,14 +97,14 @@ def factor_section(effects: Sequence[FactorEffect], dropped: int) -> list[str]:
             m, n = e.marginal[lvl]
             eff = next((x for x in e.levels if x.level == lvl), None)
             if eff is None:
-                rows.append([lvl, f"{fmt(m, '.3f')} (n={n})", "baseline", NA, NA, NA, NA, NA, NA])
+                rows.append([lvl, f"{fmt(m, '.3f')} (n={n})", "baseline", NA, NA, NA, NA, NA, NA, NA])
                 continue
             rows.append([lvl, f"{fmt(m, '.3f')} (n={n})", fmt(eff.mean_level, ".3f"), fmt(eff.mean_baseline, ".3f"),
                          _signed(eff.delta), str(eff.n_pairs),
                          str(eff.n_prompts) if eff.spread_over == "prompts" else NA,
-                         f"{fmt(eff.sd, '.3f')} ({eff.spread_over})", _ci(eff)])
+                         f"{fmt(eff.sd, '.3f')} ({eff.spread_over})", _ci(eff), _answers(eff)])
         out += [markdown_table(["level", "mean quality, all runs", "matched mean", "matched baseline", "delta",
-                                "n pairs", "n prompts", "sd", "95% CI"], rows), ""]
+                                "n pairs", "n prompts", "sd", "95% CI", "answers, level / baseline"], rows), ""]
         notes = sorted({n for x in e.levels for n in x.notes})
         out += [f"- {n}" for n in notes] + ([""] if notes else [])
     return out

@@ -39,6 +39,8 @@ class LevelEffect:
     ci95: tuple[float, float] | None = None
     spread_over: str = "prompts"
     notes: list[str] = field(default_factory=list)
+    answers_level: float | None = None  # share of answers that are answers by form (answer_rate), matched runs
+    answers_baseline: float | None = None
 
 
 @dataclass
@@ -107,6 +109,23 @@ def prompt_quality(rec: RunRecord) -> tuple[dict[str, float] | None, str | None]
     return {pid: sum(v) / len(v) for pid, v in acc.items()}, None
 
 
+def answer_rate(rec: RunRecord) -> float | None:
+    """Share of a run's scored rows that are answers by their form (quality.jsonl ``is_answer``: not empty, no
+    leak, no loop, not noise, right script); failed rows (crash, time-out) count as not answers. None for runs
+    scored before ``is_answer`` existed.
+
+    WHY in the report: a delta says how much quality moved, not why; "w3: 0 of 16 are answers" is the why that the
+    README used to add by hand (⚠) when the composite still rewarded noise.
+    """
+    flags = []
+    for q in rec.rows("quality.jsonl") or ():
+        if "is_answer" in q:
+            flags.append(bool(q["is_answer"]))
+        elif q.get("failed"):
+            flags.append(False)
+    return sum(flags) / len(flags) if flags else None
+
+
 def cells(records: Sequence[RunRecord], facs: Sequence[Factor]) -> tuple[dict[tuple[str, ...], RunRecord], int]:
     """Design cell (every factor's level) → run; repeated cells keep the newest run. Returns (cells, n dropped)."""
     out: dict[tuple[str, ...], RunRecord] = {}
@@ -133,6 +152,8 @@ def _level_effect(grid: Mapping[tuple[str, ...], RunRecord], idx: int, level: st
     """Matched comparison of ``level`` against ``baseline`` for the factor at position ``idx`` of the cell key."""
     eff = LevelEffect(level=level, baseline=baseline)
     run_deltas, q_lvl, q_base = [], [], []
+    a_lvl: list[float] = []
+    a_base: list[float] = []
     per_prompt: dict[str, list[float]] = defaultdict(list)
     every_pair_per_prompt = True
     for key, rec in grid.items():
@@ -149,6 +170,10 @@ def _level_effect(grid: Mapping[tuple[str, ...], RunRecord], idx: int, level: st
         run_deltas.append(a - b)
         q_lvl.append(a)
         q_base.append(b)
+        ra, rb = answer_rate(rec), answer_rate(base)
+        if ra is not None and rb is not None:
+            a_lvl.append(ra)
+            a_base.append(rb)
         (pa, ra), (pb, rb) = pq[rec.run_id], pq[base.run_id]
         if pa is None or pb is None:
             eff.notes.append(f"pair {base.run_id[:8]}/{rec.run_id[:8]}: no per-prompt quality ({ra or rb})")
@@ -164,6 +189,7 @@ def _level_effect(grid: Mapping[tuple[str, ...], RunRecord], idx: int, level: st
         eff.notes.append(f"no pair of runs differs only in this factor ({baseline} vs {level})")
         return eff
     eff.delta, eff.mean_level, eff.mean_baseline = _mean(run_deltas), _mean(q_lvl), _mean(q_base)
+    eff.answers_level, eff.answers_baseline = _mean(a_lvl), _mean(a_base)
     if per_prompt and every_pair_per_prompt:
         d = [sum(v) / len(v) for v in per_prompt.values()]
         eff.n_prompts, eff.sd, eff.ci95, eff.spread_over = len(d), _sd(d), bootstrap_ci(d), "prompts"

@@ -14,7 +14,7 @@ from pipeline.report.variants import Factor, value, variant_columns
 
 # Quality families shown as their own columns (the stop-condition rates are in the EOS column instead).
 _FAMILY_ORDER = ("reference_match", "keyword_recall", "rule_pass_rate", "relevance", "fidelity", "degeneration",
-                 "language_match", "answer_len")
+                 "language_match", "fluency", "answer_len")
 NA = "—"
 VIRTUAL_FOOTNOTE = ("virtual (host CPU): measured on the embedded virtual device, i.e. the host CPU running the "
                     "reference app — its throughput is NOT a phone's throughput; compare quality, not speed, with "
@@ -95,7 +95,8 @@ def footnotes(records: Sequence[RunRecord], facs: Sequence[Factor]) -> list[str]
     notes.append(f"{NA} = not measured for that run (never estimated); energy needs power telemetry, which the "
                  "virtual device only has when simulated. The run's `missing_metrics` tag lists what was absent.")
     notes.append("decode tok/s is host-timed per answer (warm-up repeats excluded); quality is the mean over "
-                 "prompts of the applicable families (pipeline.quality), in [0, 1], higher is better "
+                 "prompts of quality_score (pipeline.quality: mean of the content families × the weakest form "
+                 "signal, non-answers capped at 0.4), in [0, 1], higher is better "
                  "(q.degeneration: lower is better; q.answer_len in words); its 95% CI is a bootstrap over the "
                  "run's prompts (quality.jsonl, 2000 seeded resamples; — below two scored prompts).")
     for f in facs:

@@ -26,6 +26,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
     from pipeline import plots, summary
     from pipeline.outcomes import failure_kind
+    from pipeline.quality.fluency import reference_for
     from pipeline.quality.score import FAMILIES, score_items
 
     art, met = workdir / cfg.paths.artifacts, workdir / cfg.paths.metrics
@@ -38,9 +39,13 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
         raise StageError(f"{art / 'run' / 'responses.jsonl'}: no measured rows — re-run the run stage")
 
     answered = [r for r in rows if failure_kind(r) is None]  # crashes/timeouts/errors are failed answers
+    lm, lm_off = reference_for(cfg.model.name, cfg.scoring.fluency.model, cfg.scoring.fluency.references)
+    if lm_off and "unavailable" in lm_off:
+        print(f"score: warning — fluency not measured: {lm_off}", file=sys.stderr)
     scored = iter(score_items(summary.quality_items(answered, prompts), relevance=cfg.scoring.relevance,
                               embedding_model=cfg.scoring.embedding_model, fp_answers=_fp_answers(cfg),
-                              judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge"))
+                              judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge",
+                              fluency=lm, fluency_off_reason=lm_off))
     scores = [next(scored) if failure_kind(r) is None else summary.failed_answer_score(r, failure_kind(r))
               for r in rows]
     for r, sc in zip(rows, scores, strict=True):  # flagged per row: the text hides bytes the app really printed

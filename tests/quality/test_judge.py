@@ -71,7 +71,9 @@ def test_judge_failures_are_null_with_reason(judge_url):
 def test_judge_enters_quality_score_only_when_on(judge_url):
     (on,) = score_items([{"prompt": JOKE_PROMPT, "response": JOKE_ANSWER}], relevance=False, judge_url=judge_url)
     (off,) = score_items([{"prompt": JOKE_PROMPT, "response": JOKE_ANSWER}], relevance=False)
-    assert on["quality_families"] == "degeneration,judge" and "judge_score" not in off
+    assert on["quality_families"] == "judge,degeneration" and "judge_score" not in off
+    assert on["quality_score"] == pytest.approx(on["judge_score"] * on["quality_form"])  # judge = content
+    assert "form only" in off["quality_score_basis"] and "quality_score_basis" not in on
 
 
 def test_parse_verdict():

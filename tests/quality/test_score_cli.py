@@ -26,11 +26,26 @@ def test_families_in_order_and_applicability_without_relevance():
     assert list(qa)[: len(FAMILIES) + 1] == ["id", *FAMILIES]
     assert qa["reference_match"] == 1.0 and qa["eos_rate"] == 1.0 and qa["truncation_rate"] == 0.0
     assert qa["quality_families"] == "reference_match,degeneration,language_match"
-    assert qa["quality_score"] == pytest.approx((1.0 + (1 - qa["degeneration"]) + 1.0) / 3)
+    assert qa["quality_content"] == 1.0
+    assert qa["quality_form"] == pytest.approx(min(1.0, (1 - qa["degeneration"]) ** 0.5))
+    assert qa["quality_score"] == pytest.approx(qa["quality_content"] * qa["quality_form"])
+    assert qa["fluency"] is None and qa["fluency_reason"] == "no reference LM"
     assert qa["relevance"] is None and qa["on_topic"] is None and qa["relevance_reason"] == "relevance disabled"
     assert free["reference_match"] is None and free["reference_match_reason"] == "no reference"
     assert free["eos_rate"] is None and "eos" in free["eos_rate_reason"]
     assert free["quality_families"] == "degeneration"
+    assert free["quality_content"] is None and "form only" in free["quality_score_basis"]
+
+
+def test_form_families_never_lift_the_score_above_what_the_content_earns():
+    """The issue-32 guarantee: quality_score <= the mean of the content families, whatever the form says."""
+    answers = ["The capital of France is Paris.", "Lyon is a city.", "France France France France France France",
+               "<|im_end|>Paris", "capital capital", "巴黎", "I think it is Paris, the capital of France, yes."]
+    rows = score_items([{"prompt": "What is the capital of France?", "response": a, "reference": ["Paris"],
+                         "lang": "en"} for a in answers])
+    for r in rows:
+        assert r["quality_content"] is not None and r["quality_score"] <= r["quality_content"] + 1e-12, r
+        assert not (r["on_topic"] and not r["is_answer"]), r  # on-topic implies an answer: they cannot contradict
 
 
 def test_seed_case_scores_low_and_off_topic_with_relevance_on():
@@ -154,3 +169,11 @@ def test_content_free_answer_has_zero_relevance_and_is_off_topic():
     (row,) = score_items([{"prompt": JOKE_PROMPT, "response": "<!--\n\nA: 1.\n\nA: 2.\n\nA: 3.\n\nA: 4."}])
     assert row["relevance"] == 0.0 and row["on_topic"] is False and "no content" in row["relevance_reason"]
     assert row["quality_score"] == 0.0
+
+
+def test_whitespace_only_answer_is_not_an_answer_and_scores_zero():
+    """smollm2-w4's real answer to "What is the opposite of hot?" was 40 vertical tabs: no form signal applies."""
+    (row,) = score_items([{"prompt": "What is the opposite of hot?", "response": "\x0b" * 40, "reference": ["cold"],
+                           "lang": "en"}])
+    assert row["is_answer"] is False and row["is_answer_reason"] == "empty answer"
+    assert row["quality_score"] == 0.0 and row["on_topic"] is False and "capped at 0.40" in row["quality_gate"]
