@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +67,11 @@ def test_adb_kind_errors(private_server: int, tmp_path: Path) -> None:
             get_device("adb", adb_port=private_server)
         assert all(s in str(e.value) for s in serials) and "\n" not in str(e.value)
         assert get_device("adb", adb_port=private_server, serial=serials[1]).shell("echo ok") == "ok"
-        stop(roots[0])  # the transport drops: the server shows it offline (or gone)
+        stop(roots[0])  # the transport drops: the server shows it offline (or gone) once it has seen the EOF
+        deadline = time.monotonic() + 15
+        while f"{serials[0]}\tdevice" in run_adb(["devices"], port=private_server).stdout.decode() \
+                and time.monotonic() < deadline:  # a loaded host: the adb server notices the drop a little later
+            time.sleep(0.1)
         with pytest.raises(DeviceError, match="offline|did not appear"):
             get_device("adb", adb_port=private_server, serial=serials[0])
     finally:
