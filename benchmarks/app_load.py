@@ -40,13 +40,13 @@ def cpu_s(pid: int) -> float:
 
 
 def time_to_banner(d: Path, timeout_s: float = 120.0) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) from starting `python -m pipeline.apps.reference_app d` to `>>> ` on its stdout.
+    """(wall seconds, CPU seconds) from starting `python -m pipeline.guest.reference_app d` to `>>> ` on its stdout.
 
     WHY both: on a shared host the wall time is mostly waiting for a core; the app is single-threaded (one BLAS
     thread), so its CPU time is what the load costs on an idle core."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.apps.reference_app", str(d)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.guest.reference_app", str(d)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     assert proc.stdout is not None and proc.stdin is not None
     buf = b""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.manifest import HashCache, scan_dir  # noqa: E402
+from pipeline.fetch.manifest import HashCache, scan_dir  # noqa: E402
 
 
 def _make_dir(root: Path, total_mb: int, n_files: int) -> None:
@@ -64,7 +64,7 @@ def bench_fetch(tmp: Path) -> None:
     from huggingface_hub import constants
 
     constants.HF_HUB_CACHE = str(tmp / "hf" / "hub")
-    from pipeline.hub import fetch_snapshot
+    from pipeline.fetch.hub import fetch_snapshot
     from tests.helpers.hub_server import HubServer, synthetic_model_files
 
     with HubServer() as server:

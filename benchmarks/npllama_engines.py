@@ -1,4 +1,4 @@
-"""Reference app engines side by side: numpy (pipeline/apps/npllama.py) vs torch (transformers), one run.
+"""Reference app engines side by side: numpy (pipeline/guest/npllama.py) vs torch (transformers), one run.
 
 Measures (1) fresh-process start -> full banner on stdout (what every prompt pays in "fresh" sessions), median of
 N runs per engine, runs interleaved so both see the same machine load; (2) decode tok/s on tiny-fp through the app's
@@ -25,11 +25,11 @@ ENGINES = ("numpy", "torch")
 
 def time_to_banner(model_dir: Path, engine: str) -> float:
     """Wall time from spawning the app to having read its whole banner."""
-    from pipeline.apps.reference_app import BANNER
+    from pipeline.guest.reference_app import BANNER
 
     want = len(BANNER.encode())
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "pipeline.apps.reference_app", str(model_dir)], cwd=REPO,
+    p = subprocess.Popen([sys.executable, "-m", "pipeline.guest.reference_app", str(model_dir)], cwd=REPO,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          env={**os.environ, "PYTHONPATH": str(REPO), "ODEVAL_ENGINE": engine})
     got = b""
@@ -44,7 +44,7 @@ def time_to_banner(model_dir: Path, engine: str) -> float:
 
 def decode_rate(model_dir: Path, engine: str, prompts: list[str], repeats: int) -> tuple[int, float, list[int]]:
     """(tokens timed, decode tok/s, first prompt's answer ids) through the app's generate loop."""
-    from pipeline.apps import reference_app as ra
+    from pipeline.guest import reference_app as ra
 
     eng = ra.load_engine(model_dir, threads=1, engine=engine)
     n_tot, t_tot, first = 0, 0.0, []
@@ -62,7 +62,7 @@ def decode_rate(model_dir: Path, engine: str, prompts: list[str], repeats: int) 
 
 def forward_rate(model_dir: Path, engine: str, steps: int = 512) -> float:
     """Engine.forward calls per second over ``steps`` positions from 0 (tokens cycle through the vocabulary)."""
-    from pipeline.apps import reference_app as ra
+    from pipeline.guest import reference_app as ra
 
     eng = ra.load_engine(model_dir, threads=1, engine=engine)
     eng.forward(3)

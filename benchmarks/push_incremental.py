@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.device.adb import adb_path, run_adb  # noqa: E402
 from pipeline.device.connect import get_device  # noqa: E402
 from pipeline.device.transfer import push_dir  # noqa: E402
-from pipeline.manifest import scan_dir  # noqa: E402
+from pipeline.fetch.manifest import scan_dir  # noqa: E402
 
 
 def free_port() -> int:

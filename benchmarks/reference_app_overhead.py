@@ -45,7 +45,7 @@ def _rate(times: list[float]) -> tuple[int, float]:
 def bench(model_dir: Path, prompts: list[str], max_new: int, repeats: int) -> dict:
     import torch
 
-    from pipeline.apps import reference_app as ra
+    from pipeline.guest import reference_app as ra
 
     eng = ra.load_engine(model_dir, threads=1, engine="torch")
     stop = sorted(eng.stop_ids)
@@ -74,7 +74,7 @@ def time_to_banner(model_dir: Path, runs: int = 3) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, "-m", "pipeline.apps.reference_app", str(model_dir)], cwd=REPO,
+        p = subprocess.Popen([sys.executable, "-m", "pipeline.guest.reference_app", str(model_dir)], cwd=REPO,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
         p.stdout.read(5)
         times.append(time.perf_counter() - t0)

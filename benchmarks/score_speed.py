@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipeline.prompts import load_prompts  # noqa: E402
 from pipeline.quality import relevance as rel  # noqa: E402
-from pipeline.quality.score import score_items  # noqa: E402
+from pipeline.quality.composite import score_items  # noqa: E402
+from pipeline.run.prompts import load_prompts  # noqa: E402
 
 SENTENCES = (
     "Ink is a liquid that contains pigments or dyes.", "Paris is the capital of France.",

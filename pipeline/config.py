@@ -46,7 +46,7 @@ class ModelConfig:
     revision: str | None = None
     allow_patterns: list[str] | None = None
     path: str | None = None
-    # source=package: a file inside an installed PyPI distribution (pipeline/package_source.py), pinned by the
+    # source=package: a file inside an installed PyPI distribution (pipeline/fetch/package_source.py), pinned by the
     # distribution's version and the file's sha256, converted to a model dir (pipeline/models/gguf_model.py)
     package: str | None = None
     package_version: str | None = None
@@ -59,7 +59,7 @@ class ModelConfig:
     chip: str = "any"
     weight_bytes: int | None = None
     # files the model dir must hold (checked before the first prompt); None: derived from the format (hf:
-    # config.json + weights + tokenizer; see pipeline/preflight.py)
+    # config.json + weights + tokenizer; see pipeline/run/preflight.py)
     required_files: list[str] | None = None
 
 

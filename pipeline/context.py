@@ -26,28 +26,28 @@ ENV_VARS: dict[str, tuple[str, str]] = {
                     "resolves against, when the cwd is not inside it"),
     "ODEVAL_CACHE": ("pipeline.models.tiny", "the machine-wide content-addressed cache of built/converted models "
                      "(default ~/.cache/odeval); each checkout's `paths.cache` holds hard links into it"),
-    "ODEVAL_HASH_CACHE": ("pipeline.manifest", "where the host's sha256 cache lives (default: in ODEVAL_CACHE)"),
+    "ODEVAL_HASH_CACHE": ("pipeline.fetch.manifest", "where the host's sha256 cache lives (default: in ODEVAL_CACHE)"),
     "ODEVAL_ADB": ("pipeline.device.adb", "the adb binary to use (default: the one in the adbutils wheel)"),
     "ODEVAL_NODE_POOL": ("pipeline.cluster", "set by `python -m pipeline.cluster ray-start` on a Ray node: the "
                          "host's pool file; pool jobs placed on that node lease only its phones"),
     "ODEVAL_VIRTUAL_ROOT": ("pipeline.virtual.__main__", "default --root of `python -m pipeline.virtual`"),
-    "ODEVAL_ENGINE": ("pipeline.apps.reference_app", "reference app engine: `numpy` or `torch` (default: automatic)"),
-    "ODEVAL_THREADS": ("pipeline.apps.reference_app", "CPU threads of the reference app's engine"),
-    "ODEVAL_APP_DEBUG": ("pipeline.apps.reference_app", "`1`: the reference app reports its load time on stderr"),
-    "ODEVAL_TEMPLATE": ("pipeline.apps.reference_app", "set by the run stage on the device command line: the "
+    "ODEVAL_ENGINE": ("pipeline.guest.reference_app", "reference app engine: `numpy` or `torch` (default: automatic)"),
+    "ODEVAL_THREADS": ("pipeline.guest.reference_app", "CPU threads of the reference app's engine"),
+    "ODEVAL_APP_DEBUG": ("pipeline.guest.reference_app", "`1`: the reference app reports its load time on stderr"),
+    "ODEVAL_TEMPLATE": ("pipeline.guest.reference_app", "set by the run stage on the device command line: the "
                         "reference app's prompt template (`app.template`)"),
-    "ODEVAL_QUIRK_PAST_END_TOKEN": ("pipeline.apps.reference_app", "set by the run stage: `app.past_end_token`"),
+    "ODEVAL_QUIRK_PAST_END_TOKEN": ("pipeline.guest.reference_app", "set by the run stage: `app.past_end_token`"),
     # set by the virtual device for the app it launches (internal; never taken from the device side)
-    "ODEVAL_ROOT_FD": ("pipeline.apps.device_view", "internal: the inherited fd of the device's / (model dirs are "
+    "ODEVAL_ROOT_FD": ("pipeline.guest.device_view", "internal: the inherited fd of the device's / (model dirs are "
                        "resolved inside it by the kernel)"),
-    "ODEVAL_DEVICE_CWD": ("pipeline.apps.device_view", "internal: the device shell's cwd when the app started"),
-    "ODEVAL_APP_SCRATCH": ("pipeline.apps.device_view", "internal: the app's host-private dir for its model views"),
-    "ODEVAL_VIRTUAL_PID": ("pipeline.apps.reference_app", "internal: the app's pid as the device shows it"),
-    "ODEVAL_AUDIT_FD": ("pipeline.apps.reference_app", "internal: where the app reports refusals to the daemon log"),
-    "ODEVAL_STANDIN_MODEL": ("pipeline.apps.reference_app", "internal: `device.virtual.standin_model`"),
-    "ODEVAL_FAULT_CRASH_AFTER_TOKENS": ("pipeline.apps.reference_app", "internal: injected fault"),
-    "ODEVAL_FAULT_HANG": ("pipeline.apps.reference_app", "internal: injected fault"),
-    "ODEVAL_FAULT_INVALID_UTF8": ("pipeline.apps.reference_app", "internal: injected fault"),
+    "ODEVAL_DEVICE_CWD": ("pipeline.guest.device_view", "internal: the device shell's cwd when the app started"),
+    "ODEVAL_APP_SCRATCH": ("pipeline.guest.device_view", "internal: the app's host-private dir for its model views"),
+    "ODEVAL_VIRTUAL_PID": ("pipeline.guest.reference_app", "internal: the app's pid as the device shows it"),
+    "ODEVAL_AUDIT_FD": ("pipeline.guest.reference_app", "internal: where the app reports refusals to the daemon log"),
+    "ODEVAL_STANDIN_MODEL": ("pipeline.guest.reference_app", "internal: `device.virtual.standin_model`"),
+    "ODEVAL_FAULT_CRASH_AFTER_TOKENS": ("pipeline.guest.reference_app", "internal: injected fault"),
+    "ODEVAL_FAULT_HANG": ("pipeline.guest.reference_app", "internal: injected fault"),
+    "ODEVAL_FAULT_INVALID_UTF8": ("pipeline.guest.reference_app", "internal: injected fault"),
     "ODEVAL_FAULT_": ("pipeline.virtual.app_launch", "internal prefix of the injected-fault variables above"),
     "ODEVAL_DEVICE_": ("pipeline.virtual.app_launch", "internal prefix: the device's LD_LIBRARY_PATH / "
                        "ADSP_LIBRARY_PATH passed to the app for information, renamed"),

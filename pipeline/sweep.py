@@ -155,14 +155,14 @@ def preload_host_side(config: Any, quiet: bool = False) -> dict[str, float]:
         else ()
     # MLflow (~1 s of imports) only when the sweep logs to it: tracking=none sweeps never import it
     tracker = ("mlflow",) if (config.get("tracking") or {}).get("backend") == "mlflow" else ()
-    try:  # the backend the plots use (pipeline/plots.py), chosen before pyplot is imported
+    try:  # the backend the plots use (pipeline/score/plots.py), chosen before pyplot is imported
         import matplotlib
 
         matplotlib.use("Agg")
     except ImportError:
         pass
     for mod in (*heavy, "matplotlib.pyplot", *tracker, "pipeline.stages.fetch", "pipeline.stages.push",
-                "pipeline.stages.run", "pipeline.stages.score", "pipeline.quality.score"):
+                "pipeline.stages.run", "pipeline.stages.score", "pipeline.quality.composite"):
         t = time.monotonic()
         try:
             importlib.import_module(mod)

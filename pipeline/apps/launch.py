@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.apps.prompt_buffer import format_setting
 from pipeline.apps.simple_app import app_command
-from pipeline.runner import AppProcess
+from pipeline.prompt_model.prompt_buffer import format_setting
+from pipeline.run.runner import AppProcess
 
 
 def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, template: str,
@@ -31,7 +31,7 @@ def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, templat
 
 def app_launcher(dev: Any, app_dir: str, model_dir: str, device_arg: str | None, env: Mapping[str, str],
                  binary: str, on_pid: Callable[[int | None], None] | None = None) -> Callable[[], AppProcess]:
-    """A ``start_app()`` for :func:`pipeline.runner.run_prompts`: each call opens a new app process.
+    """A ``start_app()`` for :func:`pipeline.run.runner.run_prompts`: each call opens a new app process.
 
     ``on_pid`` is called with each new app's pid (fresh sessions start one per prompt)."""
     from pipeline.device.shellv2 import ShellV2

@@ -3,7 +3,7 @@
 Why it works the way it does:
 
 - **Trust by stat, verify by hash.** The device dir holds ``.odeval-manifest.json`` (the shared manifest format of
-  ``pipeline.manifest`` plus ``device_stat``: each file's on-device size, mtime and mode as ``stat -c`` printed
+  ``pipeline.fetch.manifest`` plus ``device_stat``: each file's on-device size, mtime and mode as ``stat -c`` printed
   them right after the file was verified). A run ``stat``s every wanted file in ONE shell command (plus a ``cat``
   of the manifest in the same command) and trusts a file whose sha256 the manifest records *and* whose
   size+mtime are unchanged since it was verified. That makes a no-op re-push one round trip per directory instead
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.manifest import (
+from pipeline.fetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
     ManifestError,
@@ -626,7 +626,7 @@ def push_dir(
 ) -> PushResult:
     """Make ``remote_dir`` on ``dev`` hold exactly the verified bytes of ``entries`` (files under ``local_dir``).
 
-    ``entries`` is the host manifest (from fetch.json or :func:`pipeline.manifest.scan_dir`); ``executables`` are
+    ``entries`` is the host manifest (from fetch.json or :func:`pipeline.fetch.manifest.scan_dir`); ``executables`` are
     relative paths to ``chmod 755``; ``verify`` is ``"stat"`` (trust unchanged size+mtime, see module docstring) or
     ``"full"`` (re-hash every present file on the device). ``mover`` is ``"sync"`` (our 64 KiB sync client, one
     session per dir, byte-level progress) or ``"adb"`` (the adb binary's ``push`` per file).

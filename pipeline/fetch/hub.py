@@ -11,7 +11,7 @@ the stage forever (measured; ``etag_timeout`` only covers the per-file HEAD). So
 3. checks every ``allow_patterns`` entry matches something (a typo would otherwise download nothing, silently);
 4. calls ``snapshot_download(revision=<sha>)`` only if a requested file is missing: a complete cached commit costs
    zero requests (pinned sha) or one (branch resolution);
-5. sha256s every file (through :class:`~pipeline.manifest.HashCache`, so re-runs only ``stat``) and verifies it
+5. sha256s every file (through :class:`~pipeline.fetch.manifest.HashCache`, so re-runs only ``stat``) and verifies it
    against the Hub's checksums: the LFS sha256, or the git blob sha1 for small files.
 
 The token is never handled here: huggingface_hub reads ``HF_TOKEN``/the login itself (``build_hf_headers``);
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from pipeline.manifest import (
+from pipeline.fetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
     HashCache,
@@ -144,7 +144,7 @@ def fetch_snapshot(
     """Download (or reuse) ``repo_id`` at ``revision`` and return the verified fetch.json entry.
 
     ``config_key`` only words the messages (``model`` or ``app``); ``hash_cache`` defaults to
-    :func:`~pipeline.manifest.default_hash_cache_path`. Raises :class:`HubError` (one line, with the fix).
+    :func:`~pipeline.fetch.manifest.default_hash_cache_path`. Raises :class:`HubError` (one line, with the fix).
     """
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name

@@ -12,7 +12,7 @@ import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.manifest import HashCache
+from pipeline.fetch.manifest import HashCache
 
 
 class PackageSourceError(Exception):

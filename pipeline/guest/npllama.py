@@ -34,17 +34,24 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.models.act_quant import ACT_QUANT_KEY, ActQuantError, parse_act_quant
+
 WEIGHTS_FILE = "model.safetensors"
 QINT_FILE, GGUF_FILE = "model.qint.safetensors", "model.gguf"  # pipeline.models.gguf_model's lean formats
 _ROPE_KEYS = frozenset({"rope_type", "type", "rope_theta"})
 _DEFAULT_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_theta
 _FLOAT_DTYPES = frozenset({"F32", "F16", "F64"})
-ACT_QUANT_KEY = "odeval_activation_quant"  # config.json: activation fake-quantisation (module docstring)
-ACT_QUANT_SCHEMES = ("dynamic-symmetric-per-token",)
 
 
 class NpLlamaError(Exception):
     """The model dir cannot be run by the numpy engine (message names the file/key; use the torch engine)."""
+
+
+def _act_bits(cfg: dict[str, Any]) -> int | None:
+    try:
+        return parse_act_quant(cfg)
+    except ActQuantError as exc:
+        raise NpLlamaError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -99,24 +106,6 @@ def rope_theta(cfg: dict[str, Any]) -> float:
     return float(theta if theta is not None else _DEFAULT_THETA)
 
 
-def parse_act_quant(cfg: dict[str, Any]) -> int | None:
-    """Bits of config.json's ``odeval_activation_quant`` (None when absent or null: float activations)."""
-    aq = cfg.get(ACT_QUANT_KEY)
-    if aq is None:
-        return None
-    where = f"config.json {ACT_QUANT_KEY}"
-    if not isinstance(aq, dict) or set(aq) != {"bits", "scheme"}:
-        raise NpLlamaError(f"{where}={aq!r}: must be an object with exactly the keys 'bits' and 'scheme' "
-                           "(e.g. {\"bits\": 8, \"scheme\": \"dynamic-symmetric-per-token\"}); re-fetch the model")
-    bits = aq["bits"]
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise NpLlamaError(f"{where}.bits={bits!r}: must be an integer from 2 to 8")
-    if aq["scheme"] not in ACT_QUANT_SCHEMES:
-        raise NpLlamaError(f"{where}.scheme={aq['scheme']!r} is unknown: the numpy engine emulates only "
-                           f"{', '.join(ACT_QUANT_SCHEMES)}")
-    return bits
-
-
 def numpy_only_reason(model_dir: Path) -> str | None:
     """Why only the numpy engine may run ``model_dir`` (torch would silently ignore part of its config), or None.
 
@@ -168,7 +157,7 @@ def parse_spec(cfg: dict[str, Any]) -> LlamaSpec:
             rope_theta=rope_theta(cfg), tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
             eos_token_ids=tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None),
-            act_bits=parse_act_quant(cfg))
+            act_bits=_act_bits(cfg))
     except (KeyError, TypeError, ValueError) as exc:
         raise NpLlamaError(f"config.json: missing or invalid Llama field ({exc!r})") from exc
     if spec.num_heads % spec.num_kv_heads or spec.head_dim % 2:

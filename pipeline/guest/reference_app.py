@@ -1,9 +1,9 @@
 """Host reference implementation of MobileQuant's ``simple_app`` REPL on numpy or torch CPU.
 
-Engines (``$ODEVAL_ENGINE``): ``numpy`` (``pipeline/apps/npllama.py``, no torch/transformers import: ~0.2 s start-up),
+Engines (``$ODEVAL_ENGINE``): ``numpy`` (``pipeline/guest/npllama.py``, no torch/transformers import: ~0.2 s start-up),
 ``torch`` (transformers), ``auto`` (default: numpy for small default-RoPE Llamas in one model.safetensors, else torch).
 
-Usage: ``python -m pipeline.apps.reference_app <model_dir> [8gen3|8gen2] [--template mobilequant|hf-chat|raw]
+Usage: ``python -m pipeline.guest.reference_app <model_dir> [8gen3|8gen2] [--template mobilequant|hf-chat|raw]
 [--max-steps N]``.
 
 WHY: the virtual device runs this in place of the phone binary, so at the REPL it behaves like
@@ -20,7 +20,8 @@ Documented differences from simple_app:
   silently overwritten (simple_app then produces corrupted context);
 - the app's read past the end of the prompt (``prompt_tokens[num_prompt_tokens]``, fed as the first "answer"
   input) is replaced by sampling from the last prompt token's logits unless ``ODEVAL_QUIRK_PAST_END_TOKEN`` is set:
-  ``faithful:<id>`` feeds what simple_app's prompt buffer holds in that slot (pipeline/apps/prompt_buffer.py: the
+  ``faithful:<id>`` feeds what simple_app's prompt buffer holds in that slot
+  (pipeline/prompt_model/prompt_buffer.py: the
   stale tail of the merge loop, or ``<id>`` — default 0 with a bare ``faithful`` — when the slot was never
   written), an integer feeds that id for every prompt;
 - ``-t/-p/...`` argument lines are ignored (the app's parser is broken and can crash);
@@ -42,10 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.apps import device_view
-from pipeline.apps.prompt_buffer import DEFAULT_UNWRITTEN_ID, parse_setting, past_end
-from pipeline.apps.prompt_format import TEMPLATES, PromptFormat, PromptFormatError, load_format
+from pipeline.guest import device_view
+from pipeline.models.act_quant import ACT_QUANT_KEY
 from pipeline.models.tokenizer_bin import SPECIAL_TEXTS, TokenizerBin, TokenizerBinError, load_for_model
+from pipeline.prompt_model.prompt_buffer import DEFAULT_UNWRITTEN_ID, parse_setting, past_end
+from pipeline.prompt_model.prompt_format import TEMPLATES, PromptFormat, PromptFormatError, load_format
 
 BANNER = "Hello, how can I help you today?\n>>> "
 GEMMA_BANNER = "Please enter the prompt\n>>> "
@@ -87,7 +89,7 @@ def safe_piece(piece: bytes) -> bytes:
 
 def confined_dir(path: str) -> Path:
     """Host dir to load for a model dir named on the device (argv, ``!reload``): on the virtual device a view of the
-    dir opened inside the device storage by the kernel (pipeline/apps/device_view.py); elsewhere ``path``."""
+    dir opened inside the device storage by the kernel (pipeline/guest/device_view.py); elsewhere ``path``."""
     try:
         return device_view.model_dir(path)
     except device_view.DeviceViewError as exc:
@@ -127,7 +129,7 @@ ENGINES = ("auto", "numpy", "torch")
 class Engine:
     """A loaded model + the app's tokenizer table + the KV state that persists across prompts.
 
-    ``model`` is a transformers model (``backend == "torch"``) or a :class:`pipeline.apps.npllama.NumpyLlama`
+    ``model`` is a transformers model (``backend == "torch"``) or a :class:`pipeline.guest.npllama.NumpyLlama`
     (``"numpy"``); ``cache`` is the matching KV cache (both answer ``get_seq_length()``), None after a reset.
     """
 
@@ -143,7 +145,7 @@ class Engine:
     backend: str = "torch"
 
     def prompt_format(self, template: str, gemma: bool = False) -> PromptFormat:
-        """The ids this model is fed per prompt under ``template`` (pipeline/apps/prompt_format.py).
+        """The ids this model is fed per prompt under ``template`` (pipeline/prompt_model/prompt_format.py).
 
         Built once per (template, gemma): building one loads tokenizer.json and compiles the chat template, and
         ``main`` checks the template before the REPL asks for the same format."""
@@ -231,7 +233,7 @@ def _refuse_numpy_only(hf_dir: Path, threads: int) -> None:
     """Raise when torch would run ``hf_dir`` without part of its config (activation quantisation): never a
     silent fallback, whether torch was asked for or ``auto`` fell back to it."""
     _pin_blas_threads(threads)
-    from pipeline.apps import npllama
+    from pipeline.guest import npllama
 
     reason = npllama.numpy_only_reason(hf_dir)
     if reason is not None:
@@ -241,7 +243,7 @@ def _refuse_numpy_only(hf_dir: Path, threads: int) -> None:
 def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
     """(NumpyLlama, eos_token_id), or (None, None) when ``auto`` should fall back to torch."""
     _pin_blas_threads(threads)
-    from pipeline.apps import npllama
+    from pipeline.guest import npllama
 
     reason = npllama.numpy_ineligible_reason(hf_dir)
     if reason is None:
@@ -255,7 +257,7 @@ def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
                                 "use ODEVAL_ENGINE=torch or auto")
     if npllama.numpy_only_reason(hf_dir) is not None:  # auto must not fall back to torch for it
         raise ReferenceAppError(f"{hf_dir}: the numpy engine cannot run this model ({reason}) and torch cannot "
-                                f"emulate its {npllama.ACT_QUANT_KEY}; fix config.json or re-fetch the model")
+                                f"emulate its {ACT_QUANT_KEY}; fix config.json or re-fetch the model")
     return None, None
 
 
@@ -399,7 +401,7 @@ def repl(engine: Engine, models_dir: str, template: str, max_steps: int, stdin: 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m pipeline.apps.reference_app", description="simple_app on the host")
+    ap = argparse.ArgumentParser(prog="python -m pipeline.guest.reference_app", description="simple_app on the host")
     ap.add_argument("model_dir")
     ap.add_argument("device", nargs="?", default="8gen3", help="accepted for compatibility (8gen3|8gen2)")
     ap.add_argument("--template", choices=TEMPLATES, default=os.environ.get("ODEVAL_TEMPLATE") or "mobilequant")

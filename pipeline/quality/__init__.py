@@ -1,4 +1,4 @@
-"""Answer-quality scoring: one module per family, combined by ``pipeline.quality.score.score_items`` (see score.py
+"""Answer-quality scoring: one module per family, combined by ``pipeline.quality.composite.score_items`` (see score.py
 for which families apply when).
 
 Nothing is imported here on purpose: importing one family (e.g. ``pipeline.quality.rules`` for prompt validation)

@@ -27,9 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.quality.composite import QualityError, check_item, score_items
 from pipeline.quality.fluency import FluencyError, FluencyScorer, load_recorded, load_reference, reference_dir
 from pipeline.quality.relevance import RelevanceError
-from pipeline.quality.score import QualityError, check_item, score_items
 
 _ERRORS = (QualityError, RelevanceError, FluencyError)
 
@@ -93,8 +93,8 @@ def _labels(rows: list[tuple[int, dict[str, Any]]], path: str) -> list[int]:
 
 def auc_main(argv: list[str]) -> int:
     """``auc`` subcommand: the AUC table of a labelled file."""
+    from pipeline.quality.composite import PASS_THRESHOLD
     from pipeline.quality.evaluation import auc_table, format_auc_table
-    from pipeline.quality.score import PASS_THRESHOLD
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.quality auc",
                                  description="ROC AUC of quality_score and each family on a labelled JSONL file")

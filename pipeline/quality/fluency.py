@@ -15,7 +15,7 @@ and 6.2 over its novel ones. Loops are degeneration's business, not fluency's. S
 
 The reference LM is "the float weights of the model under test": for SmolLM2 runs ``smollm2-ref`` (the shipped
 GGUF dequantised, stored fp16; conf/scoring ``fluency.references``), run by a batched numpy forward over the whole
-sequence (:func:`sequence_logprobs`: the numerics of :mod:`pipeline.apps.npllama`, checked against its
+sequence (:func:`sequence_logprobs`: the numerics of :mod:`pipeline.guest.npllama`, checked against its
 token-by-token forward in tests/quality/test_fluency.py), so scoring imports no torch. A model with no configured
 reference gets fluency null + reason (surprisal is comparable only under one tokenizer and one model).
 
@@ -108,7 +108,7 @@ def _silu(x: np.ndarray) -> np.ndarray:
 
 def sequence_logprobs(model: Any, ids: list[int], start: int) -> np.ndarray:
     """log p(ids[t] | ids[:t]) for t = start .. len(ids)-1, from ONE batched forward of a
-    :class:`pipeline.apps.npllama.NumpyLlama` (causal mask; matrix-matrix products instead of the engine's
+    :class:`pipeline.guest.npllama.NumpyLlama` (causal mask; matrix-matrix products instead of the engine's
     token-by-token matvecs: ~10x faster for scoring a known text). Float activations only."""
     s = model.spec
     if s.act_bits is not None:
@@ -162,8 +162,8 @@ class ReferenceLM:
     def from_dir(cls, model_dir: Path, name: str | None = None,
                  max_answer_tokens: int = MAX_ANSWER_TOKENS) -> ReferenceLM:
         """Load ``model_dir`` (config.json, weights, tokenizer.json and a chat template); FluencyError if not."""
-        from pipeline.apps.npllama import NpLlamaError, NumpyLlama
-        from pipeline.apps.prompt_format import chat_renderer
+        from pipeline.guest.npllama import NpLlamaError, NumpyLlama
+        from pipeline.prompt_model.prompt_format import chat_renderer
 
         model_dir = Path(model_dir)
         chat = chat_renderer(model_dir)
@@ -282,9 +282,9 @@ def reference_dir(name: str) -> Path:
 
             return ensure_cached(name)
         if source == "package":
+            from pipeline.fetch.package_source import verified_file
             from pipeline.models.gguf_model import ensure_converted
             from pipeline.models.tiny import cache_root
-            from pipeline.package_source import verified_file
 
             pf = verified_file(preset["package"], str(preset["package_version"]), preset["package_file"],
                                preset["sha256"])

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.report import ReportError
+from pipeline.report.charts import quality_vs_throughput, toks_vs_budget
 from pipeline.report.contrasts import answers_section, ends_section
 from pipeline.report.factors import FactorEffect, LevelEffect, analyse, bootstrap_ci, prompt_quality
-from pipeline.report.fidelity import TOKENS_NOTE, FidelityResult, fidelity_to_fp
-from pipeline.report.plots import quality_vs_throughput, toks_vs_budget
+from pipeline.report.fp_reference import TOKENS_NOTE, FidelityResult, fidelity_to_fp
 from pipeline.report.runs import ARTIFACTS, RunRecord, select_runs
 from pipeline.report.table import NA, fmt, footnotes, markdown_table, table_rows
 from pipeline.report.variants import DEFAULT_IGNORE, Factor, factors, sort_records, value, variant_label

@@ -92,7 +92,7 @@ def answers_section(records: Sequence[RunRecord], facs: Sequence[Factor], prompt
     out = [f"## Answers to `{prompt}`", "",
            "First measured answer of each run to the seed's prompt (verbatim; newlines shown as ⏎, cut at "
            f"{ANSWER_CHARS} characters). past end = simple_app's read past the prompt in that run: case and the id "
-           "fed (pipeline/apps/prompt_buffer.py).", ""]
+           "fed (pipeline/prompt_model/prompt_buffer.py).", ""]
     rows = []
     for rec in records:
         resp = measured_rows(rec.rows("responses.jsonl"))

@@ -185,5 +185,5 @@ def load_run_artifacts(client: Any, rec: RunRecord, names: Sequence[str] = ARTIF
 
 
 def measured_rows(rows: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]] | None:
-    """Rows that count (warm-up repeats excluded), like pipeline.summary.measured; None stays None."""
+    """Rows that count (warm-up repeats excluded), like pipeline.score.summary.measured; None stays None."""
     return None if rows is None else [r for r in rows if not r.get("warmup")]

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.jsonio import read_jsonl, write_json, write_jsonl
-from pipeline.outcomes import FailureTally
-from pipeline.run_identity import RunIdentity, asked_digest, describe_change, listed
+from pipeline.run.identity import RunIdentity, asked_digest, describe_change, listed
+from pipeline.run.outcomes import FailureTally
 
 FILES = ("responses.jsonl", "telemetry.jsonl", "app.log", "run.json", "prompts.jsonl")
 
@@ -35,7 +35,7 @@ def now() -> str:
 
 class RunDir:
     """One run's directory. Rows are kept only for a run of the same identity and only while what they asked is
-    unchanged (pipeline/run_identity.py); another identity starts over and says what changed."""
+    unchanged (pipeline/run/identity.py); another identity starts over and says what changed."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

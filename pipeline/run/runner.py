@@ -27,7 +27,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "n_output_tokens", "n_prompt_tokens", "ttft_s", "decode_tok_s", "e2e_s", "error",
     "session", "load_s", "host_blended_tok_s", "replaced_chars", "positions_before", "context_reset",
     "past_end",  # {case, id_fed, index}: simple_app's read past the prompt, filled by the run stage (prompt_buffer)
-    "ask_key",  # what was asked (pipeline/run_identity.py ask_keys), filled by the run stage: resume reuses by it
+    "ask_key",  # what was asked (pipeline/run/identity.py ask_keys), filled by the run stage: resume reuses by it
 )
 EXIT_WAIT_S = 10.0
 SIGKILL_EXIT = 128 + 9  # how adbd (and the virtual device) report a process killed by SIGKILL
@@ -328,7 +328,7 @@ def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts:
     """Run every (pass, prompt) not in `skip`, calling `on_row(row)` once per finished row, in order.
 
     Rows have exactly `ROW_FIELDS`. `n_prompt_tokens` = `count_prompt(sent_text)`: the ids the app feeds for the
-    line under its template (pipeline/apps/prompt_format.py `PromptFormat.count`); `n_output_tokens` =
+    line under its template (pipeline/prompt_model/prompt_format.py `PromptFormat.count`); `n_output_tokens` =
     `count_tokens(response)` (stop token excluded; the app's encoder: no BOS, no special tokens added).
 
     A row whose process was started for it has `load_s` set: in shared sessions that marks the first prompt of a

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.summary import mean_of
+from pipeline.score.summary import mean_of
 
 
 def _plt():

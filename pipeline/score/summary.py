@@ -11,8 +11,15 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pipeline.score.stats import (
+    energy_per_token,
+    plausibility,
+    roofline_tok_s,
+    summarize,
+    temperature_span,
+    throttle_ratio,
+)
 from pipeline.socs import chip_of, soc_of
-from pipeline.stats import energy_per_token, plausibility, roofline_tok_s, summarize, temperature_span, throttle_ratio
 
 THROUGHPUT_KEYS = ("decode_tok_s", "ttft_s", "app_tok_s", "e2e_s", "load_s", "host_blended_tok_s")
 CSV_FIELDS = ("prompt_id", "set", "n_repeats", "quality_score", "on_topic", "decode_tok_s", "ttft_s", "app_tok_s",
@@ -81,7 +88,7 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mappi
                   bandwidth_gb_s: float | None, bandwidth_reason: str | None,
                   weight_bytes: int | None) -> dict[str, Any]:
     """score.json: throughput stats, quality per family, plausibility, drift, energy; nulls carry reasons."""
-    from pipeline.outcomes import failure_kind
+    from pipeline.run.outcomes import failure_kind
 
     kinds = [failure_kind(r) for r in rows]
     answered = [r for r, k in zip(rows, kinds, strict=True) if k is None]  # a failed row's timings measure nothing

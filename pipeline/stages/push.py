@@ -59,7 +59,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
 
 
 def _read_fetch(path: Path) -> dict[str, Any]:
-    from pipeline.fetched import local_dir
+    from pipeline.fetch.fetched import local_dir
 
     try:
         data = json.loads(path.read_text())
@@ -71,7 +71,7 @@ def _read_fetch(path: Path) -> dict[str, Any]:
         entry = data.get(key) if isinstance(data, dict) else None
         if not isinstance(entry, dict) or not all(k in entry for k in ("commit", "local_dir", "files")):
             raise StageError(f"{path}: no valid {key!r} entry (commit, local_dir, files) — re-run the fetch stage")
-        entry["local_dir"] = str(local_dir(entry, path))  # relative to fetch.json (pipeline/fetched.py)
+        entry["local_dir"] = str(local_dir(entry, path))  # relative to fetch.json (pipeline/fetch/fetched.py)
     return data
 
 

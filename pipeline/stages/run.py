@@ -2,7 +2,7 @@
 
 Reads fetch.json/push.json and the prompt set; refuses, before touching anything, every prompt the app would not
 answer as one prompt or that does not fit the sequence budget; re-hashes the app and model files on the device;
-then runs the prompts (pipeline.runner) into the run directory (pipeline.run_record: resumable rows, telemetry,
+then runs the prompts (pipeline.run.runner) into the run directory (pipeline.run.record: resumable rows, telemetry,
 an honest run.json status). Exit status ≠ 0 for `interrupted` and `failed` runs.
 """
 
@@ -16,11 +16,11 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.context import RunContext
 from pipeline.device.pool import device_scope
-from pipeline.fetched import resolved
+from pipeline.fetch.fetched import resolved
 from pipeline.interrupts import Interrupted, signal_name, signum_of
-from pipeline.run_identity import RunIdentity, ask_keys, run_identity
-from pipeline.run_record import RunDir, now
-from pipeline.runner import RunItem
+from pipeline.run.identity import RunIdentity, ask_keys, run_identity
+from pipeline.run.record import RunDir, now
+from pipeline.run.runner import RunItem
 from pipeline.stages import StageError, StageInterrupted, read_json, stage_main
 from pipeline.workspace import git_commit, git_dirty, shared_root
 
@@ -32,8 +32,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     from pipeline.device.connect import device_props
     from pipeline.device.telemetry import TelemetrySampler
     from pipeline.device.transfer import TransferError, host_entries, verify_dirs
-    from pipeline.preflight import check_device, check_fetched
-    from pipeline.runner import DeviceLost, RunOptions, run_prompts
+    from pipeline.run.preflight import check_device, check_fetched
+    from pipeline.run.runner import DeviceLost, RunOptions, run_prompts
     from pipeline.stages.device import open_stage_device
 
     art = workdir / cfg.paths.artifacts
@@ -103,9 +103,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
 
 def past_end_rows(cfg: Config, fmt, items: list[RunItem]) -> dict[str, dict]:
     """Per sent line, the row's ``past_end`` {case, id_fed, index}: the same buffer model the reference app feeds
-    from (pipeline/apps/prompt_buffer.py). For the real simple_app it is the model of what the phone does: a
+    from (pipeline/prompt_model/prompt_buffer.py). For the real simple_app it is the model of what the phone does: a
     never-written slot's id is unknowable there, so ``id_fed`` is null for case ``unwritten``."""
-    from pipeline.apps.prompt_buffer import past_end
+    from pipeline.prompt_model.prompt_buffer import past_end
 
     a = cfg.app
     setting, fallback = (a.past_end_token, a.past_end_unwritten_id) if a.virtual_only else ("faithful", None)
@@ -117,7 +117,7 @@ def past_end_rows(cfg: Config, fmt, items: list[RunItem]) -> dict[str, dict]:
 
 def load_prompt_set(cfg: Config, count_tokens) -> list:
     """The configured prompt set (file or generator), validated; `prompts.limit` keeps the first N."""
-    from pipeline.prompts import PromptSetError, length_prompts, load_prompts
+    from pipeline.run.prompts import PromptSetError, length_prompts, load_prompts
 
     pr = cfg.prompts
     try:
@@ -134,7 +134,7 @@ def load_prompt_set(cfg: Config, count_tokens) -> list:
 
 def checked_items(cfg: Config, prompts: list, count_tokens, count_prompt) -> list[RunItem]:
     """The lines to send, checked as the runner and the app would, with the prompt's FILE:LINE in every error."""
-    from pipeline.prompts import PromptSetError, sent_lines
+    from pipeline.run.prompts import PromptSetError, sent_lines
 
     try:
         sent = sent_lines(prompts, cfg.prompting.template, count_tokens, cfg.sequence.context,
@@ -147,10 +147,10 @@ def checked_items(cfg: Config, prompts: list, count_tokens, count_prompt) -> lis
 
 def _tokenizer(cfg: Config, fetch: dict, push: dict):
     """The model's token counter (answers) and the app's prompt format (what it feeds per line) on the host."""
-    from pipeline.apps.prompt_format import PromptFormatError, load_format
     from pipeline.apps.simple_app import model_type_of
     from pipeline.models.count import TokenizerNotFound, TokenizerUnreadable, token_counter
     from pipeline.models.tokenizer_bin import TokenizerBinError
+    from pipeline.prompt_model.prompt_format import PromptFormatError, load_format
 
     local = Path(fetch["model"]["local_dir"])
     try:
@@ -167,7 +167,7 @@ def _tokenizer(cfg: Config, fetch: dict, push: dict):
 
 
 def _preflight(check):
-    from pipeline.preflight import PreflightError
+    from pipeline.run.preflight import PreflightError
 
     try:
         return check()
@@ -176,7 +176,7 @@ def _preflight(check):
 
 
 def context_record(cfg: Config) -> dict:
-    """What a KV wrap would do with this app, and how the run avoids it (see pipeline.runner.RunOptions)."""
+    """What a KV wrap would do with this app, and how the run avoids it (see pipeline.run.runner.RunOptions)."""
     from pipeline.config import APP_KV_POSITIONS
 
     return {"positions": min(cfg.model.max_seq_len, APP_KV_POSITIONS),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import Config, as_dict
 from pipeline.context import RunContext
-from pipeline.run_record import run_status
+from pipeline.run.record import run_status
 from pipeline.socs import soc_of
 from pipeline.stages import StageError, read_json, read_jsonl, stage_main, write_json, write_jsonl
 from pipeline.workspace import shared_root
@@ -24,10 +24,10 @@ from pipeline.workspace import shared_root
 
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
-    from pipeline import plots, summary
-    from pipeline.outcomes import failure_kind
+    from pipeline.quality.composite import FAMILIES, score_items
     from pipeline.quality.fluency import reference_for
-    from pipeline.quality.score import FAMILIES, score_items
+    from pipeline.run.outcomes import failure_kind
+    from pipeline.score import plots, summary
 
     art, met = workdir / cfg.paths.artifacts, workdir / cfg.paths.metrics
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
@@ -89,7 +89,7 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
     """One MLflow run per (run outputs, scoring config): re-scoring updates it instead of adding a duplicate."""
     if cfg.tracking.backend == "none":
         return
-    from pipeline import summary
+    from pipeline.score import summary
     from pipeline.tracking import (
         TrackingError,
         experiment_ui_path,

@@ -12,7 +12,7 @@ of it may choose the host program, its environment or which host files it reads:
   ``ODEVAL_DEVICE_*`` strings), then the launcher's own variables; every other device variable is refused and
   logged;
 - argv carries *device* paths; the app inherits the device's ``/`` as a directory fd (``ODEVAL_ROOT_FD``) and
-  resolves every model dir inside it by the kernel (pipeline/apps/device_view.py); its cwd is the shell's, resolved
+  resolves every model dir inside it by the kernel (pipeline/guest/device_view.py); its cwd is the shell's, resolved
   the same way;
 - the app runs in its own Landlock domain (:func:`pipeline.virtual.confine.app_ruleset`: storage read-only, its
   scratch dir, the runtime), with its private memory capped (``RLIMIT_DATA``: a phone's low-memory killer) and the
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from pipeline.virtual.shell_builtins import Ctx
 
 APP_BASENAME = "simple_app"
-APP_MODULE = "pipeline.apps.reference_app"
+APP_MODULE = "pipeline.guest.reference_app"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../pipeline: the app imports it from here, nothing else
 REPO_ROOT = PACKAGE_DIR.parent
 # -I: isolated (ignores PYTHON* env, user site, and puts neither cwd nor a script dir on sys.path); -u: unbuffered.
@@ -75,7 +75,7 @@ class ForkRefused(Exception):
 
 def app_command(sh: Session, argv: list[str], pass_fd: int) -> list[str]:
     """Host argv for ``simple_app <model_dir> ...``: the model dir as an absolute *device* path, which the app
-    resolves in-root itself (pipeline/apps/device_view.py); never a host path."""
+    resolves in-root itself (pipeline/guest/device_view.py); never a host path."""
     args = list(argv[1:])
     if args:
         args[0] = Sandbox.normalize(args[0], sh.cwd)

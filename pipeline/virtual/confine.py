@@ -7,7 +7,7 @@ Two domains, the second nested in the first:
   libraries, the project's ``pipeline`` package (not the repo: it can hold tokens, MLflow stores, notes), and
   read-only the host dirs the daemon was started with (a stand-in model, a test hook's files).
 - **app** (one per ``simple_app`` start): the same reads and storage writes (an app may write in its dir, as
-  on a phone), its own scratch dir for the model view (:mod:`pipeline.apps.device_view`); not the other apps'
+  on a phone), its own scratch dir for the model view (:mod:`pipeline.guest.device_view`); not the other apps'
   scratch dirs.
 
 Neither grants ``$HOME``, ``/etc`` (but ``ld.so.cache``/``localtime``), ``/tmp``, ``/proc`` (but ``cpuinfo``), the

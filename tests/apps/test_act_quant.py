@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.apps import npllama
-from pipeline.apps import reference_app as ra
+from pipeline.guest import npllama
+from pipeline.guest import reference_app as ra
+from pipeline.models.act_quant import ACT_QUANT_KEY, ActQuantError, parse_act_quant
 
 A8 = {"bits": 8, "scheme": "dynamic-symmetric-per-token"}
 
@@ -65,20 +66,20 @@ def test_fake_quant_zero_vector_is_unchanged_without_warnings() -> None:
     (8, r"config.json odeval_activation_quant=8: must be an object"),
 ])
 def test_act_quant_config_is_validated(bad: object, match: str) -> None:
-    with pytest.raises(npllama.NpLlamaError, match=match):
-        npllama.parse_act_quant({npllama.ACT_QUANT_KEY: bad})
+    with pytest.raises(ActQuantError, match=match):
+        parse_act_quant({ACT_QUANT_KEY: bad})
 
 
 def test_act_quant_config_parses() -> None:
-    assert npllama.parse_act_quant({npllama.ACT_QUANT_KEY: A8}) == 8
-    assert npllama.parse_act_quant({npllama.ACT_QUANT_KEY: {**A8, "bits": 4}}) == 4
-    assert npllama.parse_act_quant({}) is None
-    assert npllama.parse_act_quant({npllama.ACT_QUANT_KEY: None}) is None
+    assert parse_act_quant({ACT_QUANT_KEY: A8}) == 8
+    assert parse_act_quant({ACT_QUANT_KEY: {**A8, "bits": 4}}) == 4
+    assert parse_act_quant({}) is None
+    assert parse_act_quant({ACT_QUANT_KEY: None}) is None
 
 
 def test_a8_logits_differ_from_float_but_stay_close(tiny_model, tmp_path: Path) -> None:
     src = tiny_model("tiny-fp")
-    a8_dir = _with_config(src, tmp_path / "a8", **{npllama.ACT_QUANT_KEY: A8})
+    a8_dir = _with_config(src, tmp_path / "a8", **{ACT_QUANT_KEY: A8})
     fp, a8 = npllama.NumpyLlama.from_pretrained(src), npllama.NumpyLlama.from_pretrained(a8_dir)
     assert (fp.spec.act_bits, a8.spec.act_bits) == (None, 8)
     calls = []
@@ -104,7 +105,7 @@ def test_absent_or_null_key_is_the_float_path(tiny_model, tmp_path: Path) -> Non
     """No key (every existing model) → the identity, bit-identical logits to a null key; vs transformers: see
     test_npllama (the float path is unchanged)."""
     src = tiny_model("tiny-random")
-    null_dir = _with_config(src, tmp_path / "null", **{npllama.ACT_QUANT_KEY: None})
+    null_dir = _with_config(src, tmp_path / "null", **{ACT_QUANT_KEY: None})
     plain, null = npllama.NumpyLlama.from_pretrained(src), npllama.NumpyLlama.from_pretrained(null_dir)
     assert plain.act_quant is npllama._identity and null.act_quant is npllama._identity
     c1, c2 = plain.new_cache(16), null.new_cache(16)
@@ -114,13 +115,13 @@ def test_absent_or_null_key_is_the_float_path(tiny_model, tmp_path: Path) -> Non
 
 def test_torch_engine_refuses_a8_and_auto_never_falls_back(tiny_model, tmp_path: Path) -> None:
     src = tiny_model("tiny-fp")
-    a8_dir = _with_config(src, tmp_path / "a8", **{npllama.ACT_QUANT_KEY: A8})
+    a8_dir = _with_config(src, tmp_path / "a8", **{ACT_QUANT_KEY: A8})
     with pytest.raises(ra.ReferenceAppError, match=r"torch engine cannot run this model \(config.json "
                                                    r"odeval_activation_quant=.*use ODEVAL_ENGINE=numpy or auto"):
         ra.load_engine(a8_dir, threads=1, engine="torch")
     eng = ra.load_engine(a8_dir, threads=1, engine="auto")
     assert eng.backend == "numpy" and eng.model.spec.act_bits == 8
-    bad = _with_config(src, tmp_path / "bad", **{npllama.ACT_QUANT_KEY: {**A8, "bits": 16}})
+    bad = _with_config(src, tmp_path / "bad", **{ACT_QUANT_KEY: {**A8, "bits": 16}})
     with pytest.raises(ra.ReferenceAppError, match=r"odeval_activation_quant\.bits=16.*torch cannot emulate"):
         ra.load_engine(bad, threads=1, engine="auto")  # numpy refuses it; torch would silently run float
     assert npllama.numpy_only_reason(src) is None

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.apps import npllama
-from pipeline.apps import reference_app as ra
+from pipeline.guest import npllama
+from pipeline.guest import reference_app as ra
 from pipeline.models import tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def _hf_logits(model_dir: Path, tokens: list[int]) -> list[np.ndarray]:
 
 def _run_app(model_dir: Path, stdin: bytes, engine: str, *args: str,
              py_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *py_flags, "-m", "pipeline.apps.reference_app", str(model_dir), *args],
+    return subprocess.run([sys.executable, *py_flags, "-m", "pipeline.guest.reference_app", str(model_dir), *args],
                           input=stdin, capture_output=True, cwd=REPO, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO), "ODEVAL_ENGINE": engine})
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.apps import reference_app as ra
-from pipeline.apps.prompt_buffer import (
+from pipeline.guest import reference_app as ra
+from pipeline.models.tokenizer_bin import TokenizerBin
+from pipeline.prompt_model.prompt_buffer import (
     build_buffer,
     format_setting,
     merge_in_place,
@@ -22,8 +23,7 @@ from pipeline.apps.prompt_buffer import (
     past_end,
     past_end_for,
 )
-from pipeline.apps.prompt_format import load_format, mobilequant_markers
-from pipeline.models.tokenizer_bin import TokenizerBin
+from pipeline.prompt_model.prompt_format import load_format, mobilequant_markers
 
 REPO = Path(__file__).resolve().parents[2]
 # id: 0 <unk>, 1 <s>, 2 </s>, 3 a, 4 b, 5 ".", 6 ab (-1), 7 abab (-2), 8 P, 9 S, 10 "b." (-0.5)

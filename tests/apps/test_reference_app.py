@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from pipeline.apps import reference_app as ra
-from pipeline.apps.prompt_format import PromptFormat
+from pipeline.guest import reference_app as ra
 from pipeline.models import tiny
 from pipeline.models.tokenizer_bin import TokenizerBin
+from pipeline.prompt_model.prompt_format import PromptFormat
 
 REPO = Path(__file__).resolve().parents[2]
 TOK_S = re.compile(rb"\((\d+\.\d+) tok/s\)\n")
 
 
 def _run(model_dir: Path, stdin: bytes, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.apps.reference_app", str(model_dir), *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "pipeline.guest.reference_app", str(model_dir), *args], input=stdin,
                           capture_output=True, cwd=REPO, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO), **env})
 
@@ -63,7 +63,7 @@ def test_crash_and_invalid_utf8_faults(tiny_model) -> None:
 
 
 def test_hang_fault_stops_mid_answer(tiny_model) -> None:
-    p = subprocess.Popen([sys.executable, "-m", "pipeline.apps.reference_app", str(tiny_model("tiny-fp"))],
+    p = subprocess.Popen([sys.executable, "-m", "pipeline.guest.reference_app", str(tiny_model("tiny-fp"))],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO), "ODEVAL_FAULT_HANG": "1"})
     got = bytearray()

@@ -22,7 +22,7 @@ from pipeline.cluster import (
     ray_start,
 )
 from pipeline.config import DeviceConfig, PoolDevice
-from pipeline.fetched import export, local_dir
+from pipeline.fetch.fetched import export, local_dir
 
 REPO = Path(__file__).resolve().parents[2]
 

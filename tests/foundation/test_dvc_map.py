@@ -40,5 +40,6 @@ def test_stage_deps_cover_every_module_its_command_imports(stage):
 
 def test_the_import_walker_sees_function_local_imports(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    from pipeline.stats import summarize\n    import pipeline.summary\n")
-    assert {"pipeline.stats", "pipeline.stats.summarize", "pipeline.summary"} <= imported_modules(src, "m")
+    src.write_text("def f():\n    from pipeline.score.stats import summarize\n    import pipeline.score.summary\n")
+    found = imported_modules(src, "m")
+    assert {"pipeline.score.stats", "pipeline.score.stats.summarize", "pipeline.score.summary"} <= found

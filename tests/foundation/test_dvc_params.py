@@ -16,7 +16,7 @@ import yaml
 
 import pipeline.config
 import pipeline.stages.score as score_stage
-from pipeline.run_identity import RUN_PARAMS
+from pipeline.run.identity import RUN_PARAMS
 from tests.helpers.config_trace import ConfigTrace, covered, paused
 from tests.helpers.pipeline import REPO, run_stages, stage_config
 

@@ -19,8 +19,8 @@ SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Factory: variant (gguf|gguf-a8|fp16|w8|w4|w3) -> a converted model dir; fails (not skips) without the wheel."""
+    from pipeline.fetch.package_source import PackageSourceError, locate
     from pipeline.models.package_model import fetch_package_model
-    from pipeline.package_source import PackageSourceError, locate
 
     try:
         locate(PACKAGE, VERSION, GGUF)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hub import HubError, fetch_snapshot, local_snapshot
-from pipeline.manifest import FileEntry, manifest_sha256
+from pipeline.fetch.hub import HubError, fetch_snapshot, local_snapshot
+from pipeline.fetch.manifest import FileEntry, manifest_sha256
 from tests.helpers.hub_server import HubServer, synthetic_model_files
 
 REPO = "org/tiny-model"
@@ -303,7 +303,7 @@ def test_cache_errors_from_the_hub_are_mapped(hf_home: Path, exc_name: str) -> N
     """These only surface from snapshot_download if the cache changes under us; the mapping must still be one line."""
     import huggingface_hub.errors as hub_errors
 
-    from pipeline import hub
+    from pipeline.fetch import hub
 
     cls = getattr(hub_errors, exc_name)
     err = cls("multi\nline", snapshot_path="/x") if exc_name.startswith("Incomplete") else cls("multi\nline")

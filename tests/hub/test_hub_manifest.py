@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import (
+from pipeline.fetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
     HashCache,

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.fetch.package_source import PackageSourceError, locate
 from pipeline.models import quant
+from pipeline.models.act_quant import ACT_QUANT_KEY
 from pipeline.models.package_model import PackageModelError, fetch_package_model
-from pipeline.package_source import PackageSourceError, locate
 from tests.helpers.smollm2 import GGUF, PACKAGE, SHA256, VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,13 +72,13 @@ def test_conversion_is_cached_and_complete(smollm2) -> None:
 
 def test_gguf_a8_is_the_shipped_gguf_plus_activation_quant(smollm2) -> None:
     """gguf-a8 = gguf's files (same GGUF bytes, same index) + config.json odeval_activation_quant, recorded."""
-    from pipeline.apps import npllama
+    from pipeline.guest import npllama
     from pipeline.models import gguf_model
 
     q4, a8 = smollm2("gguf"), smollm2("gguf-a8")
     assert q4.resolve() != a8.resolve()
     cfg_q4, cfg_a8 = (json.loads((d / "config.json").read_text()) for d in (q4, a8))
-    assert cfg_a8 == {**cfg_q4, npllama.ACT_QUANT_KEY: gguf_model.ACTIVATION_QUANT["gguf-a8"]}
+    assert cfg_a8 == {**cfg_q4, ACT_QUANT_KEY: gguf_model.ACTIVATION_QUANT["gguf-a8"]}
     assert npllama.parse_spec(cfg_a8).act_bits == 8 and npllama.parse_spec(cfg_q4).act_bits is None
     for name in (gguf_model.GGUF_FILE, gguf_model.GGUF_INDEX_FILE):
         assert (a8 / name).read_bytes() == (q4 / name).read_bytes(), name
@@ -106,7 +107,7 @@ def test_tokenizer_bin_encodes_like_the_hf_tokenizer(smollm2) -> None:
 
 def test_known_answer_and_templates(smollm2) -> None:
     """Greedy under ChatML (the GGUF's template) answers the capital question: q/k un-permuted correctly."""
-    from pipeline.apps import reference_app as ra
+    from pipeline.guest import reference_app as ra
 
     eng = ra.load_engine(smollm2("gguf"), engine="auto")
     assert eng.backend == "numpy" and not eng.prompt_format("raw").bos
@@ -115,7 +116,7 @@ def test_known_answer_and_templates(smollm2) -> None:
     assert rendered.startswith("<|im_start|>system\n") and rendered.endswith(
         "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     # the real CLI in its own process: it pins BLAS to one thread before numpy loads (this process already has)
-    proc = subprocess.run([sys.executable, "-m", "pipeline.apps.reference_app", str(smollm2("gguf")), "--template",
+    proc = subprocess.run([sys.executable, "-m", "pipeline.guest.reference_app", str(smollm2("gguf")), "--template",
                            "hf-chat"], input=b"What is the capital of France?\n", capture_output=True, cwd=REPO,
                           timeout=240)
     text = proc.stdout.decode()
@@ -183,9 +184,9 @@ class _Only:
 
 def test_reference_prompt_count_is_what_the_app_feeds(smollm2) -> None:
     """SmolLM2 under hf-chat prefills the ChatML system turn too; simple_app's arithmetic would miss ~15 tokens."""
-    from pipeline.apps.prompt_format import load_format
     from pipeline.models.count import token_counter
     from pipeline.models.tokenizer_bin import load_for_model
+    from pipeline.prompt_model.prompt_format import load_format
 
     d = smollm2("gguf")
     text = "What is the capital of France?"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.prompts import Prompt, PromptSetError, length_prompts, load_prompts
 from pipeline.quality.rules import RULES
+from pipeline.run.prompts import Prompt, PromptSetError, length_prompts, load_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ROOT / "prompts"

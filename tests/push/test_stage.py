@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.config import compose, to_config
-from pipeline.hub import local_snapshot
+from pipeline.fetch.hub import local_snapshot
 from pipeline.stages import push as push_stage
 from tests.push.conftest import make_tree
 

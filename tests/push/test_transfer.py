@@ -18,7 +18,7 @@ from pipeline.device.transfer import (
     push_dir,
     remote_dir_for,
 )
-from pipeline.manifest import MANIFEST_NAME, scan_dir
+from pipeline.fetch.manifest import MANIFEST_NAME, scan_dir
 from tests.push.conftest import make_tree
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,10 +6,10 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.apps.npllama import NumpyLlama
+from pipeline.guest.npllama import NumpyLlama
 from pipeline.models.tiny import load_examples
 from pipeline.quality import fluency as flu
-from pipeline.quality.score import score_items
+from pipeline.quality.composite import score_items
 
 
 @pytest.fixture(scope="module")

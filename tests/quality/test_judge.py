@@ -6,8 +6,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from pipeline.quality.composite import score_items
 from pipeline.quality.judge import RUBRIC, judge_items, parse_verdict
-from pipeline.quality.score import score_items
 from tests.quality.cases import INK_ANSWER, JOKE_ANSWER, JOKE_PROMPT
 
 

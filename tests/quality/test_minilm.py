@@ -155,7 +155,7 @@ def test_default_scoring_imports_no_torch(tmp_path):
     """Scoring with the bundled model in a fresh interpreter loads neither torch nor sentence-transformers."""
     code = (
         "import sys\n"
-        "from pipeline.quality.score import score_items\n"
+        "from pipeline.quality.composite import score_items\n"
         "rows = score_items([{'prompt': 'tell me a joke.', 'response': 'Why did the chicken cross the road?'},\n"
         "                    {'prompt': 'What is the capital of France?', 'response': 'Paris.'}])\n"
         "assert all(r['relevance'] is not None for r in rows), rows\n"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.quality.composite import DEGENERATE_AT, score_items
 from pipeline.quality.evaluation import roc_auc
 from pipeline.quality.fluency import NOISE_AT, load_recorded, text_key
-from pipeline.quality.score import DEGENERATE_AT, score_items
 
 HERE = Path(__file__).parent
 DATA = HERE / "pipeline_labelled.jsonl"

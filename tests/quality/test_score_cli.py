@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.quality.score import FAMILIES, QualityError, score_items
+from pipeline.quality.composite import FAMILIES, QualityError, score_items
 from tests.quality.cases import INK_ANSWER, JOKE_ANSWER, JOKE_PROMPT, LOOPING_ANSWER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def test_cli_errors_are_one_line_with_file_and_line(tmp_path, content, message):
 
 def test_correct_answers_to_the_qa_set_score_one_on_reference_match():
     """Every qa item answered correctly in a chatty sentence scores 1; answered with another item's answer, < 1."""
-    from pipeline.prompts import load_prompts
+    from pipeline.run.prompts import load_prompts
 
     path = ROOT / "prompts" / "qa.jsonl"
     if not path.exists():
@@ -146,7 +146,7 @@ def test_correct_answers_to_the_qa_set_score_one_on_reference_match():
 
 
 def test_strongly_degenerate_answers_are_capped_below_the_pass_threshold():
-    from pipeline.quality.score import DEGENERATE_AT, PASS_THRESHOLD
+    from pipeline.quality.composite import DEGENERATE_AT, PASS_THRESHOLD
 
     twice, thrice, leak = score_items(
         [{"prompt": "How many months are in a year?", "response": "The answer is 12.\n\nThe answer is 12.",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.quality import __main__ as cli
+from pipeline.quality.composite import PASS_THRESHOLD, score_items
 from pipeline.quality.evaluation import auc_table, roc_auc
-from pipeline.quality.score import PASS_THRESHOLD, score_items
 
 DATA = Path(__file__).with_name("smollm2_labelled.jsonl")
 RULES_DOC = Path(__file__).parent / "data" / "README.md"

@@ -3,7 +3,7 @@ why (the share of answers that are answers by form), from per-prompt scores the 
 
 from __future__ import annotations
 
-from pipeline.quality.score import score_items
+from pipeline.quality.composite import score_items
 from pipeline.report.build import factor_section
 from pipeline.report.factors import analyse, answer_rate
 from pipeline.report.runs import RunRecord

@@ -12,8 +12,8 @@ import pytest
 from pipeline import tracking
 from pipeline.report import ReportError
 from pipeline.report.build import report_from_mlflow
+from pipeline.report.charts import pareto_front, toks_vs_budget
 from pipeline.report.factors import bootstrap_ci
-from pipeline.report.plots import pareto_front, toks_vs_budget
 from pipeline.report.runs import RunRecord, select_runs
 from pipeline.report.variants import factors
 from tests.report.conftest import (
@@ -243,5 +243,5 @@ def test_superseded_runs_are_not_reported(tmp_path: Path) -> None:
     old = tracking.log_run(run_key="old", metrics={"quality.score": 0.9}, **kw)
     new = tracking.log_run(run_key="new", metrics={"quality.score": 0.1}, **kw)
     assert tracking.mark_superseded(tracking_uri=uri, experiment="sup", run_key="old", by=new,
-                                    why="changed: code (pipeline/apps/npllama.py)") == [old]
+                                    why="changed: code (pipeline/guest/npllama.py)") == [old]
     assert [r.run_id for r in select_runs(uri, experiment="sup", load_artifacts=False)] == [new]

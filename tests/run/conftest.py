@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.apps.channel import SubprocessChannel
 from pipeline.apps.simple_app import app_command
-from pipeline.runner import AppProcess
+from pipeline.run.runner import AppProcess
 
 STUB = Path(__file__).with_name("stub_app.py")
 

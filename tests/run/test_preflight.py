@@ -1,4 +1,4 @@
-"""The run stage's checks before the first prompt (pipeline/preflight.py), the 1023-position budget, tokenizer
+"""The run stage's checks before the first prompt (pipeline/run/preflight.py), the 1023-position budget, tokenizer
 errors as one line, and the virtual device's props_override option."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import ConfigError, compose, to_config
 from pipeline.models.count import TokenizerUnreadable, token_counter
-from pipeline.preflight import (
+from pipeline.run.preflight import (
     HF_REQUIRED,
     PreflightError,
     check_chip,

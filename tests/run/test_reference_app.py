@@ -1,4 +1,4 @@
-"""Drive the real host reference app (pipeline.apps.reference_app) on the offline tiny model through the runner."""
+"""Drive the real host reference app (pipeline.guest.reference_app) on the offline tiny model through the runner."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.apps.channel import SubprocessChannel
-from pipeline.apps.prompt_format import load_format
-from pipeline.runner import ROW_FIELDS, AppProcess, RunItem, RunOptions, run_prompts
+from pipeline.prompt_model.prompt_format import load_format
+from pipeline.run.runner import ROW_FIELDS, AppProcess, RunItem, RunOptions, run_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny(tmp_path_factory):
     """The tiny-fp model dir (built once, cached by pipeline.models) and a token counter from its tokenizer.bin."""
     models = pytest.importorskip("pipeline.models.tiny")
-    pytest.importorskip("pipeline.apps.reference_app")
+    pytest.importorskip("pipeline.guest.reference_app")
     from pipeline.models.tokenizer_bin import TokenizerBin
 
     out = models.build_model("tiny-fp", tmp_path_factory.mktemp("m") / "tiny-fp")
@@ -32,7 +32,7 @@ def launcher(model_dir: Path):
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
     def start() -> AppProcess:
-        argv = [sys.executable, "-m", "pipeline.apps.reference_app", str(model_dir)]
+        argv = [sys.executable, "-m", "pipeline.guest.reference_app", str(model_dir)]
         return AppProcess(SubprocessChannel(argv, cwd=str(ROOT), env=env))
 
     return start
@@ -77,8 +77,8 @@ def test_reference_app_fresh_vs_shared_context(tiny):
 
 def test_the_runner_counts_what_the_app_feeds(tiny):
     """n_prompt_tokens comes from the same prompt-format object the reference app feeds from, per template."""
-    from pipeline.apps.prompt_format import load_format
-    from pipeline.apps.reference_app import load_engine
+    from pipeline.guest.reference_app import load_engine
+    from pipeline.prompt_model.prompt_format import load_format
 
     model_dir, _ = tiny
     engine = load_engine(model_dir)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.codehash import closure, code_files, digest
-from pipeline.run_identity import RunIdentity, app_code, ask_keys, asked_digest, describe_change
-from pipeline.run_record import RunDir
+from pipeline.run.identity import RunIdentity, app_code, ask_keys, asked_digest, describe_change
+from pipeline.run.record import RunDir
 from pipeline.stages.fetch import REFERENCE_APP_MODULE, build_reference_app
 
 CFG = {"model.max_seq_len": 1024, "runtime": {"repeats": 1}}
 DEV = {"model": "m" * 64, "app": "a" * 64, "serial": "127.0.0.1:1", "kind": "virtual"}
-CODE = {"pipeline/stages/run.py": "1" * 64, "pipeline/apps/npllama.py": "2" * 64}
+CODE = {"pipeline/stages/run.py": "1" * 64, "pipeline/guest/npllama.py": "2" * 64}
 
 
 def ident(config=CFG, device=DEV, code=CODE) -> RunIdentity:
@@ -45,7 +45,8 @@ def test_the_reference_app_manifest_holds_its_whole_import_closure(tmp_path):
     files = {k: v for k, v in code.items() if k.startswith("pipeline/")}
     assert files == code_files(REFERENCE_APP_MODULE)
     # the engine and the model loaders, not only reference_app.py
-    assert {"pipeline/apps/npllama.py", "pipeline/models/gguf_model.py", "pipeline/apps/reference_app.py"} <= set(files)
+    assert {"pipeline/guest/npllama.py", "pipeline/models/gguf_model.py",
+            "pipeline/guest/reference_app.py"} <= set(files)
     assert {"library:numpy", "python"} <= set(code)
     assert app_code(tmp_path) == {}  # not a reference app: its binary is its code (the manifest covers it)
 
@@ -60,7 +61,7 @@ def test_the_converted_and_tiny_model_keys_cover_their_import_closures():
 @pytest.mark.parametrize("change, said", [
     (dict(config={**CFG, "model.max_seq_len": 512}), "config (model.max_seq_len)"),
     (dict(device={**DEV, "app": "b" * 64}), "device files (app)"),
-    (dict(code={**CODE, "pipeline/apps/npllama.py": "3" * 64}), "code (pipeline/apps/npllama.py)"),
+    (dict(code={**CODE, "pipeline/guest/npllama.py": "3" * 64}), "code (pipeline/guest/npllama.py)"),
 ], ids=["config", "device-files", "code"])
 def test_a_changed_identity_is_named_part_by_part(change, said):
     new = ident(**change)
@@ -112,10 +113,10 @@ def test_another_identity_starts_afresh_in_one_line_naming_the_change(tmp_path, 
     asks = ask_keys(ITEMS, [it["prompt"] for it in ITEMS], False)
     _write_run(run, ident(), asks)
     capsys.readouterr()
-    new = ident(code={**CODE, "pipeline/apps/npllama.py": "9" * 64})
+    new = ident(code={**CODE, "pipeline/guest/npllama.py": "9" * 64})
     assert run.resume(new, asks) == set()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("run: starting afresh — changed: code (pipeline/apps/npllama.py)")
+    assert len(err) == 1 and err[0].startswith("run: starting afresh — changed: code (pipeline/guest/npllama.py)")
     assert "4 rows" in err[0] and not run.rows_path.exists()
     assert run.previous == {"run_key": ident().key, "asked": asked_digest(asks),
-                            "why": "changed: code (pipeline/apps/npllama.py)"}
+                            "why": "changed: code (pipeline/guest/npllama.py)"}

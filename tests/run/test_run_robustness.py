@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from pipeline.device.shellv2 import ShellClosed
-from pipeline.runner import DeviceLost, RunItem, RunnerError, RunOptions, run_prompts
+from pipeline.run.runner import DeviceLost, RunItem, RunnerError, RunOptions, run_prompts
 from tests.run.conftest import count_prompt, count_tokens, pid_alive
 
 ITEMS = [RunItem(f"p{i}", f"x{i} y", f"x{i} y") for i in range(5)]

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from pipeline.apps.channel import ChannelError, SubprocessChannel
-from pipeline.runner import ROW_FIELDS, DeviceLost, RunItem, RunnerError, RunOptions, run_prompts
+from pipeline.run.runner import ROW_FIELDS, DeviceLost, RunItem, RunnerError, RunOptions, run_prompts
 from tests.run.conftest import count_prompt, count_tokens, pid_alive
 
 ITEMS = [RunItem("a", "What is 2+2?", "What is 2+2?"), RunItem("b", "Name a colour.", "Name a colour.")]

@@ -79,7 +79,7 @@ def test_code_param_and_prompt_changes_reach_the_results(adb_server, tmp_path):
         engine.write_text(engine.read_text().replace(ENGINE_OUT, f"return -({ENGINE_OUT.removeprefix('return ')})"))
         out = _run([*dvc, "repro"], repo, env)
         line = _line(out, "run: starting afresh")
-        assert "code (" in line and "pipeline/apps/npllama.py" in line, line
+        assert "code (" in line and "pipeline/guest/npllama.py" in line, line
         rows2, score2 = _rows(repo), _score(repo)
         assert len(rows2) == 44
         assert sum(rows2[k]["response"] != rows1[k]["response"] for k in rows1) > 40

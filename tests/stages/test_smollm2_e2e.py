@@ -25,7 +25,7 @@ def test_smollm2_q4_through_the_virtual_device(virtual_device, workdir, stage_ca
     assert "model.gguf" in {f["path"] for f in fetch["files"]}
     got = rows(workdir)
     assert len(got) == 2
-    from pipeline.apps.prompt_format import load_format
+    from pipeline.prompt_model.prompt_format import load_format
 
     fed = load_format("hf-chat", workdir / "artifacts" / fetch["local_dir"]).count  # relative to fetch.json
     # the blended rate counts what the app prefilled: ChatML's system turn too, not simple_app's 15 template tokens

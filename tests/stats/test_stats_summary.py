@@ -1,4 +1,4 @@
-"""pipeline.stats: summaries cross-checked against numpy/statistics, roofline, plausibility, throttle, energy."""
+"""pipeline.score.stats: summaries cross-checked against numpy/statistics, roofline, plausibility, throttle, energy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
-from pipeline import stats
+from pipeline.score import stats
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 50])

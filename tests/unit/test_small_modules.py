@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import summary
 from pipeline.jsonio import iter_jsonl, read_jsonl, write_json, write_jsonl
-from pipeline.outcomes import FailureTally, failure_kind
+from pipeline.run.outcomes import FailureTally, failure_kind
+from pipeline.score import summary
 
 ROW = {"prompt_id": "a", "prompt": "q", "response": "x", "eos": True, "truncated": False, "warmup": False,
        "decode_tok_s": 10.0, "ttft_s": 0.1, "app_tok_s": 9.0, "e2e_s": 1.0, "t_send": 1.0, "t_last_byte": 2.0,
@@ -50,7 +50,7 @@ def test_device_bandwidth_is_null_with_a_reason_unless_known():
 
 
 def test_plots_are_labelled_with_the_device_kind(tmp_path):
-    from pipeline import plots
+    from pipeline.score import plots
 
     rows = [{"prompt_id": "a", "decode_tok_s": 5.0, "n_prompt_tokens": 7, "quality_score": 0.5,
              "degeneration": 0.25}]

@@ -139,7 +139,7 @@ def test_pushed_python_files_are_never_imported_by_the_reference_app(model_on_de
     payload = f"open({str(marker)!r}, 'a').write('pwned')\n".encode()
     app_dir = "/data/local/tmp/sec4/app"
     for name in ("evil/sitecustomize.py", "evil/usercustomize.py", "sitecustomize.py", "numpy.py", "json.py",
-                 "pipeline/__init__.py", "pipeline/apps/__init__.py", "pipeline/apps/reference_app.py"):
+                 "pipeline/__init__.py", "pipeline/apps/__init__.py", "pipeline/guest/reference_app.py"):
         vd.device.sync.push(payload, f"{app_dir}/{name}")
     evil = str(vd.storage / app_dir.lstrip("/") / "evil")
     env = {k: v for k, v in HOSTILE_ENV.items() if k != "ODEVAL_TEMPLATE"}
@@ -189,7 +189,7 @@ def test_no_host_path_visible_on_the_device(virtual_device: VirtualDevice) -> No
         banner = vd.device.get_state(), vd.device.prop.model
         _assert_no_host_path(vd, repr(banner))
         # the reference app's own errors name the model dir: the device sees its device path, never the host one
-        # (the app loads a view of the dir in a host scratch dir: pipeline/apps/device_view.py)
+        # (the app loads a view of the dir in a host scratch dir: pipeline/guest/device_view.py)
         r = _shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/nomodel")
         assert r.returncode == 1 and b"/data/local/tmp/sec3/nomodel: No such file or directory" in r.stderr, r.stderr
         r = _shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/dir")
