@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.device.adb import run_adb  # noqa: E402
-from pipeline.device.pool import LEASE_LOG, lock_dir_for, read_leases  # noqa: E402
+from pipeline.locks import LEASE_LOG, lock_dir_for, read_leases  # noqa: E402
 from pipeline.virtual import stop  # noqa: E402
 
 SWEEP = ["sequence=s128,s256", "prompting=plain,system,fewshot"]  # 6 jobs
@@ -87,7 +87,7 @@ def print_profile(root: Path, name: str) -> None:
     """Per-phase seconds of each job (pipeline.sweep writes job_profile.json), start offsets from the sweep's
     launch (the first job's offset is process start-up: Python + Hydra + imports), which worker ran it and whether
     that worker's preload had finished when the job started (warm)."""
-    from pipeline.sweep import JOB_PROFILE
+    from pipeline.sweep.job import JOB_PROFILE
 
     profs = []
     for f in sorted((root / "sweeps" / name).glob(f"*/{JOB_PROFILE}")):

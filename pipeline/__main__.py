@@ -45,13 +45,13 @@ def app(raw: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from pipeline.stages import StageError, StageInterrupted
-    from pipeline.sweep import RUNNING, record_job, resume_command, run_job
+    from pipeline.sweep.invocation import this_process
+    from pipeline.sweep.job import record_job, run_job
 
     hc = HydraConfig.get()
     workdir = Path(hc.runtime.output_dir)
     if hc.mode != RunMode.MULTIRUN:  # what main() needs to say how to resume this very run
-        RUNNING.update(mode="run", dir=workdir.resolve(), task=list(hc.overrides.task),
-                       hydra=list(hc.overrides.hydra))
+        this_process.started("run", workdir, list(hc.overrides.task), list(hc.overrides.hydra))
     try:
         cfg = to_config(raw)
         result = run_job(cfg, workdir, hc)
@@ -67,7 +67,7 @@ def app(raw: DictConfig) -> float | None:
             if not expected:
                 raise
             if isinstance(e, StageInterrupted):
-                message += f"; resume this run: {resume_command()}"
+                message += f"; resume this run: {this_process.resume_command()}"
             print(f"error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
         # a sweep job fails alone: the other jobs run, and SweepSummary names this one at the end
@@ -90,14 +90,16 @@ def main() -> None:
         with signals_as_exceptions():
             app()
     except KeyboardInterrupt as e:  # one line (per sweep: its summary), never a raw traceback
-        from pipeline.sweep import RUNNING, resume_command, sweep_interrupted
+        from pipeline.sweep.invocation import this_process
+        from pipeline.sweep.summary import sweep_interrupted
 
         signum = signum_of(e)
-        if RUNNING.get("mode") == "sweep":
+        if this_process.sweep:
             sweep_interrupted(signum)
         else:
             what = e.message if isinstance(e, Interrupted) and e.message else f"interrupted by {signal_name(signum)}"
-            print(f"error: {what} — finished work is kept; resume this run: {resume_command()}", file=sys.stderr)
+            print(f"error: {what} — finished work is kept; resume this run: {this_process.resume_command()}",
+                  file=sys.stderr)
         raise SystemExit(128 + signum) from None
 
 

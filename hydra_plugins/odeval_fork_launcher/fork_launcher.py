@@ -5,21 +5,20 @@ each import/load everything at the moment a stage needs it. Measured with 3 work
 (benchmarks/pool_speedup.py): each worker's first job spent 30-80 s in fetch and score doing exactly that, all
 three at once, which made a 3-device sweep slower than the serial one. Here the workers are forked from the sweep
 process (``multiprocessing`` "fork" context, cheap: nothing heavy is loaded before the fork), and each one starts a
-daemon thread that imports matplotlib/MLflow and loads the embedding model (``sweep.schedule_preload``)
+daemon thread that imports matplotlib/MLflow and loads the embedding model (``pipeline.sweep.warmup``)
 while its first job runs its prompts on the device — time in which a device-bound job's host is idle. (A preload
 in the sweep process before forking delayed every first job by the whole preload; one started at the fork competed
 for the GIL with the job's fetch and push.)
 
 The jobs themselves run exactly as under the joblib launcher (Hydra's ``execute_job``: per-job config, output
 dir, logging), so job dirs, the pool leases, MLflow parent/child runs and ``SweepSummary`` are unchanged. The
-job list is handed to the workers through the fork (``pipeline.sweep.FORK_JOBS``), not pickled: only the job
-index goes down and only the ``JobReturn`` comes back.
+job list travels to the workers inside a :class:`pipeline.sweep.forked.ForkedJobs` through the fork, not pickled:
+only the job index goes down and only the ``JobReturn`` comes back.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,18 +54,11 @@ class ForkPoolLauncher(Launcher):
                  self.config.hydra.sweep.dir)
         for idx, overrides in enumerate(job_overrides):
             log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
-        from pipeline.sweep import FORK_JOBS, run_forked_job, schedule_preload
+        from pipeline.sweep.forked import ForkedJobs
 
         state = Singleton.get_state()
-        FORK_JOBS[:] = [(initial_job_idx + idx, overrides, self.hydra_context, self.config, self.task_function,
-                         state) for idx, overrides in enumerate(job_overrides)]
-        try:
-            if n == 1:  # no fork for a serial sweep: same process, same behaviour as the basic launcher
-                return [run_forked_job(i) for i in range(len(FORK_JOBS))]
-            warm = schedule_preload if self.preload else None
-            if warm is not None:
-                log.info("ForkPoolLauncher: each worker preloads the host side in the background")
-            with multiprocessing.get_context("fork").Pool(n, initializer=warm) as pool:
-                return pool.map(run_forked_job, range(len(FORK_JOBS)), chunksize=1)
-        finally:
-            FORK_JOBS.clear()
+        jobs = [(initial_job_idx + idx, overrides, self.hydra_context, self.config, self.task_function, state)
+                for idx, overrides in enumerate(job_overrides)]
+        if self.preload and n > 1:
+            log.info("ForkPoolLauncher: each worker preloads the host side in the background")
+        return ForkedJobs(jobs, n, warm=self.preload).run_all()

@@ -59,7 +59,7 @@ class RayLauncher(Launcher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not ray.is_initialized():
             ray.init(**(OmegaConf.to_container(self.ray_cfg.init, resolve=True) or {}))
-        from pipeline.sweep import prepare_parent
+        from pipeline.sweep.summary import prepare_parent
 
         prepare_parent(self.config)  # one process creates the MLflow parent: no cross-host race between jobs
         task = ray.remote(_remote_job)
@@ -106,7 +106,7 @@ def _remote_job(hydra_context: HydraContext, job_cfg: DictConfig, task_function:
     from hydra.core.utils import run_job, setup_globals
 
     from pipeline.cluster import NODE_POOL_ENV
-    from pipeline.sweep import JOB_STATUS
+    from pipeline.sweep.job import JOB_STATUS
 
     setup_globals()
     Singleton.set_state(singleton_state)
@@ -128,7 +128,7 @@ def _collect(ray: Any, ref: Any, job_cfg: DictConfig, overrides: list[str]) -> J
     """The job's result; a job lost with its node (after Ray's retries) is recorded, not raised, so the sweep
     summary still runs and names it."""
     from pipeline.jsonio import write_json
-    from pipeline.sweep import JOB_STATUS
+    from pipeline.sweep.job import JOB_STATUS
 
     job_dir = _job_dir(job_cfg)
     job_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ import atexit
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import time
@@ -33,34 +32,32 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import DeviceConfig, PoolDevice
-
-__all__ = ["PoolError", "lease", "select", "probe", "device_key", "serial_of", "lock_dir_for", "read_leases",
-           "overlaps", "concrete_device", "check_pool", "leased_device", "hold", "hold_single", "single_device",
-           "device_scope", "virtual_holder_elsewhere",
-           "release_held", "LEASE_LOG"]
+from pipeline.locks import append_record, holder, lock_dir_for, safe_key, virtual_key
 
 log = logging.getLogger(__name__)
 
-LOCK_SUBDIR = Path(".odeval") / "locks"
-LEASE_LOG = "leases.jsonl"
+
 POLL_S = 0.1  # a waiting job re-tries the lock files (cheap); 0.5 s left a freed device idle up to 0.5 s
+
+
 REMOTE_SERVER_TIMEOUT_S = 3.0
+
+
 _HELD: dict[str, tuple[PoolDevice, ExitStack]] = {}  # leases a DVC stage process holds until it exits
+
+
 _ACTIVE: dict[str, PoolDevice] = {}  # leases an enclosing `leased_device` block of this process holds
+
+
 _SCOPES: list[list[str]] = []  # open device_scope blocks: the keys each will release
+
+
 _ATEXIT: list[Any] = []
 
 
 class PoolError(Exception):
     """No device of the pool can be leased; the message names the labels/devices involved and what to do."""
 
-
-def lock_dir_for(root: Path) -> Path:
-    """The lock dir every job of one host must share: ``<shared_root>/.odeval/locks``."""
-    return Path(root) / LOCK_SUBDIR
-
-
-# ------------------------------------------------------------------ identity and selection
 
 def serial_of(dev: PoolDevice) -> str:
     """The serial its adb server knows the device by: the serial, the ``connect`` address, or the virtual port."""
@@ -79,9 +76,9 @@ def device_key(dev: PoolDevice) -> str:
     from pipeline.device.adb import adb_server_port
 
     if dev.kind == "virtual":
-        return re.sub(r"[^A-Za-z0-9._-]", "_", f"virtual_{serial_of(dev)}")
+        return virtual_key(dev.virtual_port)
     port = dev.adb_port or adb_server_port()
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{dev.adb_host}_{port}_{serial_of(dev)}")
+    return safe_key(f"{dev.adb_host}_{port}_{serial_of(dev)}")
 
 
 def _check_pool(pool: list[PoolDevice]) -> None:
@@ -127,8 +124,6 @@ def select(pool: list[PoolDevice], require: dict[str, Any], kinds: tuple[str, ..
     return found
 
 
-# ------------------------------------------------------------------ availability
-
 def probe(dev: PoolDevice, root: Path | None = None) -> str | None:
     """None if the device can take a job now, else why not (one line). A virtual device is started on demand."""
     from pipeline.device.adb import AdbToolError, adb_server_port, run_adb
@@ -169,48 +164,6 @@ def _get_state(run_adb: Any, serial: str, host: str, port: int) -> str:
     return err[-1] if err else f"exit {proc.returncode}"
 
 
-# ------------------------------------------------------------------ the lease log
-
-def _append(lock_dir: Path, record: dict[str, Any]) -> None:
-    """One JSON line per event, written with a single O_APPEND write (whole lines even from parallel jobs)."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(lock_dir / LEASE_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
-def read_leases(lock_dir: Path) -> list[dict[str, Any]]:
-    """One dict per lease (acquire joined with its release); ``t_release`` is None for a lease never released
-    (its process was killed — the OS released the lock, see the ``abandoned`` record)."""
-    path = Path(lock_dir) / LEASE_LOG
-    leases: dict[tuple[str, int, float], dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        rec = json.loads(line)
-        key = (rec["device"], rec["pid"], rec["t_acquire"])
-        if rec["event"] == "acquire":
-            leases[key] = {**rec, "t_release": None}
-        elif rec["event"] == "release" and key in leases:
-            leases[key]["t_release"] = rec["t_release"]
-    for lease_ in leases.values():
-        lease_.pop("event", None)
-    return sorted(leases.values(), key=lambda r: r["t_acquire"])
-
-
-def overlaps(leases: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pairs of released leases of the same device whose [t_acquire, t_release] intervals intersect."""
-    out = []
-    done = [r for r in leases if r["t_release"] is not None]
-    for i, a in enumerate(done):
-        for b in done[i + 1:]:
-            if a["device"] == b["device"] and a["t_acquire"] < b["t_release"] and b["t_acquire"] < a["t_release"]:
-                out.append((a, b))
-    return out
-
-
-# ------------------------------------------------------------------ the lease
-
 @dataclass
 class _Held:
     dev: PoolDevice
@@ -234,17 +187,10 @@ def _try_lock(dev: PoolDevice, lock_dir: Path) -> _Held | None:
     return _Held(dev, lock, lock_dir / f"{key}.holder.json")
 
 
-def _holder(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _busy_text(devs: list[PoolDevice], lock_dir: Path) -> str:
     parts = []
     for d in devs:
-        h = _holder(lock_dir / f"{device_key(d)}.holder.json") or {}
+        h = holder(lock_dir / f"{device_key(d)}.holder.json") or {}
         parts.append(f"{d.name} (job {h.get('job', '?')}, pid {h.get('pid', '?')}, host {h.get('host', '?')})")
     return ", ".join(parts)
 
@@ -253,7 +199,7 @@ def _held_text(devs: list[PoolDevice], lock_dir: Path) -> str:
     """``<device> (held by <job>, pid N on <host>)`` per busy device: who a waiting run waits for."""
     parts = []
     for d in devs:
-        h = _holder(lock_dir / f"{device_key(d)}.holder.json") or {}
+        h = holder(lock_dir / f"{device_key(d)}.holder.json") or {}
         parts.append(f"{d.name} (held by {h.get('job', '?')}, pid {h.get('pid', '?')} on {h.get('host', '?')})")
     return ", ".join(parts)
 
@@ -309,17 +255,17 @@ def lease(pool: list[PoolDevice], require: dict[str, Any], lock_dir: Path, timeo
     t_acquire = time.time()
     base = {"job": job, "device": dev.name, "serial": serial_of(dev), "pid": os.getpid(),
             "host": socket.gethostname(), "t_acquire": t_acquire}
-    stale = _holder(held.holder)
+    stale = holder(held.holder)
     if stale is not None:  # its holder died without releasing: the OS freed the lock, we record it
         log.warning("pool: %s was leased by job %s (pid %s) which ended without releasing it (killed?); the OS "
                     "released its lock", dev.name, stale.get("job"), stale.get("pid"))
-        _append(lock_dir, {**stale, "event": "abandoned", "t_noticed": t_acquire})
+        append_record(lock_dir, {**stale, "event": "abandoned", "t_noticed": t_acquire})
     held.holder.write_text(json.dumps(base))
-    _append(lock_dir, {**base, "event": "acquire"})
+    append_record(lock_dir, {**base, "event": "acquire"})
     try:
         yield dev
     finally:
-        _append(lock_dir, {**base, "event": "release", "t_release": time.time()})
+        append_record(lock_dir, {**base, "event": "release", "t_release": time.time()})
         held.holder.unlink(missing_ok=True)
         held.lock.release()
 
@@ -345,8 +291,6 @@ def _acquire_first(candidates: list[PoolDevice], lock_dir: Path, root: Path | No
                         dev.adb_port or "default", why)
     return None, busy, offline
 
-
-# ------------------------------------------------------------------ configs for the stages
 
 def concrete_device(device: DeviceConfig, leased: PoolDevice, root: Path | None = None) -> DeviceConfig:
     """The leased device as an ordinary ``device=virtual|adb`` config (what stages know how to use). The pool
@@ -487,28 +431,6 @@ def device_scope() -> Iterator[None]:
             entry = _HELD.pop(key, None)
             if entry is not None:
                 entry[1].close()
-
-
-def virtual_holder_elsewhere(port: int, root: Path | None = None) -> dict[str, Any] | None:
-    """Who holds the virtual device on ``port`` when it is another process (its holder record), else None.
-
-    For tools that change a running daemon (its faults, auth): they must not act under another run."""
-    from filelock import Timeout, UnixFileLock
-
-    from pipeline.workspace import shared_root
-
-    lock_dir = lock_dir_for(root or shared_root())
-    key = device_key(PoolDevice(name="virtual", kind="virtual", virtual_port=int(port)))
-    if not (lock_dir / f"{key}.lock").exists():
-        return None
-    lock = UnixFileLock(str(lock_dir / f"{key}.lock"), timeout=0, thread_local=False, fallback_to_soft=False)
-    try:
-        lock.acquire()
-    except Timeout:
-        holder = _holder(lock_dir / f"{key}.holder.json") or {"job": "?", "pid": "?", "host": "?"}
-        return None if holder.get("pid") == os.getpid() else holder
-    lock.release()
-    return None
 
 
 def hold(device: DeviceConfig, job: str, virtual_only: bool, *, pin: str | None = None,

@@ -177,7 +177,7 @@ def ensure_running(root: Path, port: int, **options: Any) -> str:
 def _refuse_if_held(port: int) -> None:
     """Options that restart the daemon or change its faults never touch a device another run holds (its lease,
     pipeline/device/pool.py): one line names the holder."""
-    from pipeline.device.pool import virtual_holder_elsewhere
+    from pipeline.locks import virtual_holder_elsewhere
 
     holder = virtual_holder_elsewhere(port)
     if holder is not None:

@@ -35,17 +35,14 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.virtual import confine
 from pipeline.virtual.layout import state_dir
 from pipeline.virtual.procs import kill_group
 from pipeline.virtual.sandbox import Sandbox
+from pipeline.virtual.shell_api import Ctx, Session, to_bytes
 from pipeline.virtual.space import NoSpace
-
-if TYPE_CHECKING:
-    from pipeline.virtual.shell import Session
-    from pipeline.virtual.shell_builtins import Ctx
 
 APP_BASENAME = "simple_app"
 APP_MODULE = "pipeline.guest.reference_app"
@@ -182,7 +179,6 @@ class _Launch:
 
 def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exec_mode: bool) -> int:
     """Start the app as a child in its own process group wired to ``ctx``; wait; return the shell status."""
-    from pipeline.virtual.shell_builtins import _b
 
     _note_legacy_control(sh)
     if sh.aborted:
@@ -190,7 +186,7 @@ def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exe
     try:
         _check_caps(sh)
     except ForkRefused:
-        ctx.err(_b(f"sh: {argv[0]}: can't fork: Try again\n"))
+        ctx.err(to_bytes(f"sh: {argv[0]}: can't fork: Try again\n"))
         return 1
     proc = sh.proc if exec_mode else sh.d.procs.add(APP_BASENAME, sh.vpid, None)
     launch = _Launch(sh, proc.vpid)
@@ -205,7 +201,7 @@ def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exe
         launch.close()
         if not exec_mode:
             sh.d.procs.remove(proc.vpid, proc)
-        ctx.err(_b(f"{argv[0]}: cannot start the reference app: {e.strerror or 'exec failed'}\n"))
+        ctx.err(to_bytes(f"{argv[0]}: cannot start the reference app: {e.strerror or 'exec failed'}\n"))
         return 126
     finally:
         os.close(audit_w)

@@ -12,16 +12,13 @@ import posixpath
 import re
 import stat as statmod
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.virtual.sandbox import Sandbox
-from pipeline.virtual.shell_builtins import BUILTINS, Builtin, Ctx, _b, _err, _flags, _proc_file, builtin
-
-if TYPE_CHECKING:
-    from pipeline.virtual.shell import Session
+from pipeline.virtual.shell_api import Builtin, Ctx, Session, report_error, split_flags, to_bytes
+from pipeline.virtual.shell_builtins import proc_file
 
 
-@builtin("cat")
 def b_cat(sh: Session, args: list[str], ctx: Ctx) -> int:
     status = 0
     for path in args or ["-"]:
@@ -31,9 +28,9 @@ def b_cat(sh: Session, args: list[str], ctx: Ctx) -> int:
             continue
         dev = Sandbox.normalize(path, sh.cwd)
         if dev.startswith("/proc/"):
-            data = _proc_file(sh, dev)
+            data = proc_file(sh, dev)
             if data is None:
-                ctx.err(_b(f"cat: {path}: No such file or directory\n"))
+                ctx.err(to_bytes(f"cat: {path}: No such file or directory\n"))
                 status = 1
             else:
                 ctx.out(data)
@@ -45,7 +42,7 @@ def b_cat(sh: Session, args: list[str], ctx: Ctx) -> int:
                 while chunk := fh.read(1 << 20):
                     ctx.out(chunk)
         except OSError as e:
-            _err(ctx, "cat", path, e)
+            report_error(ctx, "cat", path, e)
             status = 1
     return status
 
@@ -54,9 +51,8 @@ def _mode_str(mode: int) -> str:
     return statmod.filemode(mode)
 
 
-@builtin("ls")
 def b_ls(sh: Session, args: list[str], ctx: Ctx) -> int:
-    flags, paths = _flags(args, "alA1dhR")
+    flags, paths = split_flags(args, "alA1dhR")
     status = 0
     files: list[tuple[str, os.stat_result]] = []
     dirs: list[str] = []
@@ -66,7 +62,7 @@ def b_ls(sh: Session, args: list[str], ctx: Ctx) -> int:
         try:
             st = sh.fs.stat(path, sh.cwd)
         except OSError as e:
-            _err(ctx, "ls", path, e)
+            report_error(ctx, "ls", path, e)
             status = 1
             continue
         if statmod.S_ISDIR(st.st_mode) and "d" not in flags:
@@ -78,18 +74,19 @@ def b_ls(sh: Session, args: list[str], ctx: Ctx) -> int:
         for name, st in entries:
             if "l" in flags:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))
-                ctx.out(_b(f"{_mode_str(st.st_mode)} {st.st_nlink:>2} shell shell {st.st_size:>10} {when} {name}\n"))
+                line = f"{_mode_str(st.st_mode)} {st.st_nlink:>2} shell shell {st.st_size:>10} {when} {name}\n"
+                ctx.out(to_bytes(line))
             else:
-                ctx.out(_b(name + "\n"))
+                ctx.out(to_bytes(name + "\n"))
 
     emit(files)
     for i, d in enumerate(dirs):
         if len(dirs) + len(files) > 1:
-            ctx.out(_b(("\n" if i or files else "") + f"{d}:\n"))
+            ctx.out(to_bytes(("\n" if i or files else "") + f"{d}:\n"))
         try:
             entries = list(sh.fs.entries(d, sh.cwd))
         except OSError as e:
-            _err(ctx, "ls", d, e)
+            report_error(ctx, "ls", d, e)
             status = 1
             continue
         if "a" in flags:
@@ -100,9 +97,8 @@ def b_ls(sh: Session, args: list[str], ctx: Ctx) -> int:
     return status
 
 
-@builtin("mkdir")
 def b_mkdir(sh: Session, args: list[str], ctx: Ctx) -> int:
-    flags, paths = _flags(args, "pm")
+    flags, paths = split_flags(args, "pm")
     mode = 0o777
     if "m" in flags and paths:
         mode = int(paths.pop(0), 8)
@@ -112,17 +108,16 @@ def b_mkdir(sh: Session, args: list[str], ctx: Ctx) -> int:
             sh.fs.mkdir(p, mode, sh.cwd, parents="p" in flags)
         except FileExistsError as e:
             if "p" not in flags:
-                _err(ctx, "mkdir", p, e)
+                report_error(ctx, "mkdir", p, e)
                 status = 1
         except OSError as e:
-            _err(ctx, "mkdir", p, e)
+            report_error(ctx, "mkdir", p, e)
             status = 1
     return status
 
 
-@builtin("rm")
 def b_rm(sh: Session, args: list[str], ctx: Ctx) -> int:
-    flags, paths = _flags(args, "rRfvd")
+    flags, paths = split_flags(args, "rRfvd")
     status = 0
     for p in paths:
         try:
@@ -132,17 +127,16 @@ def b_rm(sh: Session, args: list[str], ctx: Ctx) -> int:
             sh.sb.space.freed()
         except FileNotFoundError as e:
             if "f" not in flags:
-                _err(ctx, "rm", p, e)
+                report_error(ctx, "rm", p, e)
                 status = 1
         except OSError as e:
-            _err(ctx, "rm", p, e)
+            report_error(ctx, "rm", p, e)
             status = 1
     return status
 
 
-@builtin("mv")
 def b_mv(sh: Session, args: list[str], ctx: Ctx) -> int:
-    _flags_, paths = _flags(args, "fin")
+    _flags_, paths = split_flags(args, "fin")
     if len(paths) < 2:
         ctx.err(b"mv: needs 2 arguments\n")
         return 1
@@ -152,7 +146,7 @@ def b_mv(sh: Session, args: list[str], ctx: Ctx) -> int:
             sh.fs.rename(src, paths[-1], sh.cwd)  # a rename on one filesystem: no bytes move, none are charged
             sh.sb.space.freed()  # it may have replaced a file
         except OSError as e:
-            _err(ctx, "mv", src, e)
+            report_error(ctx, "mv", src, e)
             status = 1
     return status
 
@@ -185,9 +179,8 @@ def _copy_tree(sh: Session, src: str, dst: str) -> None:
             _copy_file(sh, s, d)
 
 
-@builtin("cp")
 def b_cp(sh: Session, args: list[str], ctx: Ctx) -> int:
-    flags, paths = _flags(args, "rRpaf")
+    flags, paths = split_flags(args, "rRpaf")
     if len(paths) < 2:
         ctx.err(b"cp: needs 2 arguments\n")
         return 1
@@ -204,12 +197,11 @@ def b_cp(sh: Session, args: list[str], ctx: Ctx) -> int:
             else:
                 _copy_file(sh, src, target)
         except OSError as e:
-            _err(ctx, "cp", src, e)
+            report_error(ctx, "cp", src, e)
             status = 1
     return status
 
 
-@builtin("touch")
 def b_touch(sh: Session, args: list[str], ctx: Ctx) -> int:
     status = 0
     for p in args:
@@ -220,7 +212,7 @@ def b_touch(sh: Session, args: list[str], ctx: Ctx) -> int:
             finally:
                 os.close(fd)
         except OSError as e:
-            _err(ctx, "touch", p, e)
+            report_error(ctx, "touch", p, e)
             status = 1
     return status
 
@@ -246,9 +238,8 @@ def _chmod_mode(spec: str, current: int) -> int:
     return mode
 
 
-@builtin("chmod")
 def b_chmod(sh: Session, args: list[str], ctx: Ctx) -> int:
-    flags, rest = _flags(args, "R")
+    flags, rest = split_flags(args, "R")
     if len(rest) < 2:
         ctx.err(b"chmod: needs MODE FILE...\n")
         return 1
@@ -258,10 +249,10 @@ def b_chmod(sh: Session, args: list[str], ctx: Ctx) -> int:
         try:
             sh.fs.chmod(p, _chmod_mode(spec, statmod.S_IMODE(sh.fs.stat(p, sh.cwd).st_mode)), sh.cwd)
         except ValueError:
-            ctx.err(_b(f"chmod: invalid mode '{spec}'\n"))
+            ctx.err(to_bytes(f"chmod: invalid mode '{spec}'\n"))
             return 1
         except OSError as e:
-            _err(ctx, "chmod", p, e)
+            report_error(ctx, "chmod", p, e)
             status = 1
     return status
 
@@ -282,7 +273,6 @@ def _stat_format(fmt: str, name: str, st: os.stat_result) -> str:
     return re.sub(r"%(.)", sub, fmt).replace("\\n", "\n").replace("\\t", "\t")
 
 
-@builtin("stat")
 def b_stat(sh: Session, args: list[str], ctx: Ctx) -> int:
     fmt = None
     follow = False
@@ -302,21 +292,20 @@ def b_stat(sh: Session, args: list[str], ctx: Ctx) -> int:
         try:
             st = sh.fs.stat(p, sh.cwd, follow=follow)
         except OSError as e:
-            ctx.err(_b(f"stat: '{p}': {e.strerror}\n"))
+            ctx.err(to_bytes(f"stat: '{p}': {e.strerror}\n"))
             status = 1
             continue
         if fmt is None:
-            ctx.out(_b(_stat_format("  File: %n\n  Size: %s\tBlocks: %b\t%F\nAccess: (0%a/%A)\tUid: (2000/shell)"
+            ctx.out(to_bytes(_stat_format("  File: %n\n  Size: %s\tBlocks: %b\t%F\nAccess: (0%a/%A)\tUid: (2000/shell)"
                                     "\nModify: %y\n", p, st)))
         else:
-            ctx.out(_b(_stat_format(fmt, p, st) + "\n"))
+            ctx.out(to_bytes(_stat_format(fmt, p, st) + "\n"))
     return status
 
 
-@builtin("df")
 def b_df(sh: Session, args: list[str], ctx: Ctx) -> int:
     """POSIX-ish ``df``: one filesystem (/data) whose size is the configured capacity."""
-    flags, paths = _flags(args, "khPa")
+    flags, paths = split_flags(args, "khPa")
     faults = sh.d.faults.get()
     used = sh.sb.used_bytes()  # what the capacity ledger counts (pipeline/virtual/space.py)
     total = faults.capacity_bytes
@@ -325,7 +314,7 @@ def b_df(sh: Session, args: list[str], ctx: Ctx) -> int:
         try:
             sh.fs.stat(p, sh.cwd)
         except OSError as e:
-            _err(ctx, "df", p, e)
+            report_error(ctx, "df", p, e)
             return 1
     pct = 100 if faults.disk_full or not total else min(100, -(-used * 100 // total))
     if "h" in flags:
@@ -341,7 +330,7 @@ def b_df(sh: Session, args: list[str], ctx: Ctx) -> int:
     else:
         row = (str(total // 1024), str(used // 1024), str(avail // 1024))
         head = "Filesystem                1K-blocks     Used Available Use% Mounted on\n"
-    ctx.out(_b(head + f"/dev/block/odeval-virtual {row[0]:>9} {row[1]:>8} {row[2]:>9} {pct:>3}% /data\n"))
+    ctx.out(to_bytes(head + f"/dev/block/odeval-virtual {row[0]:>9} {row[1]:>8} {row[2]:>9} {pct:>3}% /data\n"))
     return 0
 
 
@@ -369,15 +358,17 @@ def _hashsum(algo: str) -> Builtin:
                 else:
                     _hash_file(h, sh.fs.open(p, cwd=sh.cwd))
             except OSError as e:
-                _err(ctx, f"{algo}sum", p, e)
+                report_error(ctx, f"{algo}sum", p, e)
                 status = 1
                 continue
-            ctx.out(_b(f"{h.hexdigest()}  {p}\n"))
+            ctx.out(to_bytes(f"{h.hexdigest()}  {p}\n"))
         return status
     return run
 
 
-BUILTINS["sha256sum"] = _hashsum("sha256")
-BUILTINS["md5sum"] = _hashsum("md5")
-BUILTINS["sha1sum"] = _hashsum("sha1")
-
+# the builtins this module implements, by the name the shell dispatches on (composed in pipeline.virtual.shell)
+BUILTINS: dict[str, Builtin] = {
+    "cat": b_cat, "ls": b_ls, "mkdir": b_mkdir, "rm": b_rm, "mv": b_mv, "cp": b_cp, "touch": b_touch, "chmod":
+    b_chmod, "stat": b_stat, "df": b_df, "sha256sum": _hashsum("sha256"), "md5sum": _hashsum("md5"), "sha1sum":
+    _hashsum("sha1"),
+}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.virtual.shell import Session
+    from pipeline.virtual.shell_api import Session
 
 
 @dataclass

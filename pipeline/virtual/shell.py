@@ -23,22 +23,26 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipeline.virtual import fs_builtins as _fs_builtins  # noqa: F401 - registers the file builtins
+from pipeline.virtual import fs_builtins, shell_builtins
 from pipeline.virtual.app_launch import APP_BASENAME, run_app
 from pipeline.virtual.procs import ProcessTable, VProc, kill_group
 from pipeline.virtual.props import DEVICE_ENV, VIRTUAL_PROPS
 from pipeline.virtual.sandbox import Sandbox
-from pipeline.virtual.shell_builtins import BUILTINS, Ctx, _b, _Exit
+from pipeline.virtual.shell_api import Ctx, ShellExit, to_bytes
 from pipeline.virtual.shell_io import MemoryIO, ShellIO, StreamIO
 from pipeline.virtual.shell_parse import ASSIGN, Command, ShellSyntaxError, Word, lex, parse
 from pipeline.virtual.space import NoSpace
 
 if TYPE_CHECKING:
-    from pipeline.virtual.adbd import Daemon, Stream
+    from pipeline.virtual.adbd import Stream
+    from pipeline.virtual.daemon import Daemon
 
 __all__ = ["Session", "serve_shell_stream", "parse_service", "MemoryIO", "ShellIO", "StreamIO", "ShellSyntaxError",
            "lex", "parse", "ProcessTable", "VProc", "VIRTUAL_PROPS", "DEVICE_ENV", "APP_BASENAME", "BUILTINS"]
 log = logging.getLogger("odeval.virtual.security")
+
+
+BUILTINS = {**shell_builtins.BUILTINS, **fs_builtins.BUILTINS}  # every command the shell knows; others: not found
 
 
 class Session:
@@ -80,7 +84,7 @@ class Session:
         try:
             program = parse(lex(text))
         except ShellSyntaxError as e:
-            self.io.write_err(_b(f"sh: {e}\n"))
+            self.io.write_err(to_bytes(f"sh: {e}\n"))
             self.status = 2
             return 2
         try:
@@ -88,7 +92,7 @@ class Session:
                 self._run_andor(andor)
                 if self._aborted.is_set():
                     break
-        except _Exit as e:
+        except ShellExit as e:
             self.status = e.code
         return self.status
 
@@ -107,13 +111,13 @@ class Session:
                 try:
                     program = parse(lex(line.decode("utf-8", "surrogateescape")))
                 except ShellSyntaxError as e:
-                    self.io.write_err(_b(f"sh: {e}\n"))
+                    self.io.write_err(to_bytes(f"sh: {e}\n"))
                     self.status = 2
                     continue
                 try:
                     for andor in program:
                         self._run_andor(andor)
-                except _Exit as e:
+                except ShellExit as e:
                     self.status = e.code
                     return self.status
         return self.status
@@ -222,7 +226,7 @@ class Session:
             if not argv:
                 return 0
             status = self._with_redirects(cmd, lambda ctx: self._dispatch(argv, assigns, ctx, exec_mode=True))
-            raise _Exit(status)
+            raise ShellExit(status)
         return self._with_redirects(cmd, lambda ctx: self._dispatch(argv, assigns, ctx, exec_mode=exec_mode))
 
     def _with_redirects(self, cmd: Command, body: Callable[[Ctx], int]) -> int:
@@ -242,7 +246,7 @@ class Session:
                 try:
                     fh = self._open_redirect(name, op)
                 except OSError as e:
-                    self.io.write_err(_b(f"sh: {name}: {e.strerror or 'Input/output error'}\n"))
+                    self.io.write_err(to_bytes(f"sh: {name}: {e.strerror or 'Input/output error'}\n"))
                     return 1
                 opened.append(fh)
                 if op == "<":
@@ -281,18 +285,18 @@ class Session:
             return self._exec_file(argv, assigns, ctx, exec_mode)
         builtin = BUILTINS.get(name)
         if builtin is None:
-            ctx.err(_b(f"sh: {name}: not found\n"))
+            ctx.err(to_bytes(f"sh: {name}: not found\n"))
             return 127
         saved = {k: self.vars.get(k) for k in assigns}
         self.vars.update(assigns)
         try:
             return builtin(self, argv[1:], ctx)
-        except _Exit:
+        except ShellExit:
             raise
         except BrokenPipeError:
             return 1
         except NoSpace as e:  # a redirect onto a full device
-            self.io.write_err(_b(f"{name}: write error: {e.strerror}\n"))
+            self.io.write_err(to_bytes(f"{name}: write error: {e.strerror}\n"))
             return 1
         finally:
             for k, v in saved.items():
@@ -306,21 +310,21 @@ class Session:
         try:
             st = self.fs.stat(path, self.cwd)
         except PermissionError:
-            ctx.err(_b(f"sh: {path}: Permission denied\n"))
+            ctx.err(to_bytes(f"sh: {path}: Permission denied\n"))
             return 126
         except OSError:
-            ctx.err(_b(f"sh: {path}: not found\n"))
+            ctx.err(to_bytes(f"sh: {path}: not found\n"))
             return 127
         if statmod.S_ISDIR(st.st_mode):
-            ctx.err(_b(f"sh: {path}: Is a directory\n"))  # sh says "cannot execute" variants; keep errno text
+            ctx.err(to_bytes(f"sh: {path}: Is a directory\n"))  # sh says "cannot execute" variants; keep errno text
             return 126
         if not st.st_mode & 0o111:
-            ctx.err(_b(f"sh: {path}: Permission denied\n"))
+            ctx.err(to_bytes(f"sh: {path}: Permission denied\n"))
             return 126
         if posixpath.basename(path) != APP_BASENAME:
             log.warning("refused: exec of %r (only a file named %s starts the app; no host binaries)", path,
                         APP_BASENAME)
-            ctx.err(_b(f"sh: {path}: cannot execute - the virtual device runs no host binaries\n"))
+            ctx.err(to_bytes(f"sh: {path}: cannot execute - the virtual device runs no host binaries\n"))
             return 126
         return run_app(self, argv, assigns, ctx, exec_mode)
 

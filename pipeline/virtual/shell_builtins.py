@@ -13,100 +13,33 @@ import posixpath
 import re
 import signal
 import stat as statmod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from pipeline.virtual.procs import VProc, host_status, kill_group
 from pipeline.virtual.props import HOST_ARCH, current_props
 from pipeline.virtual.sandbox import Sandbox
+from pipeline.virtual.shell_api import Builtin, Ctx, Session, ShellExit, report_error, split_flags, to_bytes
 from pipeline.virtual.shell_parse import _NAME
-
-if TYPE_CHECKING:
-    from pipeline.virtual.shell import Session
 
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15, "CONT": 18, "STOP": 19}
 
 
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-@dataclass
-class Ctx:
-    """Where one command's streams go (after redirections)."""
-
-    out: Callable[[bytes], None]
-    err: Callable[[bytes], None]
-    read_in: Callable[[], bytes]
-    out_file: Any = None
-    err_file: Any = None
-    in_file: Any = None
-    err_to_out: bool = False
-
-
-def _b(s: str) -> bytes:
-    return s.encode("utf-8", "surrogateescape")
-
-
-
-Builtin = Callable[["Session", list[str], Ctx], int]
-BUILTINS: dict[str, Builtin] = {}
-
-
-def builtin(*names: str) -> Callable[[Builtin], Builtin]:
-    def deco(fn: Builtin) -> Builtin:
-        for n in names:
-            BUILTINS[n] = fn
-        return fn
-    return deco
-
-
-def _flags(args: list[str], allowed: str) -> tuple[set[str], list[str]]:
-    """Split leading single-letter flags (``-rf``) from operands; ``--`` ends flags."""
-    flags: set[str] = set()
-    rest = list(args)
-    while rest and rest[0].startswith("-") and rest[0] != "-":
-        a = rest.pop(0)
-        if a == "--":
-            break
-        if not all(ch in allowed for ch in a[1:]):
-            rest.insert(0, a)
-            break
-        flags.update(a[1:])
-    return flags, rest
-
-
-def _err(ctx: Ctx, cmd: str, path: str, exc: BaseException) -> None:
-    if isinstance(exc, OSError):
-        msg = exc.strerror or "Input/output error"  # str(exc) of e.g. shutil.Error lists host paths
-    else:
-        msg = str(exc)
-    ctx.err(_b(f"{cmd}: {path}: {msg}\n"))
-
-
-@builtin("true", ":")
 def b_true(sh: Session, args: list[str], ctx: Ctx) -> int:
     return 0
 
 
-@builtin("false")
 def b_false(sh: Session, args: list[str], ctx: Ctx) -> int:
     return 1
 
 
-@builtin("exit")
 def b_exit(sh: Session, args: list[str], ctx: Ctx) -> int:
     try:
         code = int(args[0]) & 0xFF if args else sh.status
     except ValueError:
-        ctx.err(_b(f"sh: exit: {args[0]}: bad number\n"))
+        ctx.err(to_bytes(f"sh: exit: {args[0]}: bad number\n"))
         code = 2
-    raise _Exit(code)
+    raise ShellExit(code)
 
 
-@builtin("echo")
 def b_echo(sh: Session, args: list[str], ctx: Ctx) -> int:
     newline, escapes = True, False
     while args and re.fullmatch(r"-[neE]+", args[0]):
@@ -117,36 +50,33 @@ def b_echo(sh: Session, args: list[str], ctx: Ctx) -> int:
     if escapes:
         text = text.encode("utf-8", "surrogateescape").decode("unicode_escape").encode("latin-1").decode(
             "utf-8", "surrogateescape")
-    ctx.out(_b(text + ("\n" if newline else "")))
+    ctx.out(to_bytes(text + ("\n" if newline else "")))
     return 0
 
 
-@builtin("cd")
 def b_cd(sh: Session, args: list[str], ctx: Ctx) -> int:
     target = args[0] if args else sh.vars.get("HOME", "/")
     try:
         if not statmod.S_ISDIR(sh.fs.stat(target, sh.cwd).st_mode):
             raise NotADirectoryError(20, "Not a directory")
     except OSError as e:
-        _err(ctx, "sh: cd", target, e)
+        report_error(ctx, "sh: cd", target, e)
         return 1
     sh.cwd = Sandbox.normalize(target, sh.cwd)
     sh.vars["PWD"] = sh.cwd
     return 0
 
 
-@builtin("pwd")
 def b_pwd(sh: Session, args: list[str], ctx: Ctx) -> int:
-    ctx.out(_b(sh.cwd + "\n"))
+    ctx.out(to_bytes(sh.cwd + "\n"))
     return 0
 
 
-@builtin("export")
 def b_export(sh: Session, args: list[str], ctx: Ctx) -> int:
     for a in args:
         name, sep, value = a.partition("=")
         if not _NAME.fullmatch(name):
-            ctx.err(_b(f"sh: export: {name}: bad variable name\n"))
+            ctx.err(to_bytes(f"sh: export: {name}: bad variable name\n"))
             return 1
         if sep:
             sh.vars[name] = value
@@ -154,7 +84,6 @@ def b_export(sh: Session, args: list[str], ctx: Ctx) -> int:
     return 0
 
 
-@builtin("unset")
 def b_unset(sh: Session, args: list[str], ctx: Ctx) -> int:
     for a in args:
         sh.vars.pop(a, None)
@@ -162,21 +91,18 @@ def b_unset(sh: Session, args: list[str], ctx: Ctx) -> int:
     return 0
 
 
-@builtin("id")
 def b_id(sh: Session, args: list[str], ctx: Ctx) -> int:
     ctx.out(b"uid=2000(shell) gid=2000(shell) groups=2000(shell) context=u:r:shell:s0\n")
     return 0
 
 
-@builtin("whoami")
 def b_whoami(sh: Session, args: list[str], ctx: Ctx) -> int:
     ctx.out(b"shell\n")
     return 0
 
 
-@builtin("uname")
 def b_uname(sh: Session, args: list[str], ctx: Ctx) -> int:
-    flags, _ = _flags(args, "amnrsv")
+    flags, _ = split_flags(args, "amnrsv")
     parts = []
     if not flags or "s" in flags or "a" in flags:
         parts.append("Linux")
@@ -188,32 +114,30 @@ def b_uname(sh: Session, args: list[str], ctx: Ctx) -> int:
         parts.append("#1 SMP odeval-virtual")
     if flags & {"m", "a"}:
         parts.append(HOST_ARCH)
-    ctx.out(_b(" ".join(parts) + "\n"))
+    ctx.out(to_bytes(" ".join(parts) + "\n"))
     return 0
 
 
-@builtin("getprop")
 def b_getprop(sh: Session, args: list[str], ctx: Ctx) -> int:
     props = current_props(sh.d.faults.get().props_override, sh.d.confinement)
     if not args:
-        ctx.out(_b("".join(f"[{k}]: [{v}]\n" for k, v in sorted(props.items()))))
+        ctx.out(to_bytes("".join(f"[{k}]: [{v}]\n" for k, v in sorted(props.items()))))
     else:
-        ctx.out(_b(props.get(args[0], args[1] if len(args) > 1 else "") + "\n"))
+        ctx.out(to_bytes(props.get(args[0], args[1] if len(args) > 1 else "") + "\n"))
     return 0
 
 
-@builtin("sleep")
 def b_sleep(sh: Session, args: list[str], ctx: Ctx) -> int:
     try:
         seconds = sum(float(a.rstrip("s")) for a in args) if args else None
     except ValueError:
         seconds = None
     if seconds is None:
-        ctx.err(_b(f"sleep: invalid number '{' '.join(args)}'\n"))
+        ctx.err(to_bytes(f"sleep: invalid number '{' '.join(args)}'\n"))
         return 1
     return 0 if sh.sleep(seconds) else 137
 
-def _proc_file(sh: Session, dev: str) -> bytes | None:
+def proc_file(sh: Session, dev: str) -> bytes | None:
     """``/proc/<vpid>/status|cmdline`` for processes this device started (real host data for the app)."""
     m = re.fullmatch(r"/proc/(\d+|self)/(status|cmdline)", dev)
     if not m:
@@ -242,7 +166,6 @@ def _proc_file(sh: Session, dev: str) -> bytes | None:
 
 
 
-@builtin("test", "[")
 def b_test(sh: Session, args: list[str], ctx: Ctx) -> int:
     if args and args[-1] == "]":
         args = args[:-1]
@@ -282,7 +205,7 @@ def b_test(sh: Session, args: list[str], ctx: Ctx) -> int:
     try:
         result = ev()
     except ValueError:
-        ctx.err(_b(f"test: bad expression: {' '.join(args)}\n"))
+        ctx.err(to_bytes(f"test: bad expression: {' '.join(args)}\n"))
         return 2
     return 0 if result != negate else 1
 
@@ -294,7 +217,6 @@ def _parse_signal(spec: str) -> int | None:
     return _SIGNALS.get(spec)
 
 
-@builtin("kill")
 def b_kill(sh: Session, args: list[str], ctx: Ctx) -> int:
     sig = signal.SIGTERM
     rest = list(args)
@@ -302,13 +224,13 @@ def b_kill(sh: Session, args: list[str], ctx: Ctx) -> int:
         s = _parse_signal(rest[1])
         rest = rest[2:]
         if s is None:
-            ctx.err(_b(f"kill: unknown signal '{args[1]}'\n"))
+            ctx.err(to_bytes(f"kill: unknown signal '{args[1]}'\n"))
             return 1
         sig = s
     elif rest and rest[0].startswith("-") and len(rest[0]) > 1:
         s = _parse_signal(rest[0][1:])
         if s is None:
-            ctx.err(_b(f"kill: unknown signal '{rest[0][1:]}'\n"))
+            ctx.err(to_bytes(f"kill: unknown signal '{rest[0][1:]}'\n"))
             return 1
         sig, rest = s, rest[1:]
     if not rest:
@@ -318,7 +240,7 @@ def b_kill(sh: Session, args: list[str], ctx: Ctx) -> int:
     for p in rest:
         proc = sh.d.procs.get(int(p)) if p.isdigit() else None
         if proc is None:
-            ctx.err(_b(f"kill: {p}: No such process\n"))
+            ctx.err(to_bytes(f"kill: {p}: No such process\n"))
             status = 1
             continue
         if sig == 0:
@@ -339,20 +261,25 @@ def _rss_kb(sh: Session, proc: VProc) -> int:
     return int(m.group(1)) if m else 0
 
 
-@builtin("ps")
 def b_ps(sh: Session, args: list[str], ctx: Ctx) -> int:
     lines = ["USER            PID   PPID        VSZ    RSS WCHAN            ADDR S NAME"]
     for p in sh.d.procs.all():
         lines.append(f"shell      {p.vpid:>8} {p.ppid:>6} {0:>10} {_rss_kb(sh, p):>6} 0                   0 S {p.name}")
-    ctx.out(_b("\n".join(lines) + "\n"))
+    ctx.out(to_bytes("\n".join(lines) + "\n"))
     return 0
 
 
-@builtin("pidof")
 def b_pidof(sh: Session, args: list[str], ctx: Ctx) -> int:
     pids = [str(p.vpid) for p in reversed(sh.d.procs.all()) if p.name in args or posixpath.basename(p.name) in args]
     if not pids:
         return 1
-    ctx.out(_b(" ".join(pids) + "\n"))
+    ctx.out(to_bytes(" ".join(pids) + "\n"))
     return 0
 
+
+# the builtins this module implements, by the name the shell dispatches on (composed in pipeline.virtual.shell)
+BUILTINS: dict[str, Builtin] = {
+    "true": b_true, ":": b_true, "false": b_false, "exit": b_exit, "echo": b_echo, "cd": b_cd, "pwd": b_pwd,
+    "export": b_export, "unset": b_unset, "id": b_id, "whoami": b_whoami, "uname": b_uname, "getprop": b_getprop,
+    "sleep": b_sleep, "test": b_test, "[": b_test, "kill": b_kill, "ps": b_ps, "pidof": b_pidof,
+}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import PoolDevice
-from pipeline.device.pool import LEASE_LOG, lock_dir_for, read_leases
+from pipeline.locks import LEASE_LOG, lock_dir_for, read_leases
 from tests.helpers.device import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.device.pool import overlaps
+from pipeline.locks import overlaps
 from tests.cluster.local_cluster import REPO, LocalCluster
 
 ray = pytest.importorskip("ray", reason="the [cluster] extra: pip install -e '.[cluster]'")

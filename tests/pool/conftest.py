@@ -18,7 +18,8 @@ import pytest
 
 from pipeline.config import PoolDevice
 from pipeline.device.adb import run_adb
-from pipeline.device.pool import LEASE_LOG, lock_dir_for, serial_of
+from pipeline.device.pool import serial_of
+from pipeline.locks import LEASE_LOG, lock_dir_for
 from pipeline.virtual import stop
 from pipeline.virtual.faults import write_faults
 from tests.helpers.device import free_port

@@ -18,7 +18,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.config import compose, to_config
-from pipeline.device.pool import lease, overlaps, read_leases, serial_of
+from pipeline.device.pool import lease, serial_of
+from pipeline.locks import overlaps, read_leases
 from pipeline.virtual.faults import write_faults
 from tests.pool.conftest import REPO, Pool
 

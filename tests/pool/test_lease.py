@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import PoolDevice
-from pipeline.device.pool import PoolError, lease, overlaps, read_leases, select
+from pipeline.device.pool import PoolError, lease, select
+from pipeline.locks import overlaps, read_leases
 from tests.pool.conftest import REPO, Pool, start_worker
 
 pytestmark = pytest.mark.timeout(180)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.device.pool import lock_dir_for, overlaps, read_leases
+from pipeline.locks import lock_dir_for, overlaps, read_leases
 from tests.helpers.pipeline import rows, run_stages, stage_config
 
 pytestmark = pytest.mark.timeout(300)

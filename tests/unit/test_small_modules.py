@@ -80,7 +80,7 @@ def test_workspace_roots_and_git(tmp_path, monkeypatch):
 
 
 def test_sweep_outcomes_name_failed_and_unfinished_jobs(tmp_path):
-    from pipeline.sweep import job_outcomes, record_job
+    from pipeline.sweep.job import job_outcomes, record_job
 
     for i, overrides in enumerate(["- model=a\n- x=1\n", "- model=b\n- x=1\n", "- model=c\n- x=1\n"]):
         (tmp_path / f"job{i}" / ".hydra").mkdir(parents=True)
@@ -116,7 +116,7 @@ def test_json_io_is_atomic_canonical_and_names_bad_lines(tmp_path):
 def test_sweep_preload_with_the_bundled_model_imports_no_torch(tmp_path):
     """The forked workers' preload: the bundled embedding model is the numpy encoder, so no torch and no
     sentence-transformers are imported (they were ~4 s of every sweep's start)."""
-    code = ("import sys\nfrom pipeline.sweep import preload_host_side\n"
+    code = ("import sys\nfrom pipeline.sweep.warmup import preload_host_side\n"
             "took = preload_host_side({'scoring': {'relevance': True, 'embedding_model': None},\n"
             "                          'tracking': {'backend': 'mlflow'}})\n"
             "print(sorted(took))\n"
@@ -129,19 +129,20 @@ def test_sweep_preload_with_the_bundled_model_imports_no_torch(tmp_path):
 
 
 def test_pool_worker_preload_starts_once_when_the_first_job_runs(tmp_path):
-    """hydra/launcher=pool: the initializer only schedules the preload; the first job's `run` phase starts it in a
-    daemon thread (once), and PRELOADED tells later jobs the worker is warm."""
-    code = ("import threading\nfrom pipeline import sweep\n"
+    """hydra/launcher=pool: a forked worker only schedules its warm-up; the first job's `run` phase starts it in a
+    daemon thread (once), and ``done`` tells later jobs the worker is warm."""
+    code = ("import threading\nfrom pipeline.sweep.warmup import this_worker\n"
             "made = []\n"
             "class Counted(threading.Thread):\n"
             "    def start(self):\n"
             "        made.append(self.name)\n"
             "        super().start()\n"
             "threading.Thread = Counted\n"
-            "sweep.schedule_preload()\n"
-            "print(sweep.PRELOADED.is_set(), len(made))\n"
-            "sweep.start_pending_preload(); sweep.start_pending_preload()\n"
-            "print(made.count('odeval-preload'), sweep.PRELOADED.wait(120))\n")
+            "this_worker.start()\n"  # nothing scheduled: nothing starts
+            "this_worker.schedule({})\n"
+            "print(this_worker.done.is_set(), len(made))\n"
+            "this_worker.start(); this_worker.start()\n"
+            "print(made.count('odeval-preload'), this_worker.done.wait(120))\n")
     scheduled, started = _python_lines(code, tmp_path, 2)
     assert scheduled == "False 0"  # nothing loaded, no thread yet
     assert started == "1 True"  # exactly one preload thread, and it finished

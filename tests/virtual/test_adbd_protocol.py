@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 from pipeline.virtual import adbauth
-from pipeline.virtual.adbd import Daemon, Stream
+from pipeline.virtual.adbd import Stream
+from pipeline.virtual.daemon import Daemon
 from pipeline.virtual.services import make_daemon
 from tests.helpers.miniadb import A_CLSE, A_OKAY, A_OPEN, A_WRTE, MiniAdb
 

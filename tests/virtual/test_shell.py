@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.virtual.adbd import Daemon
+from pipeline.virtual.daemon import Daemon
 from pipeline.virtual.shell import MemoryIO, Session, ShellSyntaxError, lex, parse
 
 NASTY = ["; rm -rf /", "$(reboot)", "`reboot`", "it's", 'say "hi"', "back\\slash", "emoji 🦜🚀", "RTL עברית مرحبا",
