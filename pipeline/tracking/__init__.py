@@ -16,6 +16,7 @@ from pipeline.tracking.store import (
     SWEEP_TAG,
     TrackingError,
     TrackingUnavailable,
+    experiment_ui_path,
     flatten,
     resolve_tracking_uri,
 )
@@ -24,7 +25,6 @@ from pipeline.tracking.tags import provenance_tags
 from pipeline.tracking.views import (
     HEADLINE_METRICS,
     SHARED_VIEW_TAG,
-    experiment_ui_path,
     headline_metrics,
     run_description,
     ui_path,

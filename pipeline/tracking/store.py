@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.tracking.views import SHARED_VIEW_TAG, shared_view_state
+from pipeline.tracking.views import SHARED_VIEW_TAG, shared_view_state, ui_path
 
 # MLflow's limits (mlflow.utils.validation; a test checks they still match): hard-coded so flatten() works
 # without importing mlflow.
@@ -328,3 +328,10 @@ def find_runs(client: Any, exp_id: str, tags: Mapping[str, str]) -> list[Any]:
     flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return list(client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time ASC"],
                                    max_results=50))
+
+
+def experiment_ui_path(tracking_uri: str, experiment: str) -> str | None:
+    """:func:`ui_path` of an experiment by name (None when it does not exist)."""
+    with session(tracking_uri) as client:
+        exp = client.get_experiment_by_name(experiment)
+        return None if exp is None else ui_path(exp.experiment_id)

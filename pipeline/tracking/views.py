@@ -9,8 +9,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.tracking.store import session
-
 # The few numbers a user compares runs by, under plain names (the full dotted set from score.json is logged too;
 # pipeline/report reads the dotted names). name -> dotted source key.
 HEADLINE_METRICS = {
@@ -26,11 +24,7 @@ HEADLINE_METRICS = {
 # ?viewStateShareKey=<key>) whose columns are the headline metrics, so the table shows them without the user
 # picking among ~80 metric names. Checked in headless Chromium against MLflow 3.17 (see /work notes).
 SHARED_VIEW_KEY = "odeval"
-
-
 SHARED_VIEW_TAG = "mlflow.sharedViewState." + SHARED_VIEW_KEY
-
-
 VIEW_TAG_COLUMNS = ("device.kind", "device.model")
 
 
@@ -46,13 +40,6 @@ def ui_path(experiment_id: str) -> str:
     ``workflowType=machine_learning`` also sets that toggle (MLflow 3.17 reads it from the URL before the browser's
     localStorage), so the side bar and the experiment's other pages are the model-training ones, not GenAI's."""
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SHARED_VIEW_KEY}"
-
-
-def experiment_ui_path(tracking_uri: str, experiment: str) -> str | None:
-    """:func:`ui_path` of an experiment by name (None when it does not exist)."""
-    with session(tracking_uri) as client:
-        exp = client.get_experiment_by_name(experiment)
-        return None if exp is None else ui_path(exp.experiment_id)
 
 
 def headline_metrics(flat: Mapping[str, float | None]) -> dict[str, float | None]:
