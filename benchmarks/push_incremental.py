@@ -113,11 +113,11 @@ def cpu_report(dev, model: Path, entries, vroot: Path, adb_port: int, serial: st
 
 def send_only(dev, model: Path, entries, remote: str) -> float:
     """Our sync client alone (one session, 64 KiB DATA, no hashing, no mv): its speed against adb's own push."""
-    from pipeline.device.transfer import _SyncSession
+    from pipeline.device.sender import SyncSession
 
     dev.shell2(f"mkdir -p {remote}")
     t = time.monotonic()
-    session = _SyncSession(dev)
+    session = SyncSession(dev)
     for e in entries:
         session.send(model / e.path, f"{remote}/{e.path}", 0o644, 0, lambda _n: None)
     session.close()

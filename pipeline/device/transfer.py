@@ -39,56 +39,46 @@ import os
 import posixpath
 import re
 import shlex
-import socket
-import stat
-import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.device.remote import (
+    STAT_FMT,
+    RemoteStat,
+    TransferError,
+    device_serial,
+    device_shell,
+    free_bytes,
+    parse_stat_lines,
+    probe_files,
+    quoted,
+    read_remote_manifest,
+    sha256_on_device,
+    stat_files,
+)
+from pipeline.device.sender import SyncSession, adb_push_file, sync_send
 from pipeline.fetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
     ManifestError,
     hash_file,
-    manifest_from_dict,
     manifest_sha256,
     manifest_to_dict,
 )
 
-__all__ = [
-    "TransferError",
-    "PushResult",
-    "commit7",
-    "remote_dir_for",
-    "push_dir",
-    "free_bytes",
-    "VERIFY_MODES",
-    "MOVERS",
-    "PART_SUFFIX",
-    "host_entries",
-    "device_manifest_path",
-    "is_part_file",
-]
-
 log = logging.getLogger("odeval.push")
 
-SYNC_CHUNK = 64 * 1024  # the sync protocol's maximum DATA payload
-_BATCH = 16  # DATA messages per socket write (~1 MiB)
+
 PART_SUFFIX = ".odeval-part"
+
+
 VERIFY_MODES = ("stat", "full")
+
+
 MOVERS = ("sync", "adb")
-_STAT_FMT = "%s %Y %a %n"
-_SEP = "---odeval-manifest---"
-_MAX_ARGS_CHARS = 32_000  # keep each device command line well under old adbd limits
-_IO_TIMEOUT_S = 120.0  # a sync socket with no progress for this long is treated as a dead device
-
-
-class TransferError(Exception):
-    """A push that cannot complete; the message is one line naming the device/file and what to do."""
 
 
 @dataclass
@@ -141,327 +131,6 @@ def remote_dir_for(remote_root: str, kind: str, name: str, commit: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# device calls with one-line errors
-# ----------------------------------------------------------------------------------------------------------------
-def _serial(dev: Any) -> str:
-    return str(getattr(dev, "serial", None) or "?")
-
-
-def _explain(dev: Any, err: BaseException, doing: str) -> TransferError:
-    """Map adb/socket failures to one line with the fix (unauthorized, offline, gone)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    low = text.lower()
-    serial = _serial(dev)
-    if "unauthorized" in low:
-        return TransferError(f"device {serial} is unauthorized while {doing}: unlock the phone and accept the "
-                             "'Allow USB debugging' prompt, then re-run push")
-    if "offline" in low:
-        return TransferError(f"device {serial} went offline while {doing}: verified files are kept; reconnect it "
-                             "(virtual device: it reconnects by itself in a few seconds) and re-run push")
-    if isinstance(err, (EOFError, ConnectionError)) or "connection closed" in low:
-        return TransferError(f"device {serial} disconnected while {doing}: verified files are kept; reconnect it "
-                             "(virtual device: it reconnects by itself) and re-run push to continue")
-    if "not found" in low and "device" in low:
-        return TransferError(f"device {serial} is gone while {doing}: verified files are kept; reconnect it "
-                             "(`adb devices` must list it) and re-run push")
-    return TransferError(f"device {serial} connection lost while {doing} ({text}): verified files are kept; "
-                         "check `adb devices` and re-run push to continue")
-
-
-@contextmanager
-def device_io(dev: Any, doing: str) -> Iterator[None]:
-    """Turn AdbError/OSError/EOFError raised inside into a :class:`TransferError` naming what was going on."""
-    from adbutils import AdbError
-
-    try:
-        yield
-    except TransferError:
-        raise
-    except (AdbError, OSError, EOFError) as e:
-        raise _explain(dev, e, doing) from None
-
-
-def _shell(dev: Any, cmd: str, doing: str, timeout: float = _IO_TIMEOUT_S) -> Any:
-    """Run one device shell command (protocol v2 when available: separate stderr and a real exit code)."""
-    with device_io(dev, doing):
-        return dev.shell2(cmd, timeout=timeout, v2=True)
-
-
-def _q(paths: Iterable[str]) -> str:
-    return " ".join(shlex.quote(p) for p in paths)
-
-
-def _batches(paths: Sequence[str]) -> Iterator[list[str]]:
-    """Split long argument lists so one command line stays short enough for any adbd."""
-    batch: list[str] = []
-    size = 0
-    for p in paths:
-        n = len(shlex.quote(p)) + 1
-        if batch and size + n > _MAX_ARGS_CHARS:
-            yield batch
-            batch, size = [], 0
-        batch.append(p)
-        size += n
-    if batch:
-        yield batch
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# remote state: stat + manifest in one round trip
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Stat:
-    size: int
-    mtime: int
-    mode: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "mtime": self.mtime, "mode": self.mode}
-
-
-def _parse_stat_lines(text: str, prefix: str) -> dict[str, _Stat]:
-    """``size mtime mode /remote_dir/rel`` lines → {rel: stat}; other lines (errors, noise) are ignored."""
-    out: dict[str, _Stat] = {}
-    for line in text.splitlines():
-        parts = line.split(" ", 3)
-        if len(parts) != 4 or not parts[3].startswith(prefix):
-            continue
-        try:
-            out[parts[3][len(prefix):]] = _Stat(int(parts[0]), int(parts[1]), parts[2])
-        except ValueError:
-            continue
-    return out
-
-
-def _stat_files(dev: Any, remote_dir: str, rels: Sequence[str]) -> dict[str, _Stat]:
-    """``stat -c`` of the given files (missing ones are simply absent from the result)."""
-    prefix = remote_dir + "/"
-    found: dict[str, _Stat] = {}
-    for batch in _batches([prefix + r for r in rels]):
-        res = _shell(dev, f"stat -c {shlex.quote(_STAT_FMT)} {_q(batch)}", f"stat-ing files in {remote_dir}")
-        found.update(_parse_stat_lines(res.stdout, prefix))
-    return found
-
-
-def _probe(dev: Any, remote_dir: str, rels: Sequence[str]) -> tuple[dict[str, _Stat], str | None]:
-    """One shell command: ``stat`` every wanted file, a separator, ``cat`` the manifest. Falls back to batches
-    when the list is too long for one command line."""
-    prefix = remote_dir + "/"
-    paths = [prefix + r for r in rels]
-    manifest = prefix + MANIFEST_NAME
-    quoted = _q(paths)
-    if len(quoted) > _MAX_ARGS_CHARS:
-        stats = _stat_files(dev, remote_dir, rels)
-        res = _shell(dev, f"cat {shlex.quote(manifest)}", f"reading {manifest}")
-        return stats, (res.stdout if res.returncode == 0 else None)
-    stat_cmd = f"stat -c {shlex.quote(_STAT_FMT)} {quoted}; " if paths else ""
-    res = _shell(dev, f"{stat_cmd}echo {_SEP}; cat {shlex.quote(manifest)}", f"checking {remote_dir}")
-    head, sep, tail = res.stdout.partition(_SEP + "\n")
-    if not sep:
-        raise TransferError(f"device {_serial(dev)}: unexpected reply to stat/cat in {remote_dir} "
-                            f"({res.output.strip()[:200]!r}): does the device shell have toybox `stat -c`?")
-    # `cat` failing (no manifest yet) makes the command's status non-zero; an empty tail is the same thing.
-    return _parse_stat_lines(head, prefix), (tail if tail.strip() else None)
-
-
-def _read_remote_manifest(text: str | None, where: str) -> tuple[list[FileEntry], dict[str, _Stat]]:
-    """Parse the device manifest; an unreadable one is ignored (its files are then re-hashed, never trusted)."""
-    if text is None:
-        return [], {}
-    try:
-        data = json.loads(text)
-        entries = manifest_from_dict(data, source=where)
-        raw = data.get("device_stat") or {}
-        stats = {k: _Stat(int(v["size"]), int(v["mtime"]), str(v.get("mode", ""))) for k, v in raw.items()}
-    except (ValueError, ManifestError, KeyError, TypeError, AttributeError) as e:
-        log.warning("%s: ignoring unreadable device manifest (%s); present files will be re-hashed", where, e)
-        return [], {}
-    return entries, stats
-
-
-def _sha256_on_device(dev: Any, remote_dir: str, rels: Sequence[str]) -> dict[str, str]:
-    """sha256 of device files (one ``sha256sum`` per batch); unreadable ones are absent from the result."""
-    prefix = remote_dir + "/"
-    out: dict[str, str] = {}
-    for batch in _batches([prefix + r for r in rels]):
-        res = _shell(dev, f"sha256sum {_q(batch)}", f"hashing files in {remote_dir}")
-        for line in res.stdout.splitlines():
-            digest, _, path = line.partition("  ")
-            if len(digest) == 64 and path.startswith(prefix):
-                out[path[len(prefix):]] = digest.lower()
-    return out
-
-
-def free_bytes(dev: Any, remote_path: str) -> int | None:
-    """Available bytes on the filesystem holding ``remote_path`` from ``df -k`` (None when unparseable)."""
-    res = _shell(dev, f"df -k {shlex.quote(remote_path)}", f"checking free space at {remote_path}")
-    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    if res.returncode != 0 or len(lines) < 2:
-        return None
-    cols = " ".join(lines[1:]).split()  # a long filesystem name may wrap onto its own line
-    try:
-        return int(cols[3]) * 1024
-    except (IndexError, ValueError):
-        return None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# sync SEND with 64 KiB chunks
-# ----------------------------------------------------------------------------------------------------------------
-def _sync_fail_message(conn: Any) -> str | None:
-    """After a failed send, read a pending ``FAIL <msg>`` the device may have sent before closing."""
-    try:
-        conn.conn.settimeout(2.0)
-        head = conn.read_exact(8)
-        if head[:4] == b"FAIL":
-            n = struct.unpack("<I", head[4:])[0]
-            return conn.read_exact(n).decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - best effort: the connection is already broken
-        return None
-    return None
-
-
-def _send_data(sock: socket.socket, local: Path, on_bytes: Callable[[int], None]) -> None:
-    """DATA messages of 64 KiB, ``_BATCH`` of them per ``sendall`` from one reused buffer.
-
-    Why batch: each write to the adb server tends to become one transport packet; ~1 MiB writes mean far fewer
-    packets (and syscalls) per byte on both the server and the device side than one write per 64 KiB message.
-    """
-    slot = 8 + SYNC_CHUNK
-    buf = bytearray(slot * _BATCH)
-    view = memoryview(buf)
-    with open(local, "rb", buffering=0) as fh:
-        while True:
-            used = 0
-            payload = 0
-            eof = False
-            for _ in range(_BATCH):
-                n = fh.readinto(view[used + 8: used + slot])
-                if not n:
-                    eof = True
-                    break
-                struct.pack_into("<4sI", buf, used, b"DATA", n)
-                used += 8 + n
-                payload += n
-                if n < SYNC_CHUNK:  # short read: keep messages contiguous, send what we have
-                    break
-            if used:
-                sock.sendall(view[:used])
-                on_bytes(payload)
-            if eof:
-                return
-
-
-class _SyncSession:
-    """One ``sync:`` service connection reused for every file of a directory (SEND/DATA*/DONE → OKAY|FAIL each).
-
-    Why one session: opening a transport + ``sync:`` per file costs round trips; adb's own directory push also
-    keeps one session. After any error the session is closed and must not be reused.
-    """
-
-    def __init__(self, dev: Any) -> None:
-        self.dev = dev
-        self.conn: Any = None
-
-    def _open(self) -> Any:
-        if self.conn is None:
-            c = self.dev.open_transport(timeout=_IO_TIMEOUT_S)
-            try:
-                c.send_command("sync:")
-                c.check_okay()
-                c.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # keep the server's reads full
-            except BaseException:
-                c.close()
-                raise
-            self.conn = c
-        return self.conn
-
-    def send(self, local: Path, remote: str, mode: int, mtime: int, on_bytes: Callable[[int], None]) -> None:
-        """Send one file; raises :class:`TransferError` (device FAIL or connection lost)."""
-        try:
-            with device_io(self.dev, f"pushing {local.name} to {remote}"):
-                self._send(self._open(), local, remote, mode, mtime, on_bytes)
-        except BaseException:
-            self.close(quit_first=False)
-            raise
-
-    def _send(self, c: Any, local: Path, remote: str, mode: int, mtime: int,
-              on_bytes: Callable[[int], None]) -> None:
-        sock: socket.socket = c.conn
-        target = f"{remote},{stat.S_IFREG | mode}".encode()
-        failed: OSError | None = None
-        try:
-            sock.sendall(b"SEND" + struct.pack("<I", len(target)) + target)
-            _send_data(sock, local, on_bytes)
-            sock.sendall(b"DONE" + struct.pack("<I", mtime))
-        except OSError as e:  # the device may have refused the file and closed: look for its FAIL first
-            failed = e
-        if failed is not None:
-            msg = _sync_fail_message(c)
-            if msg is None:
-                raise failed
-            raise _send_failed(self.dev, remote, msg)
-        head = c.read_exact(8)
-        if head[:4] == b"FAIL":
-            msg = c.read_exact(struct.unpack("<I", head[4:])[0]).decode("utf-8", "replace")
-            raise _send_failed(self.dev, remote, msg)
-        if head[:4] != b"OKAY":
-            raise TransferError(f"device {_serial(self.dev)}: unexpected sync reply {bytes(head)!r} pushing {remote}: "
-                                "re-run push; if it repeats, restart the adb server (`adb kill-server`)")
-
-    def close(self, quit_first: bool = True) -> None:
-        if self.conn is None:
-            return
-        try:
-            if quit_first:
-                self.conn.conn.sendall(b"QUIT" + struct.pack("<I", 0))
-        except OSError:
-            pass
-        finally:
-            self.conn.close()
-            self.conn = None
-
-
-def _sync_send(dev: Any, local: Path, remote: str, mode: int, mtime: int,
-               on_bytes: Callable[[int], None]) -> None:
-    """Send one file in a session of its own."""
-    session = _SyncSession(dev)
-    session.send(local, remote, mode, mtime, on_bytes)
-    session.close()
-
-
-def _adb_push_file(dev: Any, local: Path, remote: str, on_bytes: Callable[[int], None]) -> None:
-    """The alternative mover: the adb binary's own ``push`` (same server, same device) for one file."""
-    from pipeline.device.adb import AdbToolError, run_adb
-
-    client = getattr(dev, "_client", None)
-    try:
-        proc = run_adb(["-s", _serial(dev), "push", str(local), remote], port=getattr(client, "port", None),
-                       host=getattr(client, "host", None), timeout=max(_IO_TIMEOUT_S, local.stat().st_size / 1e6))
-    except AdbToolError as e:
-        raise TransferError(f"pushing {local.name} to {remote}: {e}") from None
-    if proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip().splitlines()
-        text = msg[-1] if msg else f"adb push exit {proc.returncode}"
-        low = text.lower()
-        if "no space" in low or "permission denied" in low or "read-only" in low:
-            raise _send_failed(dev, remote, text)
-        raise _explain(dev, ConnectionError(text), f"pushing {local.name} to {remote}")
-    on_bytes(local.stat().st_size)
-
-
-def _send_failed(dev: Any, remote: str, msg: str) -> TransferError:
-    low = msg.lower()
-    if "no space" in low or "enospc" in low:
-        return TransferError(f"device {_serial(dev)} is full writing {remote} ({msg}): free space on the device "
-                             "(e.g. remove old dirs under device.remote_root) and re-run push")
-    if "permission denied" in low or "read-only" in low or "eacces" in low:
-        return TransferError(f"device {_serial(dev)}: permission denied writing {remote} ({msg}): set "
-                             "device.remote_root to a writable dir such as /data/local/tmp/odeval")
-    return TransferError(f"device {_serial(dev)} refused {remote}: {msg}: check device.remote_root and re-run push")
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # push_dir
 # ----------------------------------------------------------------------------------------------------------------
 def _part_name(final: str) -> str:
@@ -483,47 +152,48 @@ def _check_host(local_dir: Path, entries: Sequence[FileEntry]) -> None:
 
 def _mkdirs(dev: Any, remote_dir: str, rels: Iterable[str]) -> None:
     dirs = sorted({remote_dir} | {posixpath.dirname(posixpath.join(remote_dir, r)) for r in rels})
-    res = _shell(dev, f"mkdir -p {_q(dirs)}", f"creating {remote_dir}")
+    res = device_shell(dev, f"mkdir -p {quoted(dirs)}", f"creating {remote_dir}")
     if res.returncode != 0:
         msg = res.output.strip().splitlines()[-1] if res.output.strip() else f"exit {res.returncode}"
         low = msg.lower()
         if "permission denied" in low or "read-only" in low:
-            raise TransferError(f"device {_serial(dev)}: permission denied creating {remote_dir} ({msg}): set "
+            raise TransferError(f"device {device_serial(dev)}: permission denied creating {remote_dir} ({msg}): set "
                                 "device.remote_root to a writable dir such as /data/local/tmp/odeval")
-        raise TransferError(f"device {_serial(dev)}: cannot create {remote_dir} ({msg}): check device.remote_root")
+        raise TransferError(f"device {device_serial(dev)}: cannot create {remote_dir} ({msg}): "
+                            "check device.remote_root")
 
 
 def _precheck_space(dev: Any, remote_dir: str, need: int) -> None:
     avail = free_bytes(dev, remote_dir)
     if avail is None:
-        log.warning("device %s: could not parse `df -k %s`; skipping the free-space precheck", _serial(dev),
+        log.warning("device %s: could not parse `df -k %s`; skipping the free-space precheck", device_serial(dev),
                     remote_dir)
         return
     if need > avail:
-        raise TransferError(f"device {_serial(dev)}: not enough space for {remote_dir}: need {need} bytes, "
+        raise TransferError(f"device {device_serial(dev)}: not enough space for {remote_dir}: need {need} bytes, "
                             f"{avail} bytes available: free space on the device and re-run push")
 
 
 def _verify_and_place(dev: Any, part: str, final: str, expected: str, executable: bool,
-                      local: Path) -> _Stat:
+                      local: Path) -> RemoteStat:
     """sha256 the part file on the device, then (only if it matches) chmod + mv over the final name + stat."""
-    res = _shell(dev, f"sha256sum {shlex.quote(part)}", f"verifying {part}")
+    res = device_shell(dev, f"sha256sum {shlex.quote(part)}", f"verifying {part}")
     got = res.stdout.split(" ", 1)[0].strip().lower() if res.returncode == 0 else ""
     if got != expected:
-        _shell(dev, f"rm -f {shlex.quote(part)}", f"removing {part}")
+        device_shell(dev, f"rm -f {shlex.quote(part)}", f"removing {part}")
         host_now = hash_file(local)
         if host_now != expected:
             raise TransferError(f"{local}: content changed since fetch (sha256 {host_now[:12]}… ≠ manifest "
                                 f"{expected[:12]}…): re-run fetch, then push")
-        raise TransferError(f"device {_serial(dev)}: {final} failed verification after push (device sha256 "
+        raise TransferError(f"device {device_serial(dev)}: {final} failed verification after push (device sha256 "
                             f"{got[:12] or 'unreadable'}… ≠ {expected[:12]}…): re-run push; if it repeats, check "
                             "the cable/storage")
     chmod = f"chmod 755 {shlex.quote(part)} && " if executable else ""
-    cmd = f"{chmod}mv {shlex.quote(part)} {shlex.quote(final)} && stat -c {shlex.quote(_STAT_FMT)} {shlex.quote(final)}"
-    res = _shell(dev, cmd, f"moving {part} into place")
-    st = _parse_stat_lines(res.stdout, posixpath.dirname(final) + "/").get(posixpath.basename(final))
+    cmd = f"{chmod}mv {shlex.quote(part)} {shlex.quote(final)} && stat -c {shlex.quote(STAT_FMT)} {shlex.quote(final)}"
+    res = device_shell(dev, cmd, f"moving {part} into place")
+    st = parse_stat_lines(res.stdout, posixpath.dirname(final) + "/").get(posixpath.basename(final))
     if res.returncode != 0 or st is None:
-        raise TransferError(f"device {_serial(dev)}: cannot move {part} to {final} ({res.output.strip()[:200]}): "
+        raise TransferError(f"device {device_serial(dev)}: cannot move {part} to {final} ({res.output.strip()[:200]}): "
                             "check permissions under device.remote_root and re-run push")
     return st
 
@@ -536,7 +206,7 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
                 leave=False, mininterval=0.2)
 
 
-def _manifest_doc(entries: Sequence[FileEntry], stats: dict[str, _Stat]) -> str:
+def _manifest_doc(entries: Sequence[FileEntry], stats: dict[str, RemoteStat]) -> str:
     doc = manifest_to_dict(entries)
     doc["device_stat"] = {e.path: stats[e.path].to_dict() for e in sorted(entries, key=lambda x: x.path)}
     return json.dumps(doc, indent=1) + "\n"
@@ -549,12 +219,12 @@ def _write_manifest(dev: Any, remote_dir: str, text: str, tmp_dir: Path) -> None
     local.write_bytes(data)
     final = posixpath.join(remote_dir, MANIFEST_NAME)
     part = _part_name(final)
-    _sync_send(dev, local, part, 0o644, int(time.time()), lambda _n: None)
+    sync_send(dev, local, part, 0o644, int(time.time()), lambda _n: None)
     _verify_and_place(dev, part, final, hashlib.sha256(data).hexdigest(), False, local)
 
 
 def _send_all(dev: Any, local_dir: Path, remote_dir: str, to_send: Sequence[FileEntry], execs: set[str],
-              result: PushResult, final_stats: dict[str, _Stat], on_bytes: Callable[[int], None],
+              result: PushResult, final_stats: dict[str, RemoteStat], on_bytes: Callable[[int], None],
               mover: str = "sync") -> None:
     """Send files one by one; verify+mv file i on the device (worker thread) while file i+1 is being sent.
 
@@ -575,7 +245,7 @@ def _send_all(dev: Any, local_dir: Path, remote_dir: str, to_send: Sequence[File
         result.sent.append(e.path)
 
     pending: Future[None] | None = None
-    session = _SyncSession(dev)
+    session = SyncSession(dev)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="odeval-verify") as pool:
         try:
             for e in to_send:
@@ -583,7 +253,7 @@ def _send_all(dev: Any, local_dir: Path, remote_dir: str, to_send: Sequence[File
                 part = _part_name(posixpath.join(remote_dir, e.path))
                 ts = time.monotonic()
                 if mover == "adb":
-                    _adb_push_file(dev, local, part, on_bytes)
+                    adb_push_file(dev, local, part, on_bytes)
                 else:
                     session.send(local, part, 0o755 if e.path in execs else 0o644, int(local.stat().st_mtime),
                                  on_bytes)
@@ -644,8 +314,8 @@ def push_dir(
     _check_host(local_dir, entries)
     rels = [e.path for e in entries]
 
-    dev_stats, manifest_text = _probe(dev, remote_dir, rels)
-    old_entries, old_stats = _read_remote_manifest(manifest_text, f"{_serial(dev)}:{remote_dir}/{MANIFEST_NAME}")
+    dev_stats, manifest_text = probe_files(dev, remote_dir, rels)
+    old_entries, old_stats = read_remote_manifest(manifest_text, f"{device_serial(dev)}:{remote_dir}/{MANIFEST_NAME}")
     old_by_path = {e.path: e for e in old_entries}
 
     trusted: list[FileEntry] = []
@@ -666,18 +336,18 @@ def push_dir(
 
     adopted: list[FileEntry] = []
     if candidates:
-        hashes = _sha256_on_device(dev, remote_dir, [e.path for e in candidates])
+        hashes = sha256_on_device(dev, remote_dir, [e.path for e in candidates])
         for e in candidates:
             (adopted if hashes.get(e.path) == e.sha256 else to_send).append(e)
 
-    final_stats: dict[str, _Stat] = {e.path: dev_stats[e.path] for e in trusted + adopted}
+    final_stats: dict[str, RemoteStat] = {e.path: dev_stats[e.path] for e in trusted + adopted}
 
     # chmod the binary if it lost its exec bit while its bytes are fine
     fix_mode = [e.path for e in trusted + adopted if e.path in execs and final_stats[e.path].mode != "755"]
     if fix_mode:
         paths = [posixpath.join(remote_dir, r) for r in fix_mode]
-        _shell(dev, f"chmod 755 {_q(paths)}", f"chmod 755 in {remote_dir}")
-        final_stats.update(_stat_files(dev, remote_dir, fix_mode))
+        device_shell(dev, f"chmod 755 {quoted(paths)}", f"chmod 755 in {remote_dir}")
+        final_stats.update(stat_files(dev, remote_dir, fix_mode))
 
     host_paths = set(rels)
     stale = [e.path for e in old_entries if e.path not in host_paths]
@@ -698,7 +368,7 @@ def push_dir(
 
     if stale:
         stale_paths = [posixpath.join(remote_dir, r) for r in stale]
-        _shell(dev, f"rm -f {_q(stale_paths)}", f"removing stale files in {remote_dir}")
+        device_shell(dev, f"rm -f {quoted(stale_paths)}", f"removing stale files in {remote_dir}")
         result.files_removed = len(stale)
 
     new_doc = _manifest_doc(entries, final_stats)
@@ -735,7 +405,7 @@ def verify_on_device(dev: Any, remote_dir: str, entries: Sequence[FileEntry]) ->
     """Re-hash every file of ``entries`` under ``remote_dir`` on the device; the problems found ([] = all match).
 
     Each problem names the file and what is wrong (missing, or both sha256 prefixes)."""
-    hashes = _sha256_on_device(dev, remote_dir, [e.path for e in entries])
+    hashes = sha256_on_device(dev, remote_dir, [e.path for e in entries])
     problems = []
     for e in entries:
         got = hashes.get(e.path)
@@ -755,7 +425,7 @@ def verify_dirs(dev: Any, dirs: Sequence[tuple[str, str, Sequence[FileEntry]]]) 
     for what, remote_dir, entries in dirs:
         bad = verify_on_device(dev, remote_dir, entries)
         if bad:
-            raise TransferError(f"the {what} files on device {_serial(dev)} do not match the fetched manifest "
+            raise TransferError(f"the {what} files on device {device_serial(dev)} do not match the fetched manifest "
                                 f"({'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}) — re-run push with "
                                 "`device.push_verify=full` (`python -m pipeline.stages.push --verify full`), "
                                 "then run")

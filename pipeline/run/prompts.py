@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.apps.simple_app import SimpleAppError, check_prompt_line
+from pipeline.apps.simple_app import check_prompt_line
+from pipeline.apps.simple_app_output import SimpleAppError
 from pipeline.quality.rules import RuleError, validate_rule
 
 KEYS = ("id", "prompt", "reference", "keywords", "rules", "lang", "tags")

@@ -12,13 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pipeline.apps.channel import Channel
-from pipeline.apps.simple_app import (
-    AppExited,
-    AppSession,
-    AppStartTimeout,
-    SimpleAppError,
-    check_prompt_line,
-)
+from pipeline.apps.simple_app import AppExited, AppSession, AppStartTimeout, check_prompt_line
+from pipeline.apps.simple_app_output import SimpleAppError
 from pipeline.config import APP_KV_POSITIONS, RuntimeConfig
 
 ROW_FIELDS: tuple[str, ...] = (

@@ -34,7 +34,7 @@ from pipeline.stages import StageError, stage_main, write_json
 @device_scope()  # the device is held while the stage runs (one device, one run), then released
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     """Push app + model named in fetch.json; write push.json (+ push_stats.json); return push.json's path."""
-    from pipeline.device.transfer import TransferError
+    from pipeline.device.remote import TransferError
     from pipeline.stages.device import open_stage_device
 
     ctx = ctx or RunContext.from_env()
@@ -94,7 +94,7 @@ def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str,
 def _device_record(dev: Any) -> dict[str, Any]:
     from pipeline.device.adb import adb_version
     from pipeline.device.connect import device_kind, device_props
-    from pipeline.device.transfer import device_io
+    from pipeline.device.remote import device_io
 
     with device_io(dev, "reading device properties"):
         return {"kind": device_kind(dev), "serial": dev.serial, "props": device_props(dev),

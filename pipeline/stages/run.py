@@ -30,8 +30,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
     from pipeline.apps.launch import app_env, app_launcher
     from pipeline.device.connect import device_props
+    from pipeline.device.remote import TransferError
     from pipeline.device.telemetry import TelemetrySampler
-    from pipeline.device.transfer import TransferError, host_entries, verify_dirs
+    from pipeline.device.transfer import host_entries, verify_dirs
     from pipeline.run.preflight import check_device, check_fetched
     from pipeline.run.runner import DeviceLost, RunOptions, run_prompts
     from pipeline.stages.device import open_stage_device

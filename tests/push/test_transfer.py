@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.device.transfer import (
-    PART_SUFFIX,
-    TransferError,
-    commit7,
-    device_manifest_path,
-    push_dir,
-    remote_dir_for,
-)
+from pipeline.device.remote import TransferError
+from pipeline.device.transfer import PART_SUFFIX, commit7, device_manifest_path, push_dir, remote_dir_for
 from pipeline.fetch.manifest import MANIFEST_NAME, scan_dir
 from tests.push.conftest import make_tree
 
@@ -209,12 +203,12 @@ def test_unusable_remote_root_is_named_and_nothing_lands_outside(virtual_device,
     ("remote Is a directory", "refused"),
 ])
 def test_send_failures_name_the_fix(adb_says: str, expect: str) -> None:
-    from pipeline.device.transfer import _send_failed
+    from pipeline.device.sender import send_failed
 
     class Dev:
         serial = "SER"
 
-    msg = str(_send_failed(Dev(), "/system/x", adb_says))
+    msg = str(send_failed(Dev(), "/system/x", adb_says))
     assert expect in msg and "device.remote_root" in msg and "\n" not in msg
 
 
@@ -227,7 +221,7 @@ def test_bytes_corrupted_between_send_and_verify_are_caught(virtual_device, host
     vd = virtual_device
     entries = scan_dir(host_tree)
     victim = "we ird 'name' $x.bin"  # 3rd of 4 in send order: verified while zz_big.bin is being sent
-    original = transfer._SyncSession.send
+    original = transfer.SyncSession.send
 
     def send_then_flip(self, local, remote_path, mode, mtime, on_bytes):
         original(self, local, remote_path, mode, mtime, on_bytes)
@@ -237,7 +231,7 @@ def test_bytes_corrupted_between_send_and_verify_are_caught(virtual_device, host
             data[len(data) // 2] ^= 0xFF  # same size: only a real hash of the device bytes notices
             part.write_bytes(bytes(data))
 
-    monkeypatch.setattr(transfer._SyncSession, "send", send_then_flip)
+    monkeypatch.setattr(transfer.SyncSession, "send", send_then_flip)
     with pytest.raises(TransferError, match=r"x\.bin failed verification after push"):
         push_dir(vd.device, host_tree, remote, entries)
     base = sandbox(vd, remote)
@@ -245,7 +239,7 @@ def test_bytes_corrupted_between_send_and_verify_are_caught(virtual_device, host
     for kept in ("lib/libllmod.so", "simple_app"):  # verified before the bad one: kept, byte-identical
         assert (base / kept).read_bytes() == (host_tree / kept).read_bytes()
     assert not (base / MANIFEST_NAME).exists()  # the manifest is written only after every file verified
-    monkeypatch.setattr(transfer._SyncSession, "send", original)
+    monkeypatch.setattr(transfer.SyncSession, "send", original)
     again = push_dir(vd.device, host_tree, remote, entries)
     assert victim in again.sent
     assert_mirrors(vd, host_tree, remote)

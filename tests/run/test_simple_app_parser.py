@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from pipeline.apps.simple_app import (
+from pipeline.apps.simple_app import app_command, check_prompt_line
+from pipeline.apps.simple_app_output import (
     Chunk,
     Done,
     OutputParser,
@@ -17,8 +18,6 @@ from pipeline.apps.simple_app import (
     SimpleAppError,
     Stray,
     answer_timing,
-    app_command,
-    check_prompt_line,
     decode_counting,
     parse_answer,
     parse_transcript,

@@ -39,7 +39,7 @@ def _probe_device(make_virtual_device, **options) -> VirtualDevice:
     return vd
 
 
-def _probe(vd: VirtualDevice, reads: list[str], writes: list[str] = ()) -> dict[str, str]:
+def probe(vd: VirtualDevice, reads: list[str], writes: list[str] = ()) -> dict[str, str]:
     argv = " ".join(shlex.quote(p) for p in [*reads, "--write", *writes])
     r = vd.adb("shell", f"cd /data/local/tmp/probe && ./simple_app /m {argv}", input=b"!exit\n")
     assert r.returncode == 0, r.stderr
@@ -64,7 +64,7 @@ def test_the_kernel_denies_host_paths_to_device_side_code(make_virtual_device, h
     vd.device.sync.push(b"device data", "/data/local/tmp/probe/own.txt")
     own = str(vd.storage / "data/local/tmp/probe/own.txt")
     state = str(vd.root / "state/adbd.json")
-    out = _probe(vd, [str(host_secret), "/etc/hostname", f"/proc/{daemon_pid}/environ", state, own],
+    out = probe(vd, [str(host_secret), "/etc/hostname", f"/proc/{daemon_pid}/environ", state, own],
                  [str(tmp_path / "written.txt"), site.getsitepackages()[0] + "/odeval-probe.pth"])
     for path in (str(host_secret), "/etc/hostname", f"/proc/{daemon_pid}/environ", state):
         assert out[path] == f"errno:{errno.EACCES}", (path, out[path])
@@ -79,7 +79,7 @@ def test_opt_out_is_loud_and_recorded(make_virtual_device, host_secret: Path, ca
     assert "virtual device sandbox OFF" in capfd.readouterr().err
     assert vd.device.shell("getprop ro.odeval.sandbox").strip() == "off"
     assert "sandbox OFF" in vd.log_path.read_text()
-    assert _probe(vd, [str(host_secret)])[str(host_secret)] == f"read:{SECRET}"  # what the opt-out costs
+    assert probe(vd, [str(host_secret)])[str(host_secret)] == f"read:{SECRET}"  # what the opt-out costs
 
 
 def test_daemon_environment_is_an_allowlist(make_virtual_device, monkeypatch: pytest.MonkeyPatch) -> None:

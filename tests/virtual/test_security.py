@@ -53,7 +53,7 @@ def _push_app(vd: VirtualDevice, app_dir: str) -> None:
     vd.device.sync.push(FAKE_BINARY, f"{app_dir}/simple_app", mode=0o755)
 
 
-def _shell(vd: VirtualDevice, cmd: str, stdin: bytes = b"", timeout: float = 120):
+def shell(vd: VirtualDevice, cmd: str, stdin: bytes = b"", timeout: float = 120):
     return vd.adb("shell", cmd, input=stdin, timeout=timeout)
 
 
@@ -67,12 +67,12 @@ def test_pushed_control_file_at_the_old_location_is_inert(virtual_device: Virtua
     _push_app(vd, "/data/local/tmp/sec1")
     vd.device.sync.push(b"{}", "/data/local/tmp/sec1/m/tokenizer.bin")
     try:
-        r = _shell(vd, "/data/local/tmp/sec1/simple_app /data/local/tmp/sec1/m")
+        r = shell(vd, "/data/local/tmp/sec1/simple_app /data/local/tmp/sec1/m")
         assert r.returncode == 1 and b"no config.json" in r.stderr  # the reference app ran, not the payload
         assert not marker.exists()
         assert "refused: device-side control file /.odeval/faults.json is ignored" in _wait_log(vd, "/.odeval/", since)
     finally:
-        _shell(vd, "rm -rf /.odeval /data/local/tmp/sec1")
+        shell(vd, "rm -rf /.odeval /data/local/tmp/sec1")
 
 
 def test_app_cmd_cannot_change_on_a_running_daemon(virtual_device: VirtualDevice, tmp_path: Path) -> None:
@@ -87,12 +87,12 @@ def test_app_cmd_cannot_change_on_a_running_daemon(virtual_device: VirtualDevice
     path.write_text(json.dumps({"app_cmd": payload}))
     _push_app(vd, "/data/local/tmp/sec1b")
     try:
-        r = _shell(vd, "/data/local/tmp/sec1b/simple_app /data/local/tmp/sec1b")
+        r = shell(vd, "/data/local/tmp/sec1b/simple_app /data/local/tmp/sec1b")
         assert r.returncode == 1 and not marker.exists()
         assert "sets 'app_cmd'" in _wait_log(vd, "sets 'app_cmd'", since)
     finally:
         vd.set_faults()
-        _shell(vd, "rm -rf /data/local/tmp/sec1b")
+        shell(vd, "rm -rf /data/local/tmp/sec1b")
 
 
 # -- 2: the device-side environment -------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def test_device_env_does_not_reach_the_app(make_virtual_device, tmp_path: Path) 
     _push_app(vd, "/data/local/tmp/sec2")
     evil = str(vd.storage / "data/local/tmp/sec2")  # the host path the old adbd.json revealed
     cmd = f"cd /data/local/tmp/sec2 && export ADSP_LIBRARY_PATH=. && {_env_prefix(HOSTILE_ENV, evil)} ./simple_app m"
-    r = _shell(vd, cmd, stdin=b"!environ\n!exit\n")
+    r = shell(vd, cmd, stdin=b"!environ\n!exit\n")
     assert r.returncode == 0, r.stderr
     env = json.loads(r.stdout.split(b">>> ")[1].rsplit(b"\n", 1)[0])
     for key in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH",
@@ -143,7 +143,7 @@ def test_pushed_python_files_are_never_imported_by_the_reference_app(model_on_de
         vd.device.sync.push(payload, f"{app_dir}/{name}")
     evil = str(vd.storage / app_dir.lstrip("/") / "evil")
     env = {k: v for k, v in HOSTILE_ENV.items() if k != "ODEVAL_TEMPLATE"}
-    r = _shell(vd, f"cd {app_dir} && {_env_prefix(env, evil)} ./simple_app /data/local/tmp/sec4/model",
+    r = shell(vd, f"cd {app_dir} && {_env_prefix(env, evil)} ./simple_app /data/local/tmp/sec4/model",
                stdin=b"hello\n")
     assert r.returncode == 0 and b"tok/s)" in r.stdout, r.stderr  # the real app ran and answered
     assert not marker.exists()
@@ -166,10 +166,10 @@ def _walk(vd: VirtualDevice, path: str = "/") -> list[str]:
 
 def test_no_host_path_visible_on_the_device(virtual_device: VirtualDevice) -> None:
     vd = virtual_device
-    r = _shell(vd, "cat /.odeval/adbd.json")
+    r = shell(vd, "cat /.odeval/adbd.json")
     assert r.returncode == 1 and b"No such file" in r.stderr
     vd.set_faults(simulate_thermal=True)
-    _shell(vd, "cat /sys/class/thermal/thermal_zone0/temp")
+    shell(vd, "cat /sys/class/thermal/thermal_zone0/temp")
     files = _walk(vd)
     assert "/sys/class/thermal/thermal_zone0/temp" in files
     for f in files:
@@ -184,18 +184,18 @@ def test_no_host_path_visible_on_the_device(virtual_device: VirtualDevice) -> No
               "/data/local/tmp/sec3/dir/f", "./nosuch", "mv /nonexistent /data/x", "rm /"]
     try:
         for cmd in probes:
-            r = _shell(vd, cmd)
+            r = shell(vd, cmd)
             _assert_no_host_path(vd, r.stdout, r.stderr)
         banner = vd.device.get_state(), vd.device.prop.model
         _assert_no_host_path(vd, repr(banner))
         # the reference app's own errors name the model dir: the device sees its device path, never the host one
         # (the app loads a view of the dir in a host scratch dir: pipeline/guest/device_view.py)
-        r = _shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/nomodel")
+        r = shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/nomodel")
         assert r.returncode == 1 and b"/data/local/tmp/sec3/nomodel: No such file or directory" in r.stderr, r.stderr
-        r = _shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/dir")
+        r = shell(vd, "/data/local/tmp/sec3/simple_app /data/local/tmp/sec3/dir")
         assert r.returncode == 1 and b"/data/local/tmp/sec3/dir: no config.json" in r.stderr, r.stderr
     finally:
-        _shell(vd, "rm -rf /data/local/tmp/sec3")
+        shell(vd, "rm -rf /data/local/tmp/sec3")
 
 
 def test_proc_cmdline_of_a_running_app_is_its_device_argv(make_virtual_device) -> None:
@@ -226,7 +226,7 @@ def model_on_device(virtual_device: VirtualDevice, tiny_model) -> tuple[VirtualD
             vd.device.sync.push(f, f"/data/local/tmp/sec4/model/{f.name}")
     _push_app(vd, "/data/local/tmp/sec4/app")
     yield vd, host_model
-    _shell(vd, "rm -rf /data/local/tmp/sec4")
+    shell(vd, "rm -rf /data/local/tmp/sec4")
 
 
 @pytest.mark.parametrize("target", ["/etc", "host-model-path", "symlink-to-etc", "symlink-to-host-model"])
@@ -239,7 +239,7 @@ def test_reload_outside_the_device_storage_is_refused(model_on_device, tmp_path:
         link.symlink_to("/etc" if target == "symlink-to-etc" else host_model)
         reload_dir = "/data/local/tmp/sec4/escape"
     since = len(_log(vd))
-    r = _shell(vd, "cd /data/local/tmp/sec4/app && ./simple_app /data/local/tmp/sec4/model",
+    r = shell(vd, "cd /data/local/tmp/sec4/app && ./simple_app /data/local/tmp/sec4/model",
                stdin=f"!reload {reload_dir}\nhello\n".encode())
     assert r.stdout.startswith(b"Hello, how can I help you today?\n>>> ")
     assert b"Models loaded and ready" not in r.stdout and b"tok/s" not in r.stdout  # nothing loaded, no answer
@@ -255,8 +255,8 @@ def test_model_dir_argument_outside_the_storage_is_refused(model_on_device) -> N
     link = vd.storage / "data/local/tmp/sec4/escape-arg"
     link.symlink_to(host_model)
     since = len(_log(vd))
-    r = _shell(vd, "/data/local/tmp/sec4/app/simple_app /data/local/tmp/sec4/escape-arg", stdin=b"hello\n")
+    r = shell(vd, "/data/local/tmp/sec4/app/simple_app /data/local/tmp/sec4/escape-arg", stdin=b"hello\n")
     assert r.returncode == 1 and b"escape-arg: No such file or directory" in r.stderr and b"tok/s" not in r.stdout
     assert "model dir '/data/local/tmp/sec4/escape-arg' cannot be opened" in _wait_log(vd, "escape-arg", since)
-    r = _shell(vd, "cat /data/local/tmp/sec4/escape-arg/config.json")  # the shell's builtins resolve it in-root too
+    r = shell(vd, "cat /data/local/tmp/sec4/escape-arg/config.json")  # the shell's builtins resolve it in-root too
     assert r.returncode == 1 and b"No such file or directory" in r.stderr and r.stdout == b""
