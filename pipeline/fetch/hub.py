@@ -28,12 +28,12 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from pipeline.fetch.hub_errors import NET_FIX, HubError, map_error, show_endpoint
 from pipeline.fetch.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -46,58 +46,22 @@ from pipeline.fetch.manifest import (
 
 log = logging.getLogger(__name__)
 
+
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+
+
 _TRUE = {"1", "on", "yes", "true"}
-_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
 LOCAL_EXCLUDE = (MANIFEST_NAME, ".git", ".cache/huggingface")
-
-
-class HubError(Exception):
-    """One-line fetch failure naming the repo/revision/key and the fix; ``kind`` is a stable machine tag.
-
-    kinds: repo_not_found, gated, revision_not_found, entry_not_found, patterns, unreachable, timeout,
-    not_cached, incomplete, verify, http, local, invalid.
-    """
-
-    def __init__(self, message: str, *, kind: str, missing: Sequence[str] = ()) -> None:
-        super().__init__(_scrub(" ".join(message.split())))
-        self.kind = kind
-        self.missing = list(missing)
 
 
 def _env_true(name: str) -> bool:
     return (os.environ.get(name) or "").strip().lower() in _TRUE
 
 
-def _secrets() -> list[str]:
-    """Token values that must never be shown: env tokens and the stored login token (read, never used)."""
-    from huggingface_hub import constants
-
-    values = [os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
-    try:
-        values.append(Path(constants.HF_TOKEN_PATH).read_text().strip())
-    except OSError:
-        pass
-    return [v for v in values if v and len(v) >= 4]
-
-
-def _scrub(text: str) -> str:
-    for secret in _secrets():
-        text = text.replace(secret, "***")
-    return _TOKEN_RE.sub("hf_***", text)
-
-
-def _show_endpoint(endpoint: str) -> str:
-    """Endpoint without any ``user:password@`` part, for messages."""
-    parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}".rstrip("/")
-
-
 @dataclass(frozen=True)
-class _Ctx:
+class Ctx:
     """Everything one fetch needs, resolved once (paths from the hub's own cache layout)."""
 
     repo_id: str
@@ -124,7 +88,7 @@ class _Ctx:
 
     @property
     def shown(self) -> str:
-        return _show_endpoint(self.endpoint)
+        return show_endpoint(self.endpoint)
 
 
 def fetch_snapshot(
@@ -156,7 +120,7 @@ def fetch_snapshot(
     if timeout <= 0:
         raise HubError(f"timeout {timeout!r} must be > 0 seconds", kind="invalid")
     ep = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    ctx = _Ctx(
+    ctx = Ctx(
         repo_id=repo_id,
         revision=revision,
         patterns=list(allow_patterns) if allow_patterns else None,
@@ -188,12 +152,12 @@ def fetch_snapshot(
         listing = _read_listing(ctx, commit) or _fetch_listing(ctx, commit)
     except httpx2.TimeoutException:
         reason = f"endpoint {ctx.shown} did not answer within {timeout:g}s"
-        return _from_cache(ctx, source, reason=reason, fix=_NET_FIX, kind="timeout")
+        return _from_cache(ctx, source, reason=reason, fix=NET_FIX, kind="timeout")
     except (httpx2.TransportError, ConnectionError) as err:
         reason = f"endpoint {ctx.shown} unreachable ({type(err).__name__})"
-        return _from_cache(ctx, source, reason=reason, fix=_NET_FIX, kind="unreachable")
+        return _from_cache(ctx, source, reason=reason, fix=NET_FIX, kind="unreachable")
     except HfHubHTTPError as err:
-        raise _map_error(ctx, err) from None
+        raise map_error(ctx, err) from None
     if not pinned:
         _write_ref(ctx.storage, revision, commit)
     expected = _select(ctx, listing)
@@ -202,10 +166,7 @@ def fetch_snapshot(
     return _result(ctx, source, commit, expected, listing)
 
 
-_NET_FIX = "check the network/endpoint, or set HF_HUB_OFFLINE=1 to use the cache"
-
-
-def _resolve(ctx: _Ctx) -> str:
+def _resolve(ctx: Ctx) -> str:
     """Branch/tag -> commit sha with a timeout (the hub's own ``repo_info`` call has none)."""
     from huggingface_hub import HfApi
 
@@ -216,13 +177,13 @@ def _resolve(ctx: _Ctx) -> str:
     return info.sha
 
 
-def _read_listing(ctx: _Ctx, commit: str) -> dict[str, Any] | None:
+def _read_listing(ctx: Ctx, commit: str) -> dict[str, Any] | None:
     from huggingface_hub._tree_cache import read_tree_cache
 
     return read_tree_cache(str(ctx.tree_folder), commit)
 
 
-def _fetch_listing(ctx: _Ctx, commit: str) -> dict[str, Any]:
+def _fetch_listing(ctx: Ctx, commit: str) -> dict[str, Any]:
     """GET the recursive tree of ``commit`` (timed, paginated) and store it in the hub's tree cache."""
     from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
@@ -253,7 +214,7 @@ def _fetch_listing(ctx: _Ctx, commit: str) -> dict[str, Any]:
     return entries
 
 
-def _select(ctx: _Ctx, listing: dict[str, Any]) -> list[str]:
+def _select(ctx: Ctx, listing: dict[str, Any]) -> list[str]:
     """Files of the commit matching ``allow_patterns`` (hub semantics); any pattern matching nothing is an error."""
     from huggingface_hub.utils import filter_repo_objects
 
@@ -275,12 +236,12 @@ def _select(ctx: _Ctx, listing: dict[str, Any]) -> list[str]:
     return selected
 
 
-def _missing(ctx: _Ctx, commit: str, expected: list[str]) -> list[str]:
+def _missing(ctx: Ctx, commit: str, expected: list[str]) -> list[str]:
     base = ctx.base_dir(commit)
     return [p for p in expected if not (base / p).is_file()]
 
 
-def _from_cache(ctx: _Ctx, source: str, *, reason: str, fix: str, kind: str) -> dict[str, Any]:
+def _from_cache(ctx: Ctx, source: str, *, reason: str, fix: str, kind: str) -> dict[str, Any]:
     """Serve the fetch from the cache alone, or say exactly what is missing (``kind`` when nothing is cached)."""
     pinned = bool(_COMMIT_RE.fullmatch(ctx.revision))
     commit = ctx.revision if pinned else _read_ref(ctx.storage, ctx.revision)
@@ -338,7 +299,7 @@ def _quiet_tqdm() -> type:
     return QuietTqdm
 
 
-def _download(ctx: _Ctx, commit: str) -> None:
+def _download(ctx: Ctx, commit: str) -> None:
     """``snapshot_download`` by commit sha: its tree listing is already cached, HEADs use ``etag_timeout``."""
     import httpx2
     from huggingface_hub import constants, snapshot_download
@@ -368,64 +329,10 @@ def _download(ctx: _Ctx, commit: str) -> None:
             kind="unreachable",
         ) from None
     except (HfHubHTTPError, EntryNotFoundError, LocalEntryNotFoundError) as err:
-        raise _map_error(ctx, err, commit=commit) from None
+        raise map_error(ctx, err, commit=commit) from None
 
 
-def _map_error(ctx: _Ctx, err: Exception, *, commit: str | None = None) -> HubError:
-    """Translate a huggingface_hub exception into one line with the fix (order matters: subclasses first)."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        IncompleteSnapshotError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    key, what, ep = ctx.config_key, ctx.what, ctx.shown
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    page = f"{ep}/{ctx.repo_id}"
-    if isinstance(err, GatedRepoError) or (
-        isinstance(err, HfHubHTTPError) and status in (401, 403) and not isinstance(err, RepositoryNotFoundError)
-    ):
-        return HubError(
-            f"{what}: access denied (gated repo, HTTP {status}): accept the licence on the model page ({page}) "
-            "and set HF_TOKEN (or run `hf auth login`)",
-            kind="gated",
-        )
-    if isinstance(err, RepositoryNotFoundError):
-        return HubError(
-            f"{what}: repository not found at {ep} (HTTP {status}): check {key}.repo_id; "
-            "if it is private, set HF_TOKEN",
-            kind="repo_not_found",
-        )
-    if isinstance(err, RevisionNotFoundError):
-        return HubError(
-            f"{what}: revision {ctx.revision!r} not found: check {key}.revision (a branch, tag or full 40-char "
-            "commit sha)",
-            kind="revision_not_found",
-        )
-    if isinstance(err, IncompleteSnapshotError):
-        return HubError(
-            f"{what}: the cached snapshot is incomplete and the Hub could not be reached: {_NET_FIX}",
-            kind="incomplete",
-        )
-    if isinstance(err, LocalEntryNotFoundError):
-        return HubError(f"{what}: not cached and could not be downloaded from {ep}: {_NET_FIX}", kind="not_cached")
-    if isinstance(err, EntryNotFoundError):
-        at = f"commit {commit[:12]}" if commit else "this revision"
-        return HubError(
-            f"{what}: a listed file is missing on {ep} at {at}: check {key}.allow_patterns or pin another "
-            f"{key}.revision",
-            kind="entry_not_found",
-        )
-    return HubError(
-        f"{what}: {ep} answered HTTP {status}: retry later, or set HF_HUB_OFFLINE=1 to use the cache", kind="http"
-    )
-
-
-def _result(ctx: _Ctx, source: str, commit: str, expected: list[str], listing: dict[str, Any]) -> dict[str, Any]:
+def _result(ctx: Ctx, source: str, commit: str, expected: list[str], listing: dict[str, Any]) -> dict[str, Any]:
     """Hash + verify every selected file against the Hub's checksums, then build the fetch.json entry."""
     base = ctx.base_dir(commit)
     files: list[FileEntry] = []
@@ -450,7 +357,7 @@ def _result(ctx: _Ctx, source: str, commit: str, expected: list[str], listing: d
     }
 
 
-def _verify(ctx: _Ctx, commit: str, path: str, full: Path, sha: str, size: int, meta: Any) -> None:
+def _verify(ctx: Ctx, commit: str, path: str, full: Path, sha: str, size: int, meta: Any) -> None:
     """Size always; content via the LFS sha256, or the git blob sha1 (small non-LFS files)."""
     got, want = None, None
     if size != meta.size:

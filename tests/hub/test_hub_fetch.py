@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.fetch.hub import HubError, fetch_snapshot, local_snapshot
+from pipeline.fetch.hub_errors import HubError
+from pipeline.fetch.hub import fetch_snapshot, local_snapshot
 from pipeline.fetch.manifest import FileEntry, manifest_sha256
 from tests.helpers.hub_server import HubServer, synthetic_model_files
 
@@ -307,8 +308,8 @@ def test_cache_errors_from_the_hub_are_mapped(hf_home: Path, exc_name: str) -> N
 
     cls = getattr(hub_errors, exc_name)
     err = cls("multi\nline", snapshot_path="/x") if exc_name.startswith("Incomplete") else cls("multi\nline")
-    ctx = hub._Ctx(REPO, "main", None, "http://127.0.0.1:9", 1.0, hf_home, None, "model", False, None)  # type: ignore[arg-type]
-    mapped = hub._map_error(ctx, err)
+    ctx = hub.Ctx(REPO, "main", None, "http://127.0.0.1:9", 1.0, hf_home, None, "model", False, None)  # type: ignore[arg-type]
+    mapped = hub.map_error(ctx, err)
     assert mapped.kind == ("incomplete" if exc_name.startswith("Incomplete") else "not_cached")
     assert "HF_HUB_OFFLINE" in _one_line(mapped)
 
