@@ -10,11 +10,39 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from pipeline.apps.channel import Channel
 from pipeline.apps.simple_app import app_command
 from pipeline.prompt_model.prompt_buffer import format_setting
-from pipeline.run.runner import AppProcess
+
+
+@dataclass
+class AppProcess:
+    """A started app: its channel, a way to kill it on the device, and its pid (from the `odeval-pid:` line).
+
+    `remote_kill(pid)` is the launcher's kill (on a phone: a second `adb shell kill -9 <pid>`, because closing
+    the stream does not reliably kill the remote process); the runner fills `pid` after the session parsed it.
+    `kill()` runs remote_kill when the pid is known and always closes the channel.
+    """
+
+    channel: Channel
+    remote_kill: Callable[[int], None] | None = None
+    pid: int | None = None
+    on_pid: Callable[[int | None], None] | None = None  # e.g. points the telemetry sampler at the new app
+
+    def set_pid(self, pid: int | None) -> None:
+        self.pid = pid
+        if self.on_pid is not None:
+            self.on_pid(pid)
+
+    def kill(self) -> None:
+        try:
+            if self.remote_kill is not None and self.pid is not None:
+                self.remote_kill(self.pid)
+        finally:
+            self.channel.close()
 
 
 def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, template: str,

@@ -9,15 +9,25 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from pipeline.fetch.hub import Ctx
-
 
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
+
+
+class FetchTarget(Protocol):
+    """What a message needs to know of the fetch that failed (``pipeline.fetch.hub.Ctx`` is one)."""
+
+    repo_id: str
+    revision: str
+    config_key: str
+
+    @property
+    def what(self) -> str: ...
+
+    @property
+    def shown(self) -> str: ...
 
 class HubError(Exception):
     """One-line fetch failure naming the repo/revision/key and the fix; ``kind`` is a stable machine tag.
@@ -62,7 +72,7 @@ def show_endpoint(endpoint: str) -> str:
 NET_FIX = "check the network/endpoint, or set HF_HUB_OFFLINE=1 to use the cache"
 
 
-def map_error(ctx: Ctx, err: Exception, *, commit: str | None = None) -> HubError:
+def map_error(ctx: FetchTarget, err: Exception, *, commit: str | None = None) -> HubError:
     """Translate a huggingface_hub exception into one line with the fix (order matters: subclasses first)."""
     from huggingface_hub.errors import (
         EntryNotFoundError,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from pipeline.apps.channel import Channel
+from pipeline.apps.launch import AppProcess
 from pipeline.apps.simple_app import AppExited, AppSession, AppStartTimeout, check_prompt_line
 from pipeline.apps.simple_app_output import SimpleAppError
 from pipeline.config import APP_KV_POSITIONS, RuntimeConfig
@@ -101,33 +101,6 @@ class RunOptions:
                 raise RunnerError(f"{name}={getattr(self, name)} must be > 0")
         if self.cooldown_s < 0:
             raise RunnerError(f"runtime.cooldown_s={self.cooldown_s} must be >= 0")
-
-
-@dataclass
-class AppProcess:
-    """A started app: its channel, a way to kill it on the device, and its pid (from the `odeval-pid:` line).
-
-    `remote_kill(pid)` is the launcher's kill (on a phone: a second `adb shell kill -9 <pid>`, because closing
-    the stream does not reliably kill the remote process); the runner fills `pid` after the session parsed it.
-    `kill()` runs remote_kill when the pid is known and always closes the channel.
-    """
-
-    channel: Channel
-    remote_kill: Callable[[int], None] | None = None
-    pid: int | None = None
-    on_pid: Callable[[int | None], None] | None = None  # e.g. points the telemetry sampler at the new app
-
-    def set_pid(self, pid: int | None) -> None:
-        self.pid = pid
-        if self.on_pid is not None:
-            self.on_pid(pid)
-
-    def kill(self) -> None:
-        try:
-            if self.remote_kill is not None and self.pid is not None:
-                self.remote_kill(self.pid)
-        finally:
-            self.channel.close()
 
 
 def empty_row(item: RunItem, repeat: int, warmup: bool, session: str) -> dict:

@@ -117,8 +117,8 @@ def _package_entry(m: ModelConfig, out: Path) -> dict:
 
 def _remote_or_local(name: str, source: str, repo_id: str | None, revision: str | None,
                      allow_patterns: list[str] | None, path: str | None, section: str, progress: bool = False) -> dict:
-    from pipeline.fetch.hub_errors import HubError
     from pipeline.fetch.hub import fetch_snapshot, local_snapshot
+    from pipeline.fetch.hub_errors import HubError
 
     try:
         if source == "local":

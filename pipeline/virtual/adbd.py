@@ -21,12 +21,10 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from pipeline.virtual import adbauth
-
-if TYPE_CHECKING:
-    from pipeline.virtual.daemon import Daemon
 
 log = logging.getLogger("odeval.virtual.adbd")
 
@@ -76,6 +74,19 @@ def check_loopback(host: str) -> str:
         raise AdbdError(f"refusing to listen on {host!r}: the virtual device binds loopback only; use --host 127.0.0.1")
     return name
 
+
+
+class Device(Protocol):
+    """What a connection needs of the device it serves (``pipeline.virtual.daemon.Daemon`` is one)."""
+
+    auth: bool
+    adb_keys: Path | None
+
+    def banner(self) -> str: ...
+
+    def service_for(self, service: str) -> Callable[[Stream, str], None] | None: ...
+
+    def enter_device_domain(self, probe: bool = False) -> None: ...
 
 class StreamClosed(Exception):
     """The stream (or its whole transport) is gone."""
@@ -246,7 +257,7 @@ class Stream:
 class Connection:
     """One TCP connection from the adb server: CNXN handshake, stream table, packet dispatch."""
 
-    def __init__(self, daemon: Daemon, sock: socket.socket) -> None:
+    def __init__(self, daemon: Device, sock: socket.socket) -> None:
         self.daemon = daemon
         self.sock = sock
         self.max_payload = MAX_PAYLOAD

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.fetch.hub_errors import HubError
 from pipeline.fetch.hub import fetch_snapshot, local_snapshot
+from pipeline.fetch.hub_errors import HubError
 from pipeline.fetch.manifest import FileEntry, manifest_sha256
 from tests.helpers.hub_server import HubServer, synthetic_model_files
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.apps.channel import SubprocessChannel
+from pipeline.apps.launch import AppProcess
 from pipeline.apps.simple_app import app_command
-from pipeline.run.runner import AppProcess
 
 STUB = Path(__file__).with_name("stub_app.py")
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.apps.channel import SubprocessChannel
+from pipeline.apps.launch import AppProcess
 from pipeline.prompt_model.prompt_format import load_format
-from pipeline.run.runner import ROW_FIELDS, AppProcess, RunItem, RunOptions, run_prompts
+from pipeline.run.runner import ROW_FIELDS, RunItem, RunOptions, run_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 
