@@ -73,13 +73,12 @@ def _read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _fp_answers(path: str) -> dict[str, str]:
-    out = {}
-    for n, obj in _read_jsonl(path):
-        key = obj.get("id", obj.get("prompt_id"))
-        if key is None or not isinstance(obj.get("response"), str):
-            raise QualityError(f"{path}:{n}: an FP answer line needs 'id' (or 'prompt_id') and a string 'response'")
-        out.setdefault(str(key), obj["response"])  # first repeat wins: greedy repeats are identical anyway
-    return out
+    from pipeline.quality.fidelity import read_fp_answers
+
+    try:
+        return read_fp_answers(Path(path))
+    except (OSError, ValueError) as e:
+        raise QualityError(str(e)) from None
 
 
 def _labels(rows: list[tuple[int, dict[str, Any]]], path: str) -> list[int]:

@@ -1,0 +1,118 @@
+"""Score one run: every measured row gets its quality (a crashed, timed-out or errored prompt is a failed answer:
+quality 0, its text never scored), then per-prompt rows and the run's summary numbers with their provenance.
+
+Inputs are the run stage's outputs as read from disk; nothing here writes files or talks to MLflow."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.run.outcomes import failure_kind
+from pipeline.run.record import run_status
+from pipeline.score import summary
+from pipeline.socs import soc_of
+
+
+class ScoreError(Exception):
+    """The run's outputs or the scoring config cannot be scored (the message says which file/key and the fix)."""
+
+
+def fp_answers(cfg: Config) -> dict[str, str] | None:
+    """The FP reference run's answers by prompt id (``scoring.fp_reference``: its responses.jsonl), or None."""
+    from pipeline.quality.fidelity import read_fp_answers
+
+    if not cfg.scoring.fp_reference:
+        return None
+    path = Path(os.path.expanduser(cfg.scoring.fp_reference))
+    if not path.exists():
+        raise ScoreError(f"scoring.fp_reference={cfg.scoring.fp_reference!r}: file not found — point it at an FP "
+                         "run's responses.jsonl")
+    try:
+        return read_fp_answers(path)
+    except ValueError as e:
+        raise ScoreError(f"scoring.fp_reference: {e}") from None
+
+
+def score_run(cfg: Config, rows: list[dict], prompts: dict[str, dict], telemetry: list[dict], fetch: dict,
+              push: dict, run_json: dict) -> tuple[dict, list[dict], list[str], list[dict]]:
+    """(score.json, per-prompt rows, the quality families that applied, per-row quality scores)."""
+    from pipeline.quality.composite import FAMILIES, score_items
+    from pipeline.quality.fluency import reference_for
+
+    answered = [r for r in rows if failure_kind(r) is None]  # crashes/timeouts/errors are failed answers
+    lm, lm_off = reference_for(cfg.model.name, cfg.scoring.fluency.model, cfg.scoring.fluency.references)
+    if lm_off and "unavailable" in lm_off:
+        print(f"score: warning — fluency not measured: {lm_off}", file=sys.stderr)
+    scored = iter(score_items(summary.quality_items(answered, prompts), relevance=cfg.scoring.relevance,
+                              embedding_model=cfg.scoring.embedding_model, fp_answers=fp_answers(cfg),
+                              judge_url=cfg.scoring.judge.url, judge_model=cfg.scoring.judge.model or "judge",
+                              fluency=lm, fluency_off_reason=lm_off))
+    scores = [next(scored) if failure_kind(r) is None else summary.failed_answer_score(r, failure_kind(r))
+              for r in rows]
+    for r, sc in zip(rows, scores, strict=True):  # flagged per row: the text hides bytes the app really printed
+        if summary.undecodable(r):
+            sc["undecodable_chars"] = r["replaced_chars"]
+    families = [f for f in FAMILIES if any(s.get(f) is not None for s in scores)]
+    prompt_rows = summary.per_prompt(rows, scores, prompts, families)
+    kind = run_json["device"].get("kind", "unknown")
+    bw, bw_reason = summary.device_bandwidth(push["device"], cfg.device.bandwidth_gb_s,
+                                             cfg.scoring.soc_bandwidth_gb_s)
+    score = summary.summarize_run(rows, prompt_rows, families, telemetry, device_kind=kind, bandwidth_gb_s=bw,
+                                  bandwidth_reason=bw_reason, weight_bytes=cfg.model.weight_bytes)
+    props = run_json["device"].get("props") or {}
+    score["run_status"] = run_status(run_json)
+    score["provenance"] = {"device_kind": kind, "run_key": run_json.get("run_key"),
+                           "device_model": props.get("ro.product.model"), "device_soc": soc_of(props),
+                           "model_manifest": fetch["model"]["manifest_sha256"][:12],
+                           "app_manifest": fetch["app"]["manifest_sha256"][:12],
+                           "git_commit": (run_json.get("git") or {}).get("commit")}
+    return score, prompt_rows, families, scores
+
+
+def write_prompts_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """metrics/prompts.csv: one row per prompt (DVC plots read it); floats rounded, missing values empty."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else (round(r[k], 6) if isinstance(r[k], float) else r[k]))
+                        for k in fields})
+
+
+def summary_lines(score: dict[str, Any]) -> list[str]:
+    """What the score stage prints: the device kind first (a virtual device's rates are the host's), the timing,
+    the failures (each a quality 0), quality, and any undecodable or implausible numbers."""
+    t, q = score["throughput"], score["quality"]
+
+    def f(x: Any, spec: str = ".2f") -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    kind = score["device_kind"]
+    d = t["decode_tok_s"]
+    fails = score["failures"]
+    lines = [f"score: {score['n_prompts']} prompts on a {kind.upper()} device"
+             + (" (host CPU — not a phone result)" if kind == "virtual" else ""),
+             f"  decode tok/s  mean {f(d['mean'])}  p50 {f(d['p50'])}  cv {f(d['cv'])}  (timed on {d['n']} of"
+             f" {d['n'] + d['n_missing']} answers; shorter ones are below timing resolution)",
+             f"  app tok/s (the app's own blended figure) mean {f(t['app_tok_s']['mean'])}   TTFT p50"
+             f" {f(t['ttft_s']['p50'], '.3f')} s   model load p50 {f(t['load_s']['p50'], '.2f')} s",
+             f"  failed answers {fails['failed']}/{fails['measured']}  (crashed {fails['crashed']}, timed out"
+             f" {fails['timed_out']}, other errors {fails['error']}) — each counts as quality 0"]
+    if q["score"] is None:
+        lines.append(f"  quality score n/a — {q.get('score_reason')}")
+    else:
+        lines.append(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
+                     f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
+    bad = score["undecodable"]
+    if bad["rows"]:
+        lines.append(f"  UNDECODABLE: {bad['rows']} of {score['n_rows']} answers had invalid UTF-8 "
+                     f"({bad['replaced_chars']} bytes shown as U+FFFD; flagged per row in prompts.csv and "
+                     "quality.jsonl)")
+    if score["plausible"] is False:
+        lines.append(f"  IMPLAUSIBLE: decode rate above the bandwidth roofline ({f(score['roofline_tok_s'])} tok/s)")
+    return lines
