@@ -15,7 +15,15 @@ from typing import Any
 
 import adbutils
 
-from pipeline.device.adb import AdbServer, AdbToolError, adb_client, check_server_version, resolve_server, run_adb
+from pipeline.device.adb import (
+    AdbServer,
+    AdbToolError,
+    adb_client,
+    adb_version,
+    check_server_version,
+    resolve_server,
+    run_adb,
+)
 
 __all__ = ["DeviceError", "get_device", "device_props", "device_kind", "DEFAULT_VIRTUAL_ROOT", "PROP_KEYS"]
 
@@ -201,3 +209,13 @@ def device_kind(dev: adbutils.AdbDevice) -> str:
     """"virtual" only if the device itself says so (``ro.odeval.virtual=1``) — provenance comes from the device."""
     value = str(dev.shell(["getprop", "ro.odeval.virtual"], timeout=30)).strip()
     return "virtual" if value == "1" else "real"
+
+
+def device_record(dev: adbutils.AdbDevice) -> dict[str, Any]:
+    """What push.json says about the device: its kind (virtual only if it says so), serial, provenance props and
+    the adb version that talked to it."""
+    from pipeline.device.remote import device_io
+
+    with device_io(dev, "reading device properties"):
+        return {"kind": device_kind(dev), "serial": dev.serial, "props": device_props(dev),
+                "adb_version": adb_version()}

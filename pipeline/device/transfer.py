@@ -431,3 +431,26 @@ def verify_dirs(dev: Any, dirs: Sequence[tuple[str, str, Sequence[FileEntry]]]) 
                                 "then run")
     return {"method": "sha256", "files": sum(len(e) for _, _, e in dirs),
             "bytes": sum(f.size for _, _, e in dirs for f in e), "seconds": round(time.monotonic() - t0, 3)}
+
+
+def push_stats(parts: dict[str, PushResult], verify: str) -> dict[str, Any]:
+    """push_stats.json: files/bytes sent and skipped, wall ``seconds``, ``send_seconds`` and ``mb_per_s`` (null when
+    nothing was sent), per dir too. Timings live here, never in push.json (``run`` depends on push.json)."""
+    sent = sum(r.bytes_sent for r in parts.values())
+    seconds = sum(r.seconds for r in parts.values())
+    send_seconds = sum(r.send_seconds for r in parts.values())
+    return {
+        "files_sent": sum(r.files_sent for r in parts.values()),
+        "files_skipped": sum(r.files_skipped for r in parts.values()),
+        "files_adopted": sum(r.files_adopted for r in parts.values()),
+        "files_removed": sum(r.files_removed for r in parts.values()),
+        "bytes_sent": sent,
+        "bytes_skipped": sum(r.bytes_skipped for r in parts.values()),
+        "seconds": round(seconds, 3),
+        "send_seconds": round(send_seconds, 3),
+        "mb_per_s": round(sent / 1e6 / send_seconds, 1) if sent and send_seconds > 0 else None,
+        "verify": verify,
+        "per_dir": {k: {"remote_dir": r.remote_dir, "files_sent": r.files_sent, "files_skipped": r.files_skipped,
+                        "bytes_sent": r.bytes_sent, "bytes_skipped": r.bytes_skipped, "seconds": round(r.seconds, 3)}
+                    for k, r in parts.items()},
+    }

@@ -34,7 +34,9 @@ from pipeline.stages import StageError, stage_main, write_json
 @device_scope()  # the device is held while the stage runs (one device, one run), then released
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     """Push app + model named in fetch.json; write push.json (+ push_stats.json); return push.json's path."""
+    from pipeline.device.connect import device_record
     from pipeline.device.remote import TransferError
+    from pipeline.device.transfer import push_stats
     from pipeline.stages.device import open_stage_device
 
     ctx = ctx or RunContext.from_env()
@@ -47,14 +49,14 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
         app = _push_one(dev, root, "apps", cfg.app.name, fetched["app"], cfg.app.binary, verify, mover,
                        not ctx.quiet)
         model = _push_one(dev, root, "models", cfg.model.name, fetched["model"], None, verify, mover, not ctx.quiet)
-        device = _device_record(dev)
+        device = device_record(dev)
     except TransferError as e:
         raise StageError(str(e)) from None
     push = {"device": device, "remote_root": cfg.device.remote_root,
             "app": app["record"], "model": model["record"]}
     out = artifacts / "push.json"
     write_json(out, push)
-    write_json(artifacts / "push_stats.json", _stats(app["result"], model["result"], verify))
+    write_json(artifacts / "push_stats.json", push_stats({"app": app["result"], "model": model["result"]}, verify))
     return out
 
 
@@ -89,38 +91,6 @@ def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str,
     record = {"name": name, "remote_dir": remote, "binary": binary,
               "manifest_sha256": result.manifest_sha256, "commit": entry["commit"]}
     return {"record": record, "result": result}
-
-
-def _device_record(dev: Any) -> dict[str, Any]:
-    from pipeline.device.adb import adb_version
-    from pipeline.device.connect import device_kind, device_props
-    from pipeline.device.remote import device_io
-
-    with device_io(dev, "reading device properties"):
-        return {"kind": device_kind(dev), "serial": dev.serial, "props": device_props(dev),
-                "adb_version": adb_version()}
-
-
-def _stats(app: Any, model: Any, verify: str) -> dict[str, Any]:
-    parts = {"app": app, "model": model}
-    sent = sum(r.bytes_sent for r in parts.values())
-    seconds = sum(r.seconds for r in parts.values())
-    send_seconds = sum(r.send_seconds for r in parts.values())
-    return {
-        "files_sent": sum(r.files_sent for r in parts.values()),
-        "files_skipped": sum(r.files_skipped for r in parts.values()),
-        "files_adopted": sum(r.files_adopted for r in parts.values()),
-        "files_removed": sum(r.files_removed for r in parts.values()),
-        "bytes_sent": sent,
-        "bytes_skipped": sum(r.bytes_skipped for r in parts.values()),
-        "seconds": round(seconds, 3),
-        "send_seconds": round(send_seconds, 3),
-        "mb_per_s": round(sent / 1e6 / send_seconds, 1) if sent and send_seconds > 0 else None,
-        "verify": verify,
-        "per_dir": {k: {"remote_dir": r.remote_dir, "files_sent": r.files_sent, "files_skipped": r.files_skipped,
-                        "bytes_sent": r.bytes_sent, "bytes_skipped": r.bytes_skipped, "seconds": round(r.seconds, 3)}
-                    for k, r in parts.items()},
-    }
 
 
 def _pushed_serial(path: Path) -> str | None:
