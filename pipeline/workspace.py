@@ -63,3 +63,9 @@ def git_dirty(root: Path) -> bool | None:
         return None
     out = _git(root, "status", "--porcelain", "--untracked-files=no")
     return None if out is None else bool(out.strip())
+
+
+def cache_home() -> Path:
+    """The machine-wide content-addressed cache of built/converted models and host hashes: ``$ODEVAL_CACHE``, else
+    ``~/.cache/odeval`` (each checkout's ``paths.cache`` holds hard links into it)."""
+    return Path(os.environ.get("ODEVAL_CACHE") or Path.home() / ".cache" / "odeval").expanduser()

@@ -9,7 +9,7 @@ fallback (a marker file) on filesystems without flock, because a marker is *not*
 
 Locks are per host: flock over NFS is emulated (or silently local) and not trustworthy, so jobs on several hosts
 must not share a lock dir on a network filesystem. Recommended: one pool per host (each host leases the phones
-its own adb server sees, every host runs its own sweep share); the README's "Many phones" has the trade-offs.
+its own adb server sees, every host runs its own sweep share); docs/sweeps.md "Many phones" has the trade-offs.
 
 Every lease appends to ``<lock_dir>/leases.jsonl`` (an ``acquire`` and a ``release`` record: job, device, serial,
 t_acquire, t_release, pid, host): the audit that each device ran at most one job at a time. A job killed while

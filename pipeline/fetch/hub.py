@@ -129,7 +129,7 @@ def fetch_snapshot(
         storage=Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model"),
         local_dir=Path(local_dir).expanduser().resolve() if local_dir else None,
         config_key=config_key,
-        progress=progress and not _env_true("CI"),
+        progress=progress,
         cache=hash_cache if hash_cache is not None else HashCache(),
     )
     pinned = bool(_COMMIT_RE.fullmatch(revision))

@@ -113,8 +113,9 @@ def default_hash_cache_path() -> Path:
     explicit = os.environ.get("ODEVAL_HASH_CACHE")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get("ODEVAL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "odeval")
-    return Path(base).expanduser() / "hashes.json"
+    from pipeline.workspace import cache_home
+
+    return cache_home() / "hashes.json"
 
 
 class HashCache:

@@ -114,8 +114,10 @@ def contains_answer(text: str, aliases: tuple[str, ...] | list[str]) -> bool:
 
 # ----------------------------------------------------------------------------------------------- cache / keys
 def cache_root() -> Path:
-    """``$ODEVAL_CACHE`` or ``~/.cache/odeval`` (models live under ``models/``)."""
-    return Path(os.environ.get("ODEVAL_CACHE") or Path.home() / ".cache" / "odeval")
+    """The machine-wide cache (:func:`pipeline.workspace.cache_home`; models live under ``models/``)."""
+    from pipeline.workspace import cache_home
+
+    return cache_home()
 
 
 def content_key(spec: TinySpec = SPEC) -> str:

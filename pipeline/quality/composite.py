@@ -17,8 +17,8 @@ families: any text that is not repetitive and in the right script earned the for
 0.9, language_match 1.0), and averaged with the content families they lifted word salad to 0.55, above the as-is
 app's real answers (0.28). Form is necessary, never sufficient: as a factor <= 1 it can only lower what the content
 earned (quality_score <= quality_content always), and a clean form adds nothing. Rejected alternatives, measured on
-both labelled sets (README "How well the scorer separates…"): a geometric mean of all families still lets perfect
-form raise a weak content score; a pure gate (form ignored unless failed) drops the ranking signal of mild
+both labelled sets (docs/quality.md "How well the scorer separates…"): a geometric mean of all families still lets
+perfect form raise a weak content score; a pure gate (form ignored unless failed) drops the ranking signal of mild
 repetition (lower AUC on the SmolLM2 set); a learned weighting gives no structural guarantee that form
 cannot lift and would be fitted on ~300 answers of one model. When no content family applies (relevance off, no
 reference/keywords/rules) quality_score is the form factor alone and ``quality_score_basis`` says so.

@@ -72,7 +72,7 @@ def auc_table(scored: Sequence[Mapping[str, Any]], labels: Sequence[int],
 
 
 def format_auc_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table (the README quotes it verbatim)."""
+    """Markdown table (docs/quality.md quotes it verbatim)."""
     lines = ["| family | n | good | failing | AUC |", "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.3f}"

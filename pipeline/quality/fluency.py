@@ -20,7 +20,7 @@ token-by-token forward in tests/quality/test_fluency.py), so scoring imports no 
 reference gets fluency null + reason (surprisal is comparable only under one tokenizer and one model).
 
 Cost: one forward over prompt (ChatML with SmolLM2's default system turn, ~35 tokens) + answer (≤ 64 tokens),
-measured in the README ("Answer quality offline"), plus loading the 135 M weights once per process.
+measured in docs/quality.md, plus loading the 135 M weights once per process.
 
 Score. ``fluency`` maps fluency_nll to [0, 1] with a linear ramp, 1 at or below ``FLUENT_NLL`` and 0 at or above
 ``NOISE_NLL``; ``NOISE_AT`` (the ramp's midpoint) is the line score.not_an_answer draws. The numbers come from the

@@ -115,7 +115,7 @@ def answer_rate(rec: RunRecord) -> float | None:
     scored before ``is_answer`` existed.
 
     WHY in the report: a delta says how much quality moved, not why; "w3: 0 of 16 are answers" is the why that the
-    README used to add by hand (⚠) when the composite still rewarded noise.
+    docs used to add by hand (⚠) when the composite still rewarded noise.
     """
     flags = []
     for q in rec.rows("quality.jsonl") or ():

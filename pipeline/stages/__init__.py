@@ -8,7 +8,6 @@ JSON writes and reading upstream artifacts.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,9 +61,10 @@ def stage_main(name: str, run: Callable[[Config, Path, RunContext], Path], argv:
 def resume_command(stage: str, argv: list[str]) -> str:
     """How to re-run this very stage so that it continues (the run stage keeps its finished rows): through DVC
     when DVC started it, else the same command in the same directory."""
-    if os.environ.get("DVC_EXP_NAME"):
+    ctx = RunContext.from_env()
+    if ctx.dvc_exp_name:
         return "`dvc exp run` with the same -S overrides"
-    if os.environ.get("DVC_STAGE"):
+    if ctx.under_dvc:
         return "`dvc repro`"
     return f"`{command_line(['python', '-m', f'pipeline.stages.{stage}', *argv])}` in {Path.cwd()}"
 

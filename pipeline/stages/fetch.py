@@ -89,7 +89,7 @@ def _remote_or_local(name: str, source: str, repo_id: str | None, revision: str 
                 raise StageError(f"{section}.path={path!r}: not a directory — point it at the {section} files")
             return local_snapshot(p, name=name)
         return fetch_snapshot(repo_id or "", revision or "", allow_patterns=list(allow_patterns or []) or None,
-                              endpoint=os.environ.get("HF_ENDPOINT"), progress=progress, config_key=section)
+                              progress=progress, config_key=section)
     except HubError as e:
         raise StageError(f"{section}={name}: {e}") from None
 

@@ -58,7 +58,7 @@ def _track(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], r
     from pipeline.tracking.scored import log_scored_run
 
     try:
-        print("\n".join(log_scored_run(cfg, ctx.sweep_id, score, prompt_rows, run_json, fetch, push, artifacts)))
+        print("\n".join(log_scored_run(cfg, ctx, score, prompt_rows, run_json, fetch, push, artifacts)))
     except TrackingError as e:
         msg = (f"MLflow logging failed: {e}. metrics/ is written; log later by re-running "
                "`python -m pipeline.stages.score` once the tracking store is reachable.")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, as_dict
+from pipeline.context import RunContext
 from pipeline.score import summary
 from pipeline.tracking.runs import iso_to_ms, log_run, mark_superseded
 from pipeline.tracking.store import experiment_ui_path, resolve_tracking_uri
@@ -21,19 +22,20 @@ from pipeline.workspace import shared_root
 def mlflow_key(run_key: str | None, asked: str | None, scoring: str, sweep_id: str | None, tag: str) -> str:
     """The MLflow run of one set of results: the run's identity and what it asked, scored one way, in one sweep,
     under one label. Re-scoring the same rows updates that run; new rows (new identity or questions) get a new one
-    (see README "Caches and keys")."""
+    (see docs/results.md "Caches and their keys")."""
     key = f"{run_key}|{asked}|{scoring}|{sweep_id}|{tag}"
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def log_scored_run(cfg: Config, sweep_id: str | None, score: dict, prompt_rows: list[dict], run_json: dict,
+def log_scored_run(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[dict], run_json: dict,
                    fetch: dict, push: dict, artifacts: list[Path]) -> list[str]:
     """Log the run; the lines to print (run id, superseded runs, where to view it). Raises TrackingError."""
-    root = shared_root()
+    root, sweep_id = shared_root(), ctx.sweep_id
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri or "sqlite:///mlflow.db", root)
     scoring = json.dumps(as_dict(cfg)["scoring"], sort_keys=True)
     run_key = mlflow_key(run_json.get("run_key"), run_json.get("asked"), scoring, sweep_id, cfg.tag)
-    tags: dict[str, Any] = provenance_tags(run_json, fetch, push, root=root, sweep_id=sweep_id)
+    tags: dict[str, Any] = provenance_tags(run_json, fetch, push, root=root, sweep_id=sweep_id,
+                                                   dvc_exp_name=ctx.dvc_exp_name)
     tags["throughput_source"] = run_json.get("throughput_source", "unknown")
     tags.update({f"odeval.identity.{k}": v for k, v in ((run_json.get("identity") or {}).get("parts") or {}).items()})
     previous = run_json.get("previous_run") or None

@@ -4,7 +4,6 @@ the DVC experiment and the sweep — so every number in MLflow says where it cam
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ def provenance_tags(
     *,
     root: Path | None = None,
     sweep_id: str | None = None,
+    dvc_exp_name: str | None = None,
 ) -> dict[str, str]:
     """Tags that say what produced a score: device, app/model manifests, git state, dvc exp name, sweep id.
 
@@ -43,7 +43,7 @@ def provenance_tags(
     ``push_json["device"]`` (``kind``, ``serial``, ``props["ro.product.model"]``, ``props["ro.soc.model"]`` with
     ``ro.board.platform`` as fallback); manifests from ``fetch_json["model"|"app"]["manifest_sha256"]``; git from
     ``run_json["git"]["commit"|"dirty"]`` (what produced the responses), else computed at ``root``;
-    ``sweep_id`` argument, else ``run_json["sweep_id"]``; ``dvc.exp_name`` from env DVC_EXP_NAME.
+    ``sweep_id`` argument, else ``run_json["sweep_id"]``; ``dvc_exp_name`` (the run context's DVC_EXP_NAME).
     """
     run_dev = _get(run_json, "device")
     push_dev = _get(push_json, "device")
@@ -67,6 +67,6 @@ def provenance_tags(
         "model.manifest_sha256": _first(_get(fetch_json, "model", "manifest_sha256")),
         "git.commit": _first(commit),
         "git.dirty": UNKNOWN if dirty is None else str(bool(dirty)).lower(),
-        "dvc.exp_name": _first(os.environ.get("DVC_EXP_NAME")),
+        "dvc.exp_name": _first(dvc_exp_name),
         "sweep_id": _first(sweep_id, _get(run_json, "sweep_id")),
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.codehash import virtual_device_code
+from pipeline.context import forwarded_env
 from pipeline.virtual.faults import make_faults, split_options, write_faults
 from pipeline.virtual.layout import state_dir, storage_dir
 
@@ -29,10 +30,6 @@ PID_FILE = "adbd.json"
 LOG_FILE = "adbd.log"
 ADB_KEYS_FILE = "adb_keys"  # the authorized host keys when auth is on (a phone's /data/misc/adb/adb_keys)
 DAEMON_OPTIONS = ("auth", "adb_keys", "sandbox")  # fixed for the daemon's lifetime (not faults): a change restarts it
-# the daemon's whole environment (it and the apps it starts never see HF_TOKEN or any other user variable)
-DAEMON_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-              "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ODEVAL_THREADS", "ODEVAL_ENGINE",
-              "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 START_TIMEOUT_S = 15.0
 
 
@@ -197,7 +194,7 @@ def _spawn(root: Path, port: int, options: dict[str, Any], app_cmd: list[str] | 
     from pipeline.workspace import outside_dvc_temp
 
     repo = outside_dvc_temp(Path(__file__).resolve().parents[2])
-    env = {k: os.environ[k] for k in DAEMON_ENV if k in os.environ}  # an allowlist: never HF_TOKEN & co.
+    env = forwarded_env()  # an allowlist (pipeline/context.py FORWARDED): never HF_TOKEN & co.
     env |= {"PYTHONPATH": str(repo), "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pipeline.virtual", "serve", "--root", str(root), "--port", str(port),
            *_options_cli(options), *(["--app-cmd", json.dumps(app_cmd)] if app_cmd else [])]

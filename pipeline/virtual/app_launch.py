@@ -7,7 +7,7 @@ of it may choose the host program, its environment or which host files it reads:
 - the program is the reference app, started as ``python -I`` (no ``PYTHON*`` variables, no user site, no cwd on
   ``sys.path``: a pushed ``sitecustomize.py``/``numpy.py``/``pipeline/`` in the app dir is never imported), or the
   test hook ``app_cmd`` fixed when the daemon started (``--app-cmd``); never anything read from the device storage;
-- the environment is built from allowlists (:data:`HOST_PASS` from the daemon's own environment,
+- the environment is built from allowlists (:data:`pipeline.context.FORWARDED` from the daemon's own environment,
   :data:`DEVICE_KNOBS` from the device, validated; the device's ``LD_LIBRARY_PATH``/``ADSP_LIBRARY_PATH`` only as
   ``ODEVAL_DEVICE_*`` strings), then the launcher's own variables; every other device variable is refused and
   logged;
@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.context import forwarded_env
 from pipeline.virtual import confine
 from pipeline.virtual.layout import state_dir
 from pipeline.virtual.procs import kill_group
@@ -59,9 +60,6 @@ DEVICE_KNOBS: dict[str, re.Pattern[str]] = {  # the reference app's behaviour kn
     "ODEVAL_TEMPLATE": _KNOB, "ODEVAL_ENGINE": _KNOB,
     "ODEVAL_QUIRK_PAST_END_TOKEN": re.compile(r"-?[0-9]{1,9}|faithful:-?[0-9]{1,9}")}  # an id | faithful:<unwritten id>
 DEVICE_INFO = ("LD_LIBRARY_PATH", "ADSP_LIBRARY_PATH")  # passed as ODEVAL_DEVICE_<name>, information only
-HOST_PASS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-             "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ODEVAL_THREADS", "ODEVAL_ENGINE",
-             "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 LEGACY_CONTROL = "/.odeval/faults.json"  # where the control file used to be (inside the device storage)
 log = logging.getLogger("odeval.virtual.security")
 
@@ -83,7 +81,7 @@ def app_command(sh: Session, argv: list[str], pass_fd: int) -> list[str]:
 
 def app_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]:
     """The app's whole environment, from allowlists only (see module docstring); refusals are logged."""
-    env = {k: os.environ[k] for k in HOST_PASS if k in os.environ}
+    env = forwarded_env()
     device_env = {k: sh.vars[k] for k in sh.exported if k in sh.vars}
     device_env.update(assigns)
     refused = []

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.codehash import closure, code_files, digest
+from pipeline.guest.build import REFERENCE_APP_MODULE, build_reference_app
 from pipeline.run.identity import RunIdentity, app_code, ask_keys, asked_digest, describe_change
 from pipeline.run.record import RunDir
-from pipeline.guest.build import REFERENCE_APP_MODULE, build_reference_app
 
 CFG = {"model.max_seq_len": 1024, "runtime": {"repeats": 1}}
 DEV = {"model": "m" * 64, "app": "a" * 64, "serial": "127.0.0.1:1", "kind": "virtual"}

@@ -248,12 +248,11 @@ def test_provenance_tags_defensive_and_full(tmp_path: Path, monkeypatch: pytest.
                           "app.manifest_sha256",
                           "model.manifest_sha256", "git.commit", "git.dirty", "dvc.exp_name", "sweep_id"}
     assert set(empty.values()) == {"unknown"}
-    monkeypatch.setenv("DVC_EXP_NAME", "quick-fern")
     fetch = {"model": {"repo_id": "fwtan/x", "manifest_sha256": "m" * 64}, "app": {"manifest_sha256": "a" * 64}}
     push = {"device": {"kind": "real", "serial": "R5CX", "props": {"ro.product.model": "K70 Pro",
                                                                    "ro.board.platform": "pineapple"}}}
     run = {"device": {"kind": "real", "props": {}}, "git": {"commit": "c" * 40, "dirty": True}, "sweep_id": "s1"}
-    tags = tracking.provenance_tags(run, fetch, push)
+    tags = tracking.provenance_tags(run, fetch, push, dvc_exp_name="quick-fern")
     assert tags == {"device.kind": "real", "device.model": "K70 Pro", "device.soc": "pineapple",
                     "device.serial": "R5CX", "device.sandbox": "n/a", "app.manifest_sha256": "a" * 64,
                     "model.manifest_sha256": "m" * 64,
