@@ -9,7 +9,8 @@ from pipeline.context import ENV_VARS, FORWARDED, RunContext
 
 REPO = Path(__file__).resolve().parents[2]
 # a read of a named variable: os.environ.get("X"), os.environ["X"], os.getenv("X"), "X" in os.environ
-READ = re.compile(r"""(?:environ\.get\(|environ\[|getenv\(|_env_true\()\s*["']([A-Z][A-Z0-9_]*)["']|["']([A-Z][A-Z0-9_]*)["']\s+in\s+os\.environ""")
+READ = re.compile(r"""(?:environ\.get\(|environ\[|getenv\(|_env_true\()\s*["']([A-Z][A-Z0-9_]*)["']"""
+                  r"""|["']([A-Z][A-Z0-9_]*)["']\s+in\s+os\.environ""")
 
 
 def _readers() -> dict[str, set[str]]:

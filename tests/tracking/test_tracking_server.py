@@ -1,4 +1,5 @@
-"""pipeline.tracking against a real `mlflow server` on loopback (the shared-server setup of docs/sweeps.md "Many phones").
+"""pipeline.tracking against a real `mlflow server` on loopback (the shared-server setup of docs/sweeps.md
+"Many phones").
 
 Slow (the server needs ~10 s to start on this machine): run with `-m slow`.
 """
