@@ -160,20 +160,6 @@ def device_bandwidth(push_device: Mapping[str, Any], override_gb_s: float | None
     return None, f"SoC {soc or 'unknown'} not in scoring.soc_bandwidth_gb_s — set device.bandwidth_gb_s"
 
 
-def flat_metrics(score: Mapping[str, Any], prefix: str = "") -> dict[str, float | None]:
-    """Numeric leaves of score.json as dotted keys (MLflow metrics); booleans become 0/1."""
-    out: dict[str, float | None] = {}
-    for k, v in score.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flat_metrics(v, key + "."))
-        elif isinstance(v, bool):
-            out[key] = float(v)
-        elif isinstance(v, int | float) or v is None:
-            out[key] = None if v is None else float(v)
-    return out
-
-
 def mean_of(values) -> float | None:
     """Mean of the non-null values (None when there are none)."""
     xs = [float(v) for v in values if v is not None]

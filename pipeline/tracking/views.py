@@ -72,3 +72,17 @@ def run_description(score: Mapping[str, Any], headline: Mapping[str, float | Non
         lines += ["", f"Failed answers: {fails.get('failed', 0)} of {fails.get('measured', '?')} (each scores 0)."]
     lines += ["", "Per prompt: Artifacts → `tables/prompts.json` and `prompts.csv`; every number: `score.json`."]
     return "\n".join(lines)
+
+
+def flat_metrics(score: Mapping[str, Any], prefix: str = "") -> dict[str, float | None]:
+    """Numeric leaves of score.json as dotted keys (MLflow metrics); booleans become 0/1."""
+    out: dict[str, float | None] = {}
+    for k, v in score.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flat_metrics(v, key + "."))
+        elif isinstance(v, bool):
+            out[key] = float(v)
+        elif isinstance(v, int | float) or v is None:
+            out[key] = None if v is None else float(v)
+    return out

@@ -12,6 +12,7 @@ import pytest
 from pipeline.jsonio import iter_jsonl, read_jsonl, write_json, write_jsonl
 from pipeline.run.outcomes import FailureTally, failure_kind
 from pipeline.score import summary
+from pipeline.tracking.views import flat_metrics
 
 ROW = {"prompt_id": "a", "prompt": "q", "response": "x", "eos": True, "truncated": False, "warmup": False,
        "decode_tok_s": 10.0, "ttft_s": 0.1, "app_tok_s": 9.0, "e2e_s": 1.0, "t_send": 1.0, "t_last_byte": 2.0,
@@ -38,7 +39,7 @@ def test_summary_counts_failures_as_zero_and_leaves_their_timings_out():
                                 bandwidth_reason="virtual", weight_bytes=None)
     assert out["quality"]["score"] == pytest.approx(0.4) and out["quality"]["on_topic_rate"] == 0.5
     assert out["throughput"]["decode_tok_s"]["mean"] == 10.0 and out["failures"]["crashed"] == 1
-    assert summary.flat_metrics(out)["failures.crashed"] == 1.0
+    assert flat_metrics(out)["failures.crashed"] == 1.0
 
 
 def test_device_bandwidth_is_null_with_a_reason_unless_known():
