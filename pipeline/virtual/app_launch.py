@@ -68,7 +68,7 @@ class ForkRefused(Exception):
     """The device's process or app cap is reached (what fork's EAGAIN is on a phone)."""
 
 
-def app_command(sh: Session, argv: list[str], pass_fd: int) -> list[str]:
+def guest_argv(sh: Session, argv: list[str]) -> list[str]:
     """Host argv for ``simple_app <model_dir> ...``: the model dir as an absolute *device* path, which the app
     resolves in-root itself (pipeline/guest/device_view.py); never a host path."""
     args = list(argv[1:])
@@ -79,7 +79,7 @@ def app_command(sh: Session, argv: list[str], pass_fd: int) -> list[str]:
     return [sys.executable, "-I", "-u", "-c", _BOOT, str(PACKAGE_DIR), *args]
 
 
-def app_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]:
+def guest_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]:
     """The app's whole environment, from allowlists only (see module docstring); refusals are logged."""
     env = forwarded_env()
     device_env = {k: sh.vars[k] for k in sh.exported if k in sh.vars}
@@ -95,7 +95,7 @@ def app_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]:
     if refused:
         log.warning("refused device env for simple_app (vpid %d; not in the allowlist or bad value): %s", vpid,
                     ", ".join(refused))
-    env.update(sh.d.faults.get().app_env())  # host-side control file: ODEVAL_FAULT_*, ODEVAL_STANDIN_MODEL
+    env.update(sh.d.faults.get().guest_env())  # host-side control file: ODEVAL_FAULT_*, ODEVAL_STANDIN_MODEL
     env["ODEVAL_VIRTUAL_PID"] = str(vpid)
     env["ODEVAL_DEVICE_CWD"] = sh.cwd
     env["HOME"] = "/data/local/tmp"  # a device path: nothing of the host user's home
@@ -189,9 +189,9 @@ def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exe
     proc = sh.proc if exec_mode else sh.d.procs.add(APP_BASENAME, sh.vpid, None)
     launch = _Launch(sh, proc.vpid)
     audit_r, audit_w = os.pipe()
-    env = app_env(sh, assigns, proc.vpid)
+    env = guest_env(sh, assigns, proc.vpid)
     try:
-        child = launch.popen(app_command(sh, argv, launch.root_fd), env, audit_w,
+        child = launch.popen(guest_argv(sh, argv), env, audit_w,
                              stdin=ctx.in_file if ctx.in_file is not None else subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:

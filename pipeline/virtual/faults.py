@@ -56,7 +56,7 @@ class Faults:
     max_processes: int = 64  # shell sessions + apps
     app_memory_bytes: int = 8 * GIB  # RLIMIT_DATA of each app: private writable memory
 
-    def app_env(self) -> dict[str, str]:
+    def guest_env(self) -> dict[str, str]:
         """Environment variables through which the reference app learns about app-level faults."""
         env: dict[str, str] = {}
         if self.app_crash_after_tokens is not None:
