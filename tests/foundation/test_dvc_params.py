@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import pipeline.config
-import pipeline.stages.score as score_stage
+import pipeline.tracking.scored as scored_log
 from pipeline.run.identity import RUN_PARAMS
 from tests.helpers.config_trace import ConfigTrace, covered, paused
 from tests.helpers.pipeline import REPO, run_stages, stage_config
@@ -63,7 +63,7 @@ def stage_reads(_virtual_device_session, tmp_path_factory, stage_cache) -> dict[
     reads: dict[str, set[str]] = {}
     mp = pytest.MonkeyPatch()
     mp.setattr(pipeline.config, "as_dict", as_dict)
-    mp.setattr(score_stage, "as_dict", as_dict)
+    mp.setattr(scored_log, "as_dict", as_dict)
     try:
         for stage in ("fetch", "push", "run", "score"):
             run_stages(cfg, work, stage)

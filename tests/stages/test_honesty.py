@@ -152,12 +152,12 @@ def _device_files(vd, remote_dir: str) -> list[Path]:
 def test_unexpected_error_is_recorded_as_failed_not_complete(virtual_device, workdir, stage_cache, monkeypatch):
     cfg = stage_config(virtual_device, workdir, "prompts.limit=2", "tracking=none", cache=stage_cache)
     run_stages(cfg, workdir, "fetch", "push")
-    import pipeline.run.runner
+    import pipeline.run.drive
 
     def boom(*args, **kwargs):
         raise RuntimeError("a bug in the runner")
 
-    monkeypatch.setattr(pipeline.run.runner, "run_prompts", boom)
+    monkeypatch.setattr(pipeline.run.drive, "run_prompts", boom)
     with pytest.raises(RuntimeError, match="a bug"):
         run_stages(cfg, workdir, "run")
     run_json = json.loads((workdir / "artifacts" / "run" / "run.json").read_text())

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from pipeline import tracking
+from pipeline.secrets import redact
 from pipeline.tracking import TrackingError, TrackingUnavailable
+from pipeline.workspace import git_commit, git_dirty
 
 HF_SECRET = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vX7z"  # token-shaped, not a real token
 API_SECRET = "s3cr3t-judge-key-000111"
@@ -101,7 +103,7 @@ def test_redact() -> None:
          "Authorization": "Bearer abcdefghijklmnop", "db.password": "pw", "HF_TOKEN": "x",
          "sequence.max_new_tokens": 64, "tokenizer": "bin", "token_f1": 0.5, "run_key": "abc",
          "note": f"used {HF_SECRET} once", "env": [f"HF_TOKEN={HF_SECRET}"]}
-    r = tracking.redact(d)
+    r = redact(d)
     text = json.dumps(r)
     assert HF_SECRET not in text and API_SECRET not in text and "abcdefghijklmnop" not in text
     assert r["hf_token"] == r["HF_TOKEN"] == r["db.password"] == r["Authorization"] == "***"
@@ -261,7 +263,7 @@ def test_provenance_tags_defensive_and_full(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_git_commit_and_dirty(tmp_path: Path) -> None:
-    assert tracking.git_commit(tmp_path) is None and tracking.git_dirty(tmp_path) is None
+    assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t")
 
@@ -270,16 +272,16 @@ def test_git_commit_and_dirty(tmp_path: Path) -> None:
                               env=env).stdout.strip()
 
     git("init", "-q")
-    assert tracking.git_commit(tmp_path) is None  # no commit yet
+    assert git_commit(tmp_path) is None  # no commit yet
     (tmp_path / "f.txt").write_text("1")
     git("add", "f.txt")
     git("commit", "-q", "-m", "init")
     head = git("rev-parse", "HEAD")
-    assert tracking.git_commit(tmp_path) == head and tracking.git_dirty(tmp_path) is False
+    assert git_commit(tmp_path) == head and git_dirty(tmp_path) is False
     (tmp_path / "untracked.txt").write_text("x")
-    assert tracking.git_dirty(tmp_path) is False
+    assert git_dirty(tmp_path) is False
     (tmp_path / "f.txt").write_text("2")
-    assert tracking.git_dirty(tmp_path) is True
+    assert git_dirty(tmp_path) is True
     tags = tracking.provenance_tags({}, {}, {}, root=tmp_path)
     assert tags["git.commit"] == head and tags["git.dirty"] == "true"
 
