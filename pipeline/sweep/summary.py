@@ -44,7 +44,7 @@ class SweepSummary(Callback):
 
 def summarize_sweep(config: Any, interrupted: str | None = None) -> list[dict[str, Any]]:
     """Print the sweep's outcome (one line per job that did not complete) and record it in MLflow: a FAILED child
-    per failed job, a KILLED one per job the interruption stopped or never let finish, the parent FAILED (or
+    per failed job or job whose host died, a KILLED one per job the interruption stopped or never let finish, the parent FAILED (or
     KILLED when ``interrupted`` names the signal) with the summary in its tags. Returns the jobs not complete."""
     sweep_dir = Path(config.hydra.sweep.dir)
     jobs = job_outcomes(sweep_dir)
@@ -84,7 +84,7 @@ def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]], interrup
             log_failed_job(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent,
                            run_name=f"{j['job']}:{j['status']}", error=j["error"] or j["status"],
                            tags={"sweep_id": sweep_id, "odeval.job": j["job"], "odeval.overrides": j["overrides"]},
-                           status="FAILED" if j["status"] == "failed" else "KILLED")
+                           status="KILLED" if interrupted and j["status"] != "failed" else "FAILED")
         if interrupted:  # a job stopped while it was logging: its child run must not stay RUNNING
             close_running_children(tracking_uri=uri, experiment=cfg.tracking.experiment, parent_run_id=parent)
         failed = "; ".join(f"{j['job']} ({j['overrides']}): {j['status']}" for j in bad)
