@@ -251,9 +251,20 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Config:
     p = Path(path)
     if not p.exists():
         raise ConfigError([f"{p}: not found — run `dvc exp run` (composes it from conf/) or `make params`"], str(p))
-    cfg = to_config(OmegaConf.load(p), source=str(p))
+    try:
+        cfg = to_config(OmegaConf.load(p), source=str(p))
+    except ConfigError as e:
+        raise ConfigError([*e.problems, restore_hint(p)], str(p)) from None
     warn_if_stale(p, cfg)
     return cfg
+
+
+def restore_hint(params: Path) -> str:
+    """What to do about an invalid params.yaml: it is a composition (conf/ + `-S` overrides), which `dvc repro`
+    reads as it is, so a bad value stays until the file is restored."""
+    return (f"{params} is composed from conf/ (`dvc exp run -S …`, `make params`) and `dvc repro` reads it as it is:"
+            f" the bad value came from a previous composition. Restore it: `git checkout -- {params}` (the committed"
+            " defaults) or `python -m pipeline.params <your overrides>` (recompose), then re-run")
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pipeline.report import ReportError
 from pipeline.report.runs import RunRecord, measured_rows
 from pipeline.report.variants import Factor, value
-
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
+from pipeline.score.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -69,20 +67,6 @@ def _sd(xs: Sequence[float]) -> float | None:
         return None
     m = sum(xs) / len(xs)
     return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
-
-
-def bootstrap_ci(xs: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
-    """Percentile 95% CI of the mean by resampling ``xs`` with replacement (seeded: the report is reproducible)."""
-    if len(xs) < 2:
-        return None
-    import numpy as np
-
-    arr = np.asarray(xs, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = arr[rng.integers(0, len(arr), size=(resamples, len(arr)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def prompt_quality(rec: RunRecord) -> tuple[dict[str, float] | None, str | None]:

@@ -2,7 +2,8 @@
 
 Why a module of its own: the numbers that end up in ``metrics/score.json`` and MLflow must be computed one way
 everywhere (per prompt, overall, per sweep job) and must say *why* a value is missing instead of inventing one.
-Pure Python on purpose (no numpy import): the score stage calls these on a few thousand floats at most.
+Pure Python on purpose (numpy only inside :func:`bootstrap_ci`): the score stage calls these on a few thousand
+floats at most.
 
 Conventions used by every function here:
 - ``None`` and non-finite floats (NaN, ±inf) are *missing* values: skipped and counted, never averaged in.
@@ -29,7 +30,13 @@ __all__ = [
     "throttle_ratio",
     "energy_per_token",
     "temperature_span",
+    "bootstrap_ci",
 ]
+
+# The one resampling every quality interval uses (score.json, the report, its contrasts): seeded, so re-scoring
+# the same answers gives the same interval.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 # Battery states in which the battery current does not measure what the phone draws: on USB the charger feeds
 # the system, so the battery current is (charge − draw) or ~0 when full.
@@ -199,3 +206,17 @@ def temperature_span(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not peaks:
         return {"start_c": None, "end_c": None, "max_c": None, "reason": "no thermal zone readings in telemetry"}
     return {"start_c": peaks[0], "end_c": peaks[-1], "max_c": max(peaks), "reason": None}
+
+
+def bootstrap_ci(xs: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+    """Percentile 95% CI of the mean by resampling ``xs`` with replacement (seeded: the report is reproducible)."""
+    if len(xs) < 2:
+        return None
+    import numpy as np
+
+    arr = np.asarray(xs, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, len(arr), size=(resamples, len(arr)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)

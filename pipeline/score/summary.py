@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.score.stats import (
+    bootstrap_ci,
     energy_per_token,
     plausibility,
     roofline_tok_s,
@@ -99,6 +100,12 @@ def summarize_run(rows: Sequence[Mapping[str, Any]], prompt_rows: Sequence[Mappi
     if rows and not answered:
         quality["score"] = None
         quality["score_reason"] = f"no answers to score: all {len(rows)} prompts failed"
+    per_prompt_q = [p["quality_score"] for p in prompt_rows if p.get("quality_score") is not None]
+    ci = bootstrap_ci(per_prompt_q) if quality["score"] is not None else None
+    quality["score_ci95"] = list(ci) if ci else None  # over prompts: how far another prompt set could move it
+    if ci is None:
+        quality["score_ci95_reason"] = ("fewer than 2 scored prompts" if quality["score"] is not None
+                                        else quality.get("score_reason", "no quality score"))
     for fam in families:
         quality[fam] = mean_of(p.get(fam) for p in prompt_rows)
     on = [p["on_topic"] for p in prompt_rows if p.get("on_topic") is not None]

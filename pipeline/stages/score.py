@@ -1,6 +1,7 @@
 """DVC stage `score`: throughput statistics + answer quality → metrics/ and one MLflow run.
 
-Writes `metrics/score.json` (DVC metrics), `metrics/prompts.csv` (one row per prompt; DVC plots) and PNGs in
+Writes `metrics/headline.json` (the DVC metrics: the few numbers `dvc exp show` compares), `metrics/score.json`
+(every number), `metrics/prompts.csv` (one row per prompt; DVC plots) and PNGs in
 `metrics/plots/`, then logs the same to MLflow. MLflow being down never loses the DVC outputs: they are written
 first, and the warning says how to log later (`python -m pipeline.stages.score` again).
 """
@@ -18,6 +19,7 @@ from pipeline.stages import StageError, read_json, read_jsonl, stage_main, write
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
     from pipeline.score import plots, summary
+    from pipeline.score.headline import headline
     from pipeline.score.scoring import ScoreError, score_run, summary_lines, write_prompts_csv
 
     art, met = workdir / cfg.paths.artifacts, workdir / cfg.paths.metrics
@@ -38,12 +40,13 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
               "numbers cover only its finished rows", file=sys.stderr)
     met.mkdir(parents=True, exist_ok=True)
     write_json(met / "score.json", score)
+    write_json(met / "headline.json", headline(score))
     write_prompts_csv(met / "prompts.csv", prompt_rows, [*summary.CSV_FIELDS, *families])
     pngs = plots.run_plots(prompt_rows, families, met / "plots", score["device_kind"])
     quality_file = met / "quality.jsonl"  # score's own output (never inside the run stage's directory)
     write_jsonl(quality_file, scores)
     _track(cfg, ctx, score, prompt_rows, run_json, fetch, push,
-           artifacts=[met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json", art / "push.json",
+           artifacts=[met / "headline.json", met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json", art / "push.json",
                       art / "run" / "run.json", art / "run" / "responses.jsonl", quality_file])
     print("\n".join(summary_lines(score)))
     return met / "score.json"

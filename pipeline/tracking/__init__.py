@@ -25,7 +25,6 @@ from pipeline.tracking.tags import provenance_tags
 from pipeline.tracking.views import (
     HEADLINE_METRICS,
     SHARED_VIEW_TAG,
-    headline_metrics,
     run_description,
     ui_path,
 )
@@ -34,6 +33,6 @@ __all__ = [
     "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "HEADLINE_METRICS", "MAX_KEY_LENGTH", "MAX_PARAM_VAL_LENGTH",
     "MAX_TAG_VAL_LENGTH", "PARENT_ROLE", "PARENT_ROLE_TAG", "REVISION_TAG", "SHARED_VIEW_TAG", "SUPERSEDED_BY_TAG",
     "SWEEP_TAG", "TrackingError", "TrackingUnavailable", "close_running_children", "experiment_ui_path", "flatten",
-    "get_or_create_parent", "headline_metrics", "iso_to_ms", "log_failed_job", "log_run", "mark_parent",
+    "get_or_create_parent", "iso_to_ms", "log_failed_job", "log_run", "mark_parent",
     "mark_superseded", "provenance_tags", "resolve_tracking_uri", "run_description", "sweep_parent", "ui_path",
 ]

@@ -10,11 +10,12 @@ from typing import Any
 
 from pipeline.config import Config, as_dict
 from pipeline.context import RunContext
+from pipeline.score.headline import headline_metrics
 from pipeline.tracking.runs import iso_to_ms, log_run, mark_superseded
 from pipeline.tracking.store import experiment_ui_path, resolve_tracking_uri
 from pipeline.tracking.sweeps import sweep_parent
 from pipeline.tracking.tags import provenance_tags
-from pipeline.tracking.views import flat_metrics, headline_metrics, run_description
+from pipeline.tracking.views import flat_metrics, run_description
 from pipeline.workspace import shared_root
 
 
@@ -45,7 +46,7 @@ def log_scored_run(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[
     parent_run_id = sweep_parent(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks") if sweep_id \
         else None
     flat = flat_metrics(score)
-    headline = headline_metrics(flat)
+    headline = headline_metrics(score)
     run_id = log_run(tracking_uri=uri, experiment=cfg.tracking.experiment, run_key=run_key, params=as_dict(cfg),
                      metrics={**headline, **flat}, tags=tags, artifacts=[a for a in artifacts if a.exists()],
                      tables={"prompts": prompt_rows}, parent_run_id=parent_run_id, run_name=name,

@@ -9,15 +9,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-# The few numbers a user compares runs by, under plain names (the full dotted set from score.json is logged too;
-# pipeline/report reads the dotted names). name -> dotted source key.
-HEADLINE_METRICS = {
-    "decode_tok_s": "throughput.decode_tok_s.mean",
-    "ttft_s": "throughput.ttft_s.p50",
-    "quality": "quality.score",
-    "on_topic_rate": "quality.on_topic_rate",
-    "j_per_token": "energy_j_per_token",
-}
+from pipeline.score.headline import HEADLINE
+
+# The headline numbers (one definition: pipeline/score/headline.py, also metrics/headline.json for DVC) are logged
+# under plain names, rounded; the full dotted set from score.json is logged too (pipeline/report reads those).
+HEADLINE_METRICS = {name: dotted for name, (dotted, _, _) in HEADLINE.items()}
 
 
 # A saved runs-table view (MLflow UI "shared view state": an experiment tag read when the URL carries
@@ -42,20 +38,6 @@ def ui_path(experiment_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SHARED_VIEW_KEY}"
 
 
-def headline_metrics(flat: Mapping[str, float | None]) -> dict[str, float | None]:
-    """The :data:`HEADLINE_METRICS` taken from the flat score metrics (None where the run did not measure it)."""
-    return {plain: flat.get(dotted) for plain, dotted in HEADLINE_METRICS.items()}
-
-
-_HEADLINE_LABELS = {
-    "decode_tok_s": ("decode tok/s (mean)", ".2f"),
-    "ttft_s": ("TTFT p50 (s)", ".3f"),
-    "quality": ("quality score", ".3f"),
-    "on_topic_rate": ("on-topic rate", ".2f"),
-    "j_per_token": ("energy J/token", ".3g"),
-}
-
-
 def run_description(score: Mapping[str, Any], headline: Mapping[str, float | None]) -> str:
     """The run's description in the UI (markdown): the headline numbers with units, what is not measured and
     where the rest is, so a run page says what it measured without opening ~80 metric names."""
@@ -63,9 +45,9 @@ def run_description(score: Mapping[str, Any], headline: Mapping[str, float | Non
     lines = [f"**{score.get('n_prompts', '?')} prompts on a {kind} device**"
              + (" (host CPU — not a phone result)" if kind == "virtual" else ""), "",
              "| metric | value |", "| --- | --- |"]
-    for key, (label, spec) in _HEADLINE_LABELS.items():
+    for key, (_, decimals, label) in HEADLINE.items():
         v = headline.get(key)
-        shown = "not measured" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+        shown = "not measured" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{decimals}f}"
         lines.append(f"| {label} (`{key}`) | {shown} |")
     fails = score.get("failures") or {}
     if fails:

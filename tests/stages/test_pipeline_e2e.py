@@ -73,7 +73,7 @@ def test_default_pipeline_end_to_end(virtual_device, workdir, stage_cache):
     assert runs[0].info.end_time == iso_to_ms(run_json["ended"])
     m = runs[0].data.metrics
     assert m["quality"] == m["quality.score"] and m["ttft_s"] == m["throughput.ttft_s.p50"]
-    assert set(HEADLINE_METRICS) - {"j_per_token", "decode_tok_s"} <= set(m)  # no power rails / short answers
+    assert set(HEADLINE_METRICS) - {"j_per_tok", "decode_tok_s"} <= set(m)  # no power rails / short answers
     assert "quality score" in runs[0].data.tags["mlflow.note.content"]
 
     names = {a.path for a in MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")

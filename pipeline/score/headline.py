@@ -1,0 +1,61 @@
+"""The few numbers a person compares runs by: ``metrics/headline.json`` (what DVC tracks as metrics, so
+``dvc exp show`` fits a terminal) and the MLflow headline columns — one definition for both.
+
+Why not all of ``score.json``: DVC shows every leaf of a metrics file as a column (~250 of them: a grid of "…"),
+and MLflow's runs table offers ~80 metric names to pick from. The headline is short names, rounded to what the
+measurement can resolve; every full-precision number stays in ``metrics/score.json`` (a DVC output, not a metric)
+and in MLflow under its dotted name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# short name -> (dotted key in score.json, decimals shown, label with unit). Missing values stay None (DVC "-",
+# MLflow: not logged) — never 0.
+HEADLINE: dict[str, tuple[str, int, str]] = {
+    "decode_tok_s": ("throughput.decode_tok_s.mean", 2, "decode tok/s (mean, host-timed)"),
+    "ttft_s": ("throughput.ttft_s.p50", 3, "TTFT p50 (s)"),
+    "quality": ("quality.score", 3, "quality score (0–1)"),
+    "q_lo": ("quality.score_ci95.0", 3, "quality 95% CI low (bootstrap over prompts)"),
+    "q_hi": ("quality.score_ci95.1", 3, "quality 95% CI high"),
+    "on_topic": ("quality.on_topic_rate", 2, "on-topic rate"),
+    "failed": ("failures.failed", 0, "failed answers (crashed, timed out, error)"),
+    "j_per_tok": ("energy_j_per_token", 4, "energy J/token"),
+}
+
+
+def lookup(score: Mapping[str, Any], dotted: str) -> Any:
+    """``score["a"]["b"][0]`` for ``"a.b.0"``; None where any step is missing."""
+    node: Any = score
+    for part in dotted.split("."):
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, list | tuple) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def rounded(value: Any, decimals: int) -> float | int | None:
+    """The value as shown: rounded to its resolution; None for missing or non-finite."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return int(round(value)) if decimals == 0 else round(float(value), decimals)
+
+
+def headline(score: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics/headline.json``: the device kind first (a virtual-device number is never a phone result), then
+    the headline numbers, rounded."""
+    out: dict[str, Any] = {"device": str(score.get("device_kind", "unknown"))}
+    for name, (dotted, decimals, _) in HEADLINE.items():
+        out[name] = rounded(lookup(score, dotted), decimals)
+    return out
+
+
+def headline_metrics(score: Mapping[str, Any]) -> dict[str, float | None]:
+    """The headline numbers alone (MLflow metrics: numbers only)."""
+    return {k: v for k, v in headline(score).items() if k != "device"}
