@@ -1,11 +1,12 @@
 """The one configuration schema, loader and validator.
 
-Two entry points read the same tree: DVC stages load ``params.yaml`` (which ``dvc exp run`` composes from
-``conf/``), and the Hydra app composes ``conf/`` itself. Both end in :func:`validate`, so a bad value gets the
+Three entry points read the same tree: ``dvc exp run`` composes ``params.yaml`` from ``conf/`` (and validates it
+there, through ``hydra_plugins/odeval_dvc_errors``, before writing it), DVC stages load ``params.yaml``, and the
+Hydra app composes ``conf/`` itself. All end in :func:`to_config` / :func:`validate`, so a bad value gets the
 same message whichever way the user came in.
 
-The YAML files do not name the schema in their defaults lists on purpose: DVC composes ``params.yaml`` in its
-own process, which never imports this package, so a ConfigStore reference there would break ``dvc exp run``.
+The YAML files do not name the schema in their defaults lists on purpose: a ConfigStore reference would make
+composing ``conf/`` depend on this package being imported first (DVC imports it only through that plugin).
 The schema is registered in Hydra's ConfigStore (``odeval_schema``) for tools and applied by :func:`to_config`.
 """
 

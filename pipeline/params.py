@@ -1,8 +1,6 @@
 """`python -m pipeline.params [overrides…]`: write params.yaml from conf/ exactly as `dvc exp run` composes it.
 
 For `dvc repro` users who edited conf/ (dvc repro does not recompose) and for the committed default params.yaml.
-`python -m pipeline.params --check` is dvc.yaml's first stage: it validates the whole params.yaml before anything
-runs and writes `artifacts/params.ok` (the same bytes for every valid file, so it never re-runs a later stage).
 """
 
 from __future__ import annotations
@@ -12,9 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.config import ConfigError, compose, load_params, to_config
-
-CHECKED = Path("artifacts/params.ok")
+from pipeline.config import ConfigError, compose, to_config
 
 
 def write_params(overrides: list[str], out: Path = Path("params.yaml")) -> Path:
@@ -24,21 +20,13 @@ def write_params(overrides: list[str], out: Path = Path("params.yaml")) -> Path:
     return out
 
 
-def check(params: Path = Path("params.yaml"), out: Path = CHECKED) -> Path:
-    """Validate params.yaml (ConfigError names each bad key and how to restore the file); mark it checked."""
-    load_params(params)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("params.yaml is valid\n")
-    return out
-
-
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return
     try:
-        print(f"wrote {check() if args == ['--check'] else write_params(args)}")
+        print(f"wrote {write_params(args)}")
     except ConfigError as e:
         print(e, file=sys.stderr)
         raise SystemExit(2) from None

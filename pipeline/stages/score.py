@@ -46,8 +46,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     quality_file = met / "quality.jsonl"  # score's own output (never inside the run stage's directory)
     write_jsonl(quality_file, scores)
     _track(cfg, ctx, score, prompt_rows, run_json, fetch, push,
-           artifacts=[met / "headline.json", met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json", art / "push.json",
-                      art / "run" / "run.json", art / "run" / "responses.jsonl", quality_file])
+           artifacts=[met / "headline.json", met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json",
+                      art / "push.json", art / "run" / "run.json", art / "run" / "responses.jsonl", quality_file])
     print("\n".join(summary_lines(score)))
     return met / "score.json"
 

@@ -74,7 +74,7 @@ def test_code_param_and_prompt_changes_reach_the_results(adb_server, tmp_path):
         assert len(rows1) == 44 and score1["quality"]["score"] > 0.5
 
         # 1. the engine changes every answer
-        engine = repo / "pipeline" / "apps" / "npllama.py"
+        engine = repo / "pipeline" / "guest" / "npllama.py"
         assert ENGINE_OUT in engine.read_text()
         engine.write_text(engine.read_text().replace(ENGINE_OUT, f"return -({ENGINE_OUT.removeprefix('return ')})"))
         out = _run([*dvc, "repro"], repo, env)
