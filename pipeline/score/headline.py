@@ -27,6 +27,22 @@ HEADLINE: dict[str, tuple[str, int, str]] = {
 }
 
 
+# Which end of a headline number is better: a sweep names its best and worst job per number (the CI ends are not
+# compared on their own).
+BETTER = {"decode_tok_s": max, "ttft_s": min, "quality": max, "on_topic": max, "failed": min, "j_per_tok": min}
+
+
+def extremes(by_job: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, tuple[float, str]]]:
+    """Per headline number: the best and the worst job (value, job) over the jobs that measured it."""
+    out: dict[str, dict[str, tuple[float, str]]] = {}
+    for name, better in BETTER.items():
+        vals = [(v, job) for job, h in by_job.items() if isinstance(v := h.get(name), int | float)]
+        if vals:
+            worse = min if better is max else max
+            out[name] = {"best": better(vals, key=lambda x: x[0]), "worst": worse(vals, key=lambda x: x[0])}
+    return out
+
+
 def lookup(score: Mapping[str, Any], dotted: str) -> Any:
     """``score["a"]["b"][0]`` for ``"a.b.0"``; None where any step is missing."""
     node: Any = score

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.score.headline import extremes
 from pipeline.sweep.invocation import this_process
 from pipeline.sweep.job import job_outcomes
 
@@ -55,8 +56,28 @@ def summarize_sweep(config: Any, interrupted: str | None = None) -> list[dict[st
           file=sys.stderr)
     for j in bad:
         print(f"  {j['job']} ({j['overrides'] or 'no overrides'}): {j['status']} — {j['error']}", file=sys.stderr)
-    _mark_parent(config, sweep_dir.name, bad, interrupted)
+    metrics_dir = str(config.get("paths", {}).get("metrics", "metrics"))
+    ends = extremes({j["job"]: _headline_of(sweep_dir / j["job"] / metrics_dir) for j in jobs
+                     if j["status"] == "complete"})
+    overrides = {j["job"]: j["overrides"] or "no overrides" for j in jobs}
+    for name, e in ends.items():
+        (b, bj), (w, wj) = e["best"], e["worst"]
+        print(f"  {name}: best {b} ({bj}: {overrides[bj]}), worst {w} ({wj}: {overrides[wj]})", file=sys.stderr)
+    if jobs:
+        print(f"  job directories: {sweep_dir}/job<N> ({jobs[0]['job']} … {jobs[-1]['job']}), each with "
+              f"{metrics_dir}/headline.json, {metrics_dir}/score.json and artifacts/run/responses.jsonl",
+              file=sys.stderr)
+    _mark_parent(config, sweep_dir.name, bad, interrupted, jobs=len(jobs), ends=ends, overrides=overrides)
     return bad
+
+
+def _headline_of(metrics: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((metrics / "headline.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def sweep_interrupted(signum: int) -> None:
@@ -71,7 +92,12 @@ def sweep_interrupted(signum: int) -> None:
           file=sys.stderr)
 
 
-def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]], interrupted: str | None = None) -> None:
+def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]], interrupted: str | None = None, *,
+                 jobs: int = 0, ends: dict[str, dict[str, tuple[float, str]]] | None = None,
+                 overrides: dict[str, str] | None = None) -> None:
+    """The sweep's outcome on its MLflow parent: jobs complete/failed and the best/worst job per headline number
+    (metrics ``jobs_complete``, ``jobs_failed``, ``<name>.best``, ``<name>.worst``; tags name the jobs), so the
+    parent row is not a row of "-"."""
     from pipeline.tracking import TrackingError, close_running_children, log_failed_job, mark_parent, sweep_parent
     from pipeline.workspace import shared_root
 
@@ -92,7 +118,12 @@ def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]], interrup
         tags = {"odeval.failed_jobs": failed or "none", "odeval.n_failed_jobs": str(len(bad))}
         if interrupted:
             tags["odeval.interrupted"] = interrupted
-        mark_parent(tracking_uri=uri, parent_run_id=parent, failed=bool(bad), tags=tags,
+        metrics = {"jobs_complete": float(jobs - len(bad)), "jobs_failed": float(len(bad))}
+        for name, e in (ends or {}).items():
+            for end, (value, job) in e.items():
+                metrics[f"{name}.{end}"] = float(value)
+                tags[f"odeval.{end}.{name}"] = f"{job}: {(overrides or {}).get(job, '')}"
+        mark_parent(tracking_uri=uri, parent_run_id=parent, failed=bool(bad), tags=tags, metrics=metrics,
                     status="KILLED" if interrupted else None)
     except TrackingError as e:
         print(f"warning: could not record the sweep's outcome in MLflow: {e}", file=sys.stderr)

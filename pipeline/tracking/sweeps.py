@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.secrets import redact
-from pipeline.tracking.runs import _set_tags, get_or_create_parent
+from pipeline.tracking.runs import _log_metrics, _set_tags, get_or_create_parent
 from pipeline.tracking.store import KILLED_WHY_TAG, MAX_TAG_VAL_LENGTH, experiment_id, session, truncate
 
 
@@ -27,11 +27,13 @@ def log_failed_job(*, tracking_uri: str, experiment: str, parent_run_id: str | N
 
 
 def mark_parent(*, tracking_uri: str, parent_run_id: str, tags: Mapping[str, str], failed: bool,
-                status: str | None = None) -> None:
-    """Record a sweep's outcome on its parent run (e.g. which jobs failed); FAILED when any job failed, or the
-    given ``status`` (KILLED: the sweep was interrupted)."""
+                status: str | None = None, metrics: Mapping[str, float] | None = None) -> None:
+    """Record a sweep's outcome on its parent run (which jobs failed, its summary metrics); FAILED when any job
+    failed, or the given ``status`` (KILLED: the sweep was interrupted)."""
     with session(tracking_uri) as client:
         _set_tags(client, parent_run_id, {k: str(v) for k, v in redact(dict(tags)).items()})
+        if metrics:
+            _log_metrics(client, parent_run_id, metrics, step=0)
         client.set_terminated(parent_run_id, status=status or ("FAILED" if failed else "FINISHED"))
 
 

@@ -22,11 +22,13 @@ HEADLINE_METRICS = {name: dotted for name, (dotted, _, _) in HEADLINE.items()}
 SHARED_VIEW_KEY = "odeval"
 SHARED_VIEW_TAG = "mlflow.sharedViewState." + SHARED_VIEW_KEY
 VIEW_TAG_COLUMNS = ("device.kind", "device.model")
+SWEEP_PARENT_METRICS = ("jobs_complete", "jobs_failed")  # a sweep's parent row: its outcome (pipeline/sweep/summary)
 
 
 def shared_view_state() -> str:
     """The JSON of the runs-table view ``?viewStateShareKey=odeval`` opens: headline metrics + device tags."""
-    cols = [f"metrics.`{k}`" for k in HEADLINE_METRICS] + [f"tags.`{k}`" for k in VIEW_TAG_COLUMNS]
+    cols = ([f"metrics.`{k}`" for k in (*HEADLINE_METRICS, *SWEEP_PARENT_METRICS)]
+            + [f"tags.`{k}`" for k in VIEW_TAG_COLUMNS])
     return json.dumps({"selectedColumns": cols})
 
 

@@ -38,6 +38,15 @@ def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.data.tags["sweep_id"] for c in children} == {"sweep-2x2"}
+    # the parent row carries the sweep's outcome: jobs complete/failed and the best/worst job per headline number
+    pm, pt = parents[0].data.metrics, parents[0].data.tags
+    assert pm["jobs_complete"] == 4 and pm["jobs_failed"] == 0
+    qualities = [c.data.metrics["quality"] for c in children]
+    assert pm["quality.best"] == max(qualities) and pm["quality.worst"] == min(qualities)
+    assert pt["odeval.best.quality"].startswith("job") and "=" in pt["odeval.best.quality"]  # the job, its overrides
+    # the terminal says where the jobs are and which was best
+    assert f"job directories: {sweep_dir}/job<N> (job0 … job3)" in r.stderr, r.stderr[-2000:]
+    assert "  quality: best " in r.stderr and "  decode_tok_s: best " in r.stderr
     assert {(c.data.params["model.name"], c.data.params["prompts.name"]) for c in children} == {
         ("tiny-fp", "qa"), ("tiny-fp", "smoke"), ("tiny-w4", "qa"), ("tiny-w4", "smoke")}
 
