@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.report import ReportError
-from pipeline.report.charts import quality_vs_throughput, toks_vs_budget
+from pipeline.report.charts import budget_varies, quality_vs_throughput, toks_vs_budget
 from pipeline.report.contrasts import answers_section, ends_section
 from pipeline.report.factors import FactorEffect, LevelEffect, analyse, bootstrap_ci, prompt_quality
 from pipeline.report.fp_reference import TOKENS_NOTE, FidelityResult, fidelity_to_fp
@@ -165,8 +165,14 @@ def build_report(records: Sequence[RunRecord], out_dir: Path, *, title: str, fp_
     header, rows = table_rows(recs, facs, quality_ci(recs))
     table_md = markdown_table(header, rows)
     labels = [variant_label(r, facs) for r in recs]
-    pngs = [quality_vs_throughput(recs, labels, out_dir / "quality_vs_throughput.png"),
-            toks_vs_budget(recs, facs, out_dir / "toks_vs_budget.png")]
+    pngs = [quality_vs_throughput(recs, labels, out_dir / "quality_vs_throughput.png")]
+    skipped: list[str] = []
+    if budget_varies(facs):
+        pngs.append(toks_vs_budget(recs, facs, out_dir / "toks_vs_budget.png"))
+    else:  # one x value: a chart of a single column says nothing
+        (out_dir / "toks_vs_budget.png").unlink(missing_ok=True)
+        skipped.append("toks_vs_budget.png not drawn: the sequence budget (sequence.max_new_tokens, "
+                       "sequence.context) does not vary in the selected runs")
     fp = pick_fp_model(recs, fp_model)
     effects, dropped = analyse(recs, facs, fp_model=fp, baselines=baselines)
     fid = fidelity_to_fp(recs, facs, fp, embeddings=embeddings, embedding_model=embedding_model)
@@ -174,7 +180,7 @@ def build_report(records: Sequence[RunRecord], out_dir: Path, *, title: str, fp_
     kinds = sorted({r.device_kind for r in recs})
     md = [f"# {title}", "", f"{len(recs)} run(s); device kind(s): {', '.join(kinds)}.", "", "## Runs", "",
           table_md, "", *[f"- {n}" for n in footnotes(recs, facs)], "", "## Plots", "",
-          *[f"![{p.stem}]({p.name})" for p in pngs], "",
+          *[f"![{p.stem}]({p.name})" for p in pngs], *[f"- {x}" for x in skipped], "",
           *factor_section(effects, dropped), *(ends_section(recs, facs, *ends) if ends else []),
           *answers_section(recs, facs), *fidelity_section(fid, fp, embeddings, csv_path, facs),
           *missing_section(recs)]

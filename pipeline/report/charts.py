@@ -50,14 +50,19 @@ def quality_vs_throughput(records: Sequence[RunRecord], labels: Sequence[str], p
             pts.append((x, y))
             idx.append(i)
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.ticklabel_format(useOffset=False)  # tok/s as read, not "+2e1"
     if not pts:
         ax.text(0.5, 0.5, "no run has both decode tok/s and a quality score", ha="center", transform=ax.transAxes)
-    for (x, y), i in zip(pts, idx, strict=True):
+    for n, ((x, y), i) in enumerate(zip(pts, idx, strict=True), start=1):
         virtual = records[i].device_kind == "virtual"
         ax.scatter([x], [y], marker="o" if virtual else "^", s=50, facecolors="none" if virtual else "tab:red",
                    edgecolors="tab:blue" if virtual else "tab:red")
-        ax.annotate(f"{labels[i]} [{device_label(records[i])}]", (x, y), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
+        ax.annotate(str(n), (x, y), fontsize=7, xytext=label_offset(n), textcoords="offset points")
+    if pts:  # numbers at the points, names in a key beside the axes: long labels never pile up on each other
+        mixed = len({device_label(records[i]) for i in idx}) > 1  # one kind: the title says it once
+        key = "\n".join(f"{n}  {labels[i]}" + (f" [{device_label(records[i])}]" if mixed else "")
+                        for n, i in enumerate(idx, start=1))
+        ax.text(1.02, 1.0, key, transform=ax.transAxes, fontsize=7, va="top", ha="left", family="monospace")
     front = pareto_front(pts)
     if front:
         fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
@@ -69,10 +74,21 @@ def quality_vs_throughput(records: Sequence[RunRecord], labels: Sequence[str], p
     return _save(fig, plt, path)
 
 
+def label_offset(n: int) -> tuple[int, int]:
+    """Where point n's number sits (points apart): round the point, so close points' numbers do not overlap."""
+    return ((5, 4), (5, -10), (-11, 4), (-11, -10))[(n - 1) % 4]
+
+
 def budget_key(facs: Sequence[Factor]) -> str:
     """The x axis of the budget plot: max_new_tokens if it varies, else context if it varies, else max_new_tokens."""
     varying = {k for f in facs for k in (f.key, *f.aliases)}
     return next((k for k in BUDGET_KEYS if k in varying), BUDGET_KEYS[0])
+
+
+def budget_varies(facs: Sequence[Factor]) -> bool:
+    """Whether a sequence-budget key varies across the runs (else the budget plot would be one column)."""
+    varying = {k for f in facs for k in (f.key, *f.aliases)}
+    return any(k in varying for k in BUDGET_KEYS)
 
 
 def toks_vs_budget(records: Sequence[RunRecord], facs: Sequence[Factor], path: Path) -> Path:
@@ -111,6 +127,6 @@ def toks_vs_budget(records: Sequence[RunRecord], facs: Sequence[Factor], path: P
 def _save(fig, plt, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the point key beside the axes is part of the figure
     plt.close(fig)
     return path

@@ -84,6 +84,15 @@ def write_prompts_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
                         for k in fields})
 
 
+def timed_note(d: dict[str, Any]) -> str:
+    """How many answers the decode rate covers, and why the rest are not in it — only when some are not."""
+    total = d["n"] + d["n_missing"]
+    if d["n_missing"] == 0:
+        return f"timed on all {total} answers"
+    return (f"timed on {d['n']} of {total} answers; the other {d['n_missing']} were too short to time "
+            "a decode rate")
+
+
 def summary_lines(score: dict[str, Any]) -> list[str]:
     """What the score stage prints: the device kind first (a virtual device's rates are the host's), the timing,
     the failures (each a quality 0), quality, and any undecodable or implausible numbers."""
@@ -97,8 +106,7 @@ def summary_lines(score: dict[str, Any]) -> list[str]:
     fails = score["failures"]
     lines = [f"score: {score['n_prompts']} prompts on a {kind.upper()} device"
              + (" (host CPU — not a phone result)" if kind == "virtual" else ""),
-             f"  decode tok/s  mean {f(d['mean'])}  p50 {f(d['p50'])}  cv {f(d['cv'])}  (timed on {d['n']} of"
-             f" {d['n'] + d['n_missing']} answers; shorter ones are below timing resolution)",
+             f"  decode tok/s  mean {f(d['mean'])}  p50 {f(d['p50'])}  cv {f(d['cv'])}  ({timed_note(d)})",
              f"  app tok/s (the app's own blended figure) mean {f(t['app_tok_s']['mean'])}   TTFT p50"
              f" {f(t['ttft_s']['p50'], '.3f')} s   model load p50 {f(t['load_s']['p50'], '.2f')} s",
              f"  failed answers {fails['failed']}/{fails['measured']}  (crashed {fails['crashed']}, timed out"
@@ -106,7 +114,10 @@ def summary_lines(score: dict[str, Any]) -> list[str]:
     if q["score"] is None:
         lines.append(f"  quality score n/a — {q.get('score_reason')}")
     else:
-        lines.append(f"  quality score {f(q['score'])}   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
+        ci = q.get("score_ci95")
+        lines.append(f"  quality score {f(q['score'], '.3f')}"
+                     + (f" [95% CI {f(ci[0], '.3f')}, {f(ci[1], '.3f')} over prompts]" if ci else "")
+                     + f"   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
                      f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
     bad = score["undecodable"]
     if bad["rows"]:

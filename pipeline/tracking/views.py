@@ -54,7 +54,10 @@ def run_description(score: Mapping[str, Any], headline: Mapping[str, float | Non
     fails = score.get("failures") or {}
     if fails:
         lines += ["", f"Failed answers: {fails.get('failed', 0)} of {fails.get('measured', '?')} (each scores 0)."]
-    lines += ["", "Per prompt: Artifacts → `tables/prompts.json` and `prompts.csv`; every number: `score.json`."]
+    lines += ["", "Per prompt: Artifacts → `tables/prompts.json` and `prompts.csv`; every number: `score.json`.",
+              "", "Logged again for the same answers (re-scoring, `dvc repro` after an interruption) updates this run:"
+              " each log is one step of its metrics (tag `odeval.revision`), not a training curve. New answers (a "
+              "changed prompt, engine or config) make a new run, and this one is tagged `odeval.superseded_by`."]
     return "\n".join(lines)
 
 

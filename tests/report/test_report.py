@@ -82,11 +82,19 @@ def test_every_variant_has_a_quality_ci_over_its_prompts(rep2x2) -> None:
 
 def test_pngs_written_and_linked(rep2x2) -> None:
     names = {p.name for p in rep2x2.pngs}
-    assert names == {"quality_vs_throughput.png", "toks_vs_budget.png"}
+    assert names == {"quality_vs_throughput.png"}  # the budget does not vary in this sweep: that plot is skipped
     text = rep2x2.report_md.read_text()
     for p in rep2x2.pngs:
         assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000
         assert f"]({p.name})" in text
+    assert "toks_vs_budget.png not drawn: the sequence budget" in text
+    assert not (rep2x2.report_md.parent / "toks_vs_budget.png").exists()
+
+
+def test_point_labels_sit_round_their_points() -> None:
+    from pipeline.report.charts import label_offset
+
+    assert len({label_offset(n) for n in range(1, 5)}) == 4  # four neighbours, four different offsets
 
 
 def test_factor_analysis_recovers_the_bigger_effect(rep2x2) -> None:

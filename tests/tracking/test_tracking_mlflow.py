@@ -329,18 +329,26 @@ def test_run_times_are_the_measured_run(store: dict, exp: str, tmp_path: Path) -
     assert tracking.iso_to_ms(None) is None and tracking.iso_to_ms("yesterday") is None
 
 
-def test_headline_metrics_have_plain_names(store: dict, exp: str, tmp_path: Path) -> None:
-    flat = {"throughput.decode_tok_s.mean": 12.5, "throughput.ttft_s.p50": 0.21, "quality.score": 0.7,
-            "quality.on_topic_rate": 0.75, "energy_j_per_token": None}
-    head = tracking.headline_metrics(flat)
-    assert head == {"decode_tok_s": 12.5, "ttft_s": 0.21, "quality": 0.7, "on_topic_rate": 0.75,
-                    "j_per_token": None}
+def test_headline_metrics_have_plain_names_and_are_rounded(store: dict, exp: str, tmp_path: Path) -> None:
+    from pipeline.score.headline import headline, headline_metrics
+
+    score = {"device_kind": "virtual", "throughput": {"decode_tok_s": {"mean": 1634.72346123}, "ttft_s": {"p50": 0.2}},
+             "quality": {"score": 0.70012, "score_ci95": [0.61234, 0.78911], "on_topic_rate": 0.75},
+             "failures": {"failed": 1}, "energy_j_per_token": None}
+    head = headline_metrics(score)
+    assert head == {"decode_tok_s": 1634.72, "ttft_s": 0.2, "quality": 0.7, "q_lo": 0.612, "q_hi": 0.789,
+                    "on_topic": 0.75, "failed": 1, "j_per_tok": None}
+    assert headline(score)["device"] == "virtual"
+    from pipeline.tracking.views import flat_metrics
+
+    flat = flat_metrics(score)
     rid = log(store, exp, "k-head", {**flat, **head}, tmp_path)
     run = store["client"].get_run(rid)
-    assert {"decode_tok_s", "ttft_s", "quality", "on_topic_rate", "quality.score"} <= set(run.data.metrics)
-    assert "j_per_token" in run.data.tags["missing_metrics"].split(",")  # not measured: never invented
-    text = tracking.run_description({"device_kind": "virtual", "n_prompts": 4}, head)
-    assert "| energy J/token (`j_per_token`) | not measured |" in text and "0.700" in text
+    assert {"decode_tok_s", "ttft_s", "quality", "on_topic", "quality.score"} <= set(run.data.metrics)
+    assert run.data.metrics["throughput.decode_tok_s.mean"] == 1634.72346123  # full value in the detail set
+    assert "j_per_tok" in run.data.tags["missing_metrics"].split(",")  # not measured: never invented
+    text = tracking.run_description(score, head)
+    assert "| energy J/token (`j_per_tok`) | not measured |" in text and "0.700" in text and "1634.72 |" in text
 
 
 # ------------------------------------------------------------------------------------------ honest endings
