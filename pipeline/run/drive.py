@@ -28,12 +28,12 @@ def drive(record: RunDir, items: list[RunItem], start_app: Callable[[], Any], op
             status, reason = "interrupted", str(e)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (pipeline/interrupts.py): recorded, then said once
             status, reason = "interrupted", f"interrupted by {signal_name(signum_of(e))}"
-            raise Interrupted(signum_of(e), f"{reason} after {write_row.tally.rows} row(s) on disk "
+            raise Interrupted(signum_of(e), f"{reason} after {record.on_disk().rows} row(s) on disk "
                                             f"({record.rows_path})") from None
         except BaseException as e:  # a bug or an unexpected error: never recorded as complete
             status, reason = "failed", f"{type(e).__name__}: {e}"
             raise
         finally:
             record.add_telemetry(sampler.stop())
-            record.finish(status, reason, write_row.tally)
+            record.finish(status, reason)
     return status, reason, write_row.tally

@@ -113,7 +113,13 @@ class RunDir:
         with (self.path / "telemetry.jsonl").open("a", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
 
-    def finish(self, status: str, reason: str | None, tally: FailureTally) -> None:
+    def on_disk(self) -> FailureTally:
+        """The rows the directory holds, counted from the file: a signal can land between a row's fsync and the
+        in-memory count, and run.json must say what is on disk."""
+        return FailureTally.from_rows(read_jsonl(self.rows_path) if self.rows_path.exists() else [])
+
+    def finish(self, status: str, reason: str | None) -> None:
+        tally = self.on_disk()
         write_json(self.path / "run.json", {**self.meta, "status": status, "error": reason, "rows": tally.rows,
                                             "failures": tally.counts(), "ended": now()})
 
@@ -132,11 +138,11 @@ class RowWriter:
         self._rows.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._rows.flush()
         os.fsync(self._rows.fileno())
+        self.tally.add(row)
         raw = base64.b64decode(row["raw_output_b64"] or b"").decode("utf-8", "replace")
         # each answer's bytes end with the app's next `>>> `, so the log reads like the terminal did
         self._log.write(row["sent_text"] + "\n" + (raw or f"[no output: {row['error']}]\n>>> "))
         self._log.flush()
-        self.tally.add(row)
 
     def close(self) -> None:
         self._rows.close()
