@@ -135,6 +135,16 @@ class PromptsConfig:
     n: int = 0
     limit: int | None = None
     newlines: str = "reject"  # reject | join
+    format: str = "odeval"  # odeval (prompts/*.jsonl lines) | ifeval (key, prompt, instruction_id_list, kwargs)
+    # prompts=ifeval: a file of a pinned PyPI distribution, as model.source=package (pipeline/run/prompt_sources.py)
+    package: str | None = None
+    package_version: str | None = None
+    package_file: str | None = None
+    sha256: str | None = None
+    stride: int = 1  # keep every stride-th prompt of the file (file order, from the first), before limit
+    context: int | None = None  # the set's own budget and deadline (null: sequence.*, runtime.*; see budget())
+    max_new_tokens: int | None = None
+    prompt_timeout_s: float | None = None
 
 
 @dataclass
@@ -327,6 +337,28 @@ def as_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The sequence budget and answer deadline a run uses (``keys``: the config key each value came from)."""
+
+    context: int
+    max_new_tokens: int
+    prompt_timeout_s: float
+    keys: tuple[str, str, str]
+
+
+def budget(cfg: Config) -> Budget:
+    """The prompt set's own ``prompts.context``/``max_new_tokens``/``prompt_timeout_s`` where set, else ``sequence.*``
+    and ``runtime.prompt_timeout_s``. One function: validation, the run stage and the run identity must agree."""
+    pr, s, rt = cfg.prompts, cfg.sequence, cfg.runtime
+    ctx = (pr.context, "prompts.context") if pr.context is not None else (s.context, "sequence.context")
+    new = ((pr.max_new_tokens, "prompts.max_new_tokens") if pr.max_new_tokens is not None
+           else (s.max_new_tokens, "sequence.max_new_tokens"))
+    tmo = ((pr.prompt_timeout_s, "prompts.prompt_timeout_s") if pr.prompt_timeout_s is not None
+           else (rt.prompt_timeout_s, "runtime.prompt_timeout_s"))
+    return Budget(ctx[0], new[0], tmo[0], (ctx[1], new[1], tmo[1]))
+
+
 # ---------------------------------------------------------------- validation
 
 def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -350,15 +382,18 @@ def _check_source(problems: list[str], sec: str, c: ModelConfig | AppConfig) -> 
         problems.append(f"{sec}.path=None: required when {sec}.source=local — set {sec}.path=/path/to/dir")
 
 
-def _check_package(problems: list[str], m: ModelConfig) -> None:
-    """source=package needs the distribution, its version, the file and its sha256 (pinned twice), and a variant."""
+def _check_package(problems: list[str], m: ModelConfig | PromptsConfig, sec: str = "model") -> None:
+    """A package file needs the distribution, its version, the file and its sha256 (pinned twice); a model a variant."""
+    why = ("when model.source=package — see conf/model/smollm2-q4.yaml" if sec == "model"
+           else "with prompts.package — see conf/prompts/ifeval.yaml")
     for key in ("package", "package_version", "package_file", "sha256"):
         if not getattr(m, key):
-            problems.append(f"model.{key}=None: required when model.source=package — see conf/model/smollm2-q4.yaml")
+            problems.append(f"{sec}.{key}=None: required {why}")
     sha = m.sha256 or ""
     if sha and not (len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha.lower())):
-        problems.append(f"model.sha256={sha!r}: must be the file's 64-hex-digit sha256")
-    _choice(problems, "model.variant", m.variant, MODEL_VARIANTS)
+        problems.append(f"{sec}.sha256={sha!r}: must be the file's 64-hex-digit sha256")
+    if isinstance(m, ModelConfig):
+        _choice(problems, "model.variant", m.variant, MODEL_VARIANTS)
 
 
 def validate(cfg: Config, source: str = "config") -> None:
@@ -376,17 +411,19 @@ def validate(cfg: Config, source: str = "config") -> None:
     _choice(p, "app.template", a.template, ("mobilequant", "hf-chat", "raw"))
     _choice(p, "prompts.newlines", cfg.prompts.newlines, ("reject", "join"))
     _choice(p, "tracking.backend", cfg.tracking.backend, ("mlflow", "none"))
-    budget = s.context + s.max_new_tokens + a.template_tokens
+    b = budget(cfg)
+    total = b.context + b.max_new_tokens + a.template_tokens
     limit = min(m.max_seq_len, APP_KV_POSITIONS)
-    if budget > limit:
+    if total > limit:
         why = (f"model.max_seq_len={m.max_seq_len}" if m.max_seq_len <= APP_KV_POSITIONS else
                f"the {APP_KV_POSITIONS} KV positions simple_app's ring holds (model.max_seq_len={m.max_seq_len})")
         p.append(
-            f"sequence.context + sequence.max_new_tokens + app.template_tokens = {s.context} + {s.max_new_tokens} +"
-            f" {a.template_tokens} = {budget} exceeds {why} — pick a smaller"
-            " sequence budget (e.g. sequence=s256) or lower sequence.context / sequence.max_new_tokens"
+            f"{b.keys[0]} + {b.keys[1]} + app.template_tokens = {b.context} + {b.max_new_tokens} +"
+            f" {a.template_tokens} = {total} exceeds {why} — pick a smaller"
+            f" sequence budget (e.g. sequence=s256) or lower {b.keys[0]} / {b.keys[1]}"
         )
-    for key, val in (("sequence.context", s.context), ("sequence.max_new_tokens", s.max_new_tokens)):
+    for key, val in {"sequence.context": s.context, "sequence.max_new_tokens": s.max_new_tokens,
+                     b.keys[0]: b.context, b.keys[1]: b.max_new_tokens}.items():
         if val < 1:
             p.append(f"{key}={val}: must be ≥ 1")
     for sec, files in (("app", a.required_files), ("model", m.required_files or [])):
@@ -431,8 +468,15 @@ def validate(cfg: Config, source: str = "config") -> None:
     if tmpl.count("{prompt}") != 1 or "\n" in tmpl:
         p.append(f"prompting.template={tmpl!r}: must contain {{prompt}} exactly once and no newline")
     pr = cfg.prompts
-    if not pr.path and not pr.generator:
+    if not pr.path and not pr.generator and not pr.package:
         p.append(f"prompts={pr.name}: set prompts.path=FILE.jsonl (or a generator such as prompts=length)")
+    _choice(p, "prompts.format", pr.format, ("odeval", "ifeval"))
+    if pr.package and not pr.path:
+        _check_package(p, pr, "prompts")
+    if pr.stride < 1:
+        p.append(f"prompts.stride={pr.stride}: must be ≥ 1 (1 = every prompt)")
+    if pr.prompt_timeout_s is not None and pr.prompt_timeout_s <= 0:
+        p.append(f"prompts.prompt_timeout_s={pr.prompt_timeout_s}: must be > 0 or null (runtime.prompt_timeout_s)")
     if pr.generator not in (None, "length"):
         p.append(f"prompts.generator={pr.generator!r}: must be null or 'length'")
     if pr.limit is not None and pr.limit < 1:

@@ -18,6 +18,14 @@ HEADLINE_METRICS = {
     "on_topic_rate": "quality.on_topic_rate",
     "j_per_token": "energy_j_per_token",
 }
+# Headline names of a benchmark block, logged only when the run has it (prompts=ifeval): a run of another prompt
+# set did not fail to measure them, so they must not land in its missing_metrics.
+OPTIONAL_HEADLINE_METRICS = {
+    "ifeval_prompt_strict": "ifeval.prompt_strict.value",
+    "ifeval_prompt_loose": "ifeval.prompt_loose.value",
+    "ifeval_instruction_strict": "ifeval.instruction_strict.value",
+    "ifeval_instruction_loose": "ifeval.instruction_loose.value",
+}
 
 
 # A saved runs-table view (MLflow UI "shared view state": an experiment tag read when the URL carries
@@ -43,8 +51,10 @@ def ui_path(experiment_id: str) -> str:
 
 
 def headline_metrics(flat: Mapping[str, float | None]) -> dict[str, float | None]:
-    """The :data:`HEADLINE_METRICS` taken from the flat score metrics (None where the run did not measure it)."""
-    return {plain: flat.get(dotted) for plain, dotted in HEADLINE_METRICS.items()}
+    """The :data:`HEADLINE_METRICS` taken from the flat score metrics (None where the run did not measure it), plus
+    the :data:`OPTIONAL_HEADLINE_METRICS` the run has."""
+    out = {plain: flat.get(dotted) for plain, dotted in HEADLINE_METRICS.items()}
+    return out | {plain: flat[dotted] for plain, dotted in OPTIONAL_HEADLINE_METRICS.items() if dotted in flat}
 
 
 _HEADLINE_LABELS = {
@@ -53,6 +63,10 @@ _HEADLINE_LABELS = {
     "quality": ("quality score", ".3f"),
     "on_topic_rate": ("on-topic rate", ".2f"),
     "j_per_token": ("energy J/token", ".3g"),
+    "ifeval_prompt_strict": ("IFEval prompt-level strict accuracy", ".3f"),
+    "ifeval_prompt_loose": ("IFEval prompt-level loose accuracy", ".3f"),
+    "ifeval_instruction_strict": ("IFEval instruction-level strict accuracy", ".3f"),
+    "ifeval_instruction_loose": ("IFEval instruction-level loose accuracy", ".3f"),
 }
 
 
@@ -64,6 +78,8 @@ def run_description(score: Mapping[str, Any], headline: Mapping[str, float | Non
              + (" (host CPU — not a phone result)" if kind == "virtual" else ""), "",
              "| metric | value |", "| --- | --- |"]
     for key, (label, spec) in _HEADLINE_LABELS.items():
+        if key in OPTIONAL_HEADLINE_METRICS and key not in headline:
+            continue
         v = headline.get(key)
         shown = "not measured" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
         lines.append(f"| {label} (`{key}`) | {shown} |")
