@@ -133,6 +133,7 @@ def test_the_ladder_preset_sweeps_the_five_smollm2_variants_on_the_default_subse
 
     from pipeline.config import CONF_DIR
 
+    assert "python -m pipeline -m experiment=ifeval-ladder" in (CONF_DIR.parent / "docs" / "ifeval.md").read_text()
     preset = yaml.safe_load((CONF_DIR / "experiment" / "ifeval-ladder.yaml").read_text())
     models = preset["hydra"]["sweeper"]["params"]["model"].split(",")
     assert models == ["smollm2-ref", "smollm2-q4", "smollm2-w8", "smollm2-w4", "smollm2-q4a8"]
