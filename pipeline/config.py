@@ -12,7 +12,6 @@ The schema is registered in Hydra's ConfigStore (``odeval_schema``) for tools an
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +135,16 @@ class PromptsConfig:
     n: int = 0
     limit: int | None = None
     newlines: str = "reject"  # reject | join
+    format: str = "odeval"  # odeval (prompts/*.jsonl lines) | ifeval (key, prompt, instruction_id_list, kwargs)
+    # prompts=ifeval: a file of a pinned PyPI distribution, as model.source=package (pipeline/run/prompt_sources.py)
+    package: str | None = None
+    package_version: str | None = None
+    package_file: str | None = None
+    sha256: str | None = None
+    stride: int = 1  # keep every stride-th prompt of the file (file order, from the first), before limit
+    context: int | None = None  # the set's own budget and deadline (null: sequence.*, runtime.*; see budget())
+    max_new_tokens: int | None = None
+    prompt_timeout_s: float | None = None
 
 
 @dataclass
@@ -247,27 +256,6 @@ def to_config(raw: DictConfig | dict, source: str = "config") -> Config:
     return cfg
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> Config:
-    """The loader every DVC stage uses. Warns (does not fail) when params.yaml looks stale against conf/."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError([f"{p}: not found — run `dvc exp run` (composes it from conf/) or `make params`"], str(p))
-    try:
-        cfg = to_config(OmegaConf.load(p), source=str(p))
-    except ConfigError as e:
-        raise ConfigError([*e.problems, restore_hint(p)], str(p)) from None
-    warn_if_stale(p, cfg)
-    return cfg
-
-
-def restore_hint(params: Path) -> str:
-    """What to do about an invalid params.yaml: it is a composition (conf/ + `-S` overrides), which `dvc repro`
-    reads as it is, so a bad value stays until the file is restored."""
-    return (f"{params} is composed from conf/ (`dvc exp run -S …`, `make params`) and `dvc repro` reads it as it is:"
-            f" the bad value came from a previous composition. Restore it: `git checkout -- {params}` (the committed"
-            " defaults) or `python -m pipeline.params <your overrides>` (recompose), then re-run")
-
-
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """Compose conf/ like DVC does (no hydra node), for params.yaml generation, checks and tests."""
     from hydra import compose as hydra_compose
@@ -290,53 +278,31 @@ def group_choices(cfg: Config) -> list[str]:
     ]
 
 
-def warn_if_stale(params_path: Path, cfg: Config) -> list[str]:
-    """`dvc repro` reads params.yaml as it is: tell the user when conf/ says something else for the same choices.
-
-    params.yaml written with an experiment preset (`python -m pipeline.params experiment=offline-demo`, as
-    `make demo` does) sets keys outside the groups (app.template, tag): it is compared with each preset too
-    (the one named like its `tag` first) and counts as fresh when one of them reproduces it exactly."""
-    current = OmegaConf.to_container(OmegaConf.load(params_path))
-    diffs = _stale_diffs(current, group_choices(cfg))
-    if diffs:
-        presets = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-        presets.sort(key=lambda name: name != cfg.tag)
-        for name in presets:
-            d = _stale_diffs(current, [*group_choices(cfg), f"experiment={name}"])
-            if d is not None and len(d) < len(diffs):
-                diffs = d
-            if not diffs:
-                break
-    if diffs:
-        shown = "; ".join(f"{k} (params.yaml {b!r}, conf/ {a!r})" for k, a, b in diffs[:5])
-        print(
-            f"warning: {params_path} differs from conf/ for the same group choices: {shown}. Fine if you set these"
-            " with `dvc exp run -S`; if you edited conf/, note that `dvc repro` does not recompose — run"
-            " `dvc exp run` (or `make params`)."
-        )
-    return [k for k, _, _ in diffs or []]
-
-
-def _stale_diffs(current: Any, overrides: list[str]) -> list[tuple[str, Any, Any]] | None:
-    """Differences between params.yaml and conf/ composed with ``overrides``; None when they do not compose."""
-    try:
-        fresh = OmegaConf.to_container(compose(overrides))
-    except Exception:  # an unknown group name etc.: the params were set by hand; nothing to compare against
-        return None
-    return _diff(fresh, current)
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [(prefix.rstrip("."), a, b)]
-
 
 def as_dict(cfg: Config) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The sequence budget and answer deadline a run uses (``keys``: the config key each value came from)."""
+
+    context: int
+    max_new_tokens: int
+    prompt_timeout_s: float
+    keys: tuple[str, str, str]
+
+
+def budget(cfg: Config) -> Budget:
+    """The prompt set's own ``prompts.context``/``max_new_tokens``/``prompt_timeout_s`` where set, else ``sequence.*``
+    and ``runtime.prompt_timeout_s``. One function: validation, the run stage and the run identity must agree."""
+    pr, s, rt = cfg.prompts, cfg.sequence, cfg.runtime
+    ctx = (pr.context, "prompts.context") if pr.context is not None else (s.context, "sequence.context")
+    new = ((pr.max_new_tokens, "prompts.max_new_tokens") if pr.max_new_tokens is not None
+           else (s.max_new_tokens, "sequence.max_new_tokens"))
+    tmo = ((pr.prompt_timeout_s, "prompts.prompt_timeout_s") if pr.prompt_timeout_s is not None
+           else (rt.prompt_timeout_s, "runtime.prompt_timeout_s"))
+    return Budget(ctx[0], new[0], tmo[0], (ctx[1], new[1], tmo[1]))
 
 
 # ---------------------------------------------------------------- validation
@@ -362,15 +328,18 @@ def _check_source(problems: list[str], sec: str, c: ModelConfig | AppConfig) -> 
         problems.append(f"{sec}.path=None: required when {sec}.source=local — set {sec}.path=/path/to/dir")
 
 
-def _check_package(problems: list[str], m: ModelConfig) -> None:
-    """source=package needs the distribution, its version, the file and its sha256 (pinned twice), and a variant."""
+def _check_package(problems: list[str], m: ModelConfig | PromptsConfig, sec: str = "model") -> None:
+    """A package file needs the distribution, its version, the file and its sha256 (pinned twice); a model a variant."""
+    why = ("when model.source=package — see conf/model/smollm2-q4.yaml" if sec == "model"
+           else "with prompts.package — see conf/prompts/ifeval.yaml")
     for key in ("package", "package_version", "package_file", "sha256"):
         if not getattr(m, key):
-            problems.append(f"model.{key}=None: required when model.source=package — see conf/model/smollm2-q4.yaml")
+            problems.append(f"{sec}.{key}=None: required {why}")
     sha = m.sha256 or ""
     if sha and not (len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha.lower())):
-        problems.append(f"model.sha256={sha!r}: must be the file's 64-hex-digit sha256")
-    _choice(problems, "model.variant", m.variant, MODEL_VARIANTS)
+        problems.append(f"{sec}.sha256={sha!r}: must be the file's 64-hex-digit sha256")
+    if isinstance(m, ModelConfig):
+        _choice(problems, "model.variant", m.variant, MODEL_VARIANTS)
 
 
 def validate(cfg: Config, source: str = "config") -> None:
@@ -388,17 +357,19 @@ def validate(cfg: Config, source: str = "config") -> None:
     _choice(p, "app.template", a.template, ("mobilequant", "hf-chat", "raw"))
     _choice(p, "prompts.newlines", cfg.prompts.newlines, ("reject", "join"))
     _choice(p, "tracking.backend", cfg.tracking.backend, ("mlflow", "none"))
-    budget = s.context + s.max_new_tokens + a.template_tokens
+    b = budget(cfg)
+    total = b.context + b.max_new_tokens + a.template_tokens
     limit = min(m.max_seq_len, APP_KV_POSITIONS)
-    if budget > limit:
+    if total > limit:
         why = (f"model.max_seq_len={m.max_seq_len}" if m.max_seq_len <= APP_KV_POSITIONS else
                f"the {APP_KV_POSITIONS} KV positions simple_app's ring holds (model.max_seq_len={m.max_seq_len})")
         p.append(
-            f"sequence.context + sequence.max_new_tokens + app.template_tokens = {s.context} + {s.max_new_tokens} +"
-            f" {a.template_tokens} = {budget} exceeds {why} — pick a smaller"
-            " sequence budget (e.g. sequence=s256) or lower sequence.context / sequence.max_new_tokens"
+            f"{b.keys[0]} + {b.keys[1]} + app.template_tokens = {b.context} + {b.max_new_tokens} +"
+            f" {a.template_tokens} = {total} exceeds {why} — pick a smaller"
+            f" sequence budget (e.g. sequence=s256) or lower {b.keys[0]} / {b.keys[1]}"
         )
-    for key, val in (("sequence.context", s.context), ("sequence.max_new_tokens", s.max_new_tokens)):
+    for key, val in {"sequence.context": s.context, "sequence.max_new_tokens": s.max_new_tokens,
+                     b.keys[0]: b.context, b.keys[1]: b.max_new_tokens}.items():
         if val < 1:
             p.append(f"{key}={val}: must be ≥ 1")
     for sec, files in (("app", a.required_files), ("model", m.required_files or [])):
@@ -443,8 +414,15 @@ def validate(cfg: Config, source: str = "config") -> None:
     if tmpl.count("{prompt}") != 1 or "\n" in tmpl:
         p.append(f"prompting.template={tmpl!r}: must contain {{prompt}} exactly once and no newline")
     pr = cfg.prompts
-    if not pr.path and not pr.generator:
+    if not pr.path and not pr.generator and not pr.package:
         p.append(f"prompts={pr.name}: set prompts.path=FILE.jsonl (or a generator such as prompts=length)")
+    _choice(p, "prompts.format", pr.format, ("odeval", "ifeval"))
+    if pr.package and not pr.path:
+        _check_package(p, pr, "prompts")
+    if pr.stride < 1:
+        p.append(f"prompts.stride={pr.stride}: must be ≥ 1 (1 = every prompt)")
+    if pr.prompt_timeout_s is not None and pr.prompt_timeout_s <= 0:
+        p.append(f"prompts.prompt_timeout_s={pr.prompt_timeout_s}: must be > 0 or null (runtime.prompt_timeout_s)")
     if pr.generator not in (None, "length"):
         p.append(f"prompts.generator={pr.generator!r}: must be null or 'length'")
     if pr.limit is not None and pr.limit < 1:

@@ -58,9 +58,11 @@ def table_rows(records: Sequence[RunRecord], facs: Sequence[Factor],
     cols = variant_columns(records, facs)
     fams = families_present(records)
     show_on_topic = any(r.metric("quality.on_topic_rate") is not None for r in records)
+    show_ifeval = any(r.metric("ifeval.prompt_strict.value") is not None for r in records)
     header = ["#", *cols, "device", "prompts", "decode tok/s (mean ± sd)", "TTFT p50 (s)", "quality",
               "quality 95% CI",
-              *[f"q.{f}" for f in fams], *(["on-topic"] if show_on_topic else []), "EOS rate", "energy J/tok", "run"]
+              *[f"q.{f}" for f in fams], *(["on-topic"] if show_on_topic else []),
+              *(IFEVAL_COLUMNS if show_ifeval else []), "EOS rate", "energy J/tok", "run"]
     rows = []
     for i, r in enumerate(records, 1):
         n = r.metric("n_prompts")
@@ -70,9 +72,26 @@ def table_rows(records: Sequence[RunRecord], facs: Sequence[Factor],
                  ci_cell(quality_ci.get(r.run_id)),
                  *[fmt(r.metric(f"quality.{f}"), ".1f" if f == "answer_len" else ".3f") for f in fams],
                  *([fmt(r.metric("quality.on_topic_rate"))] if show_on_topic else []),
+                 *(ifeval_cells(r) if show_ifeval else []),
                  fmt(r.metric("rates.eos")), fmt(r.metric("energy_j_per_token"), ".3g"), r.run_id[:8]]
         rows.append(cells)
     return header, rows
+
+
+IFEVAL_COLUMNS = ["IFEval prompt strict [95% CI]", "IFEval prompt loose", "IFEval instr. strict",
+                  "IFEval instr. loose", "IFEval truncated"]
+
+
+def ifeval_cells(r: RunRecord) -> list[str]:
+    """IFEval's four accuracies (score.json ``ifeval``; the headline with its Wilson CI) and the share of answers
+    cut at max_new_tokens — a cut essay can fail a length check, so the table says how many were cut."""
+    lo, hi = r.metric("ifeval.prompt_strict.ci_low"), r.metric("ifeval.prompt_strict.ci_high")
+    head = fmt(r.metric("ifeval.prompt_strict.value"), ".3f")
+    if head != NA and lo is not None and hi is not None:
+        head += f" [{lo:.2f}, {hi:.2f}]"
+    return [head, *(fmt(r.metric(f"ifeval.{k}.value"), ".3f") for k in ("prompt_loose", "instruction_strict",
+                                                                        "instruction_loose")),
+            fmt(r.metric("ifeval.truncated.rate"))]
 
 
 def _escape(cell: str) -> str:

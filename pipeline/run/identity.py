@@ -12,7 +12,10 @@ into a new run — once the engine's code changed, `dvc repro` re-ran the stage 
 - A **row** is reused only while what was asked is unchanged (:func:`ask_keys`): the prompt, its sent line (the
   template applied), reference, keywords, rules and language; in a shared session also every earlier prompt of
   the pass (the app carries their context into the answer). Which prompts are in the set (``prompts.*``) is
-  therefore not part of the identity: a row of a prompt that left the set is dropped, a new prompt is asked.
+  therefore not part of the identity: a row of a prompt that left the set is dropped, a new prompt is asked. A
+  benchmark's prompt (``prompts=ifeval``) asks its whole row too (key, original prompt, instruction ids and kwargs:
+  ``Prompt.to_item``), so an edited or re-pinned prompt file re-asks exactly the rows that changed; a prompt set that
+  brings its own budget (``prompts.max_new_tokens`` …, :func:`pipeline.config.budget`) puts it in ``config``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.codehash import changed_files, code_files, library_versions, virtual_device_code
+from pipeline.config import budget
 
 RUN_STAGE_MODULE = "pipeline.stages.run"
 # Config keys the run stage reads (its `params:` in dvc.yaml minus `prompts`, which only selects the rows). A
@@ -94,8 +98,13 @@ def run_identity(cfg: Any, fetch: dict[str, Any], push: dict[str, Any]) -> RunId
     code["python"] = platform.python_version()
     if device.get("kind") == "virtual":  # the daemon's shell and services carry every byte (restarted on a change)
         code["virtual-device"] = virtual_device_code()
+    config = {key: config_value(cfg, key) for key in RUN_PARAMS}
+    b = budget(cfg)
+    if any(k.startswith("prompts.") for k in b.keys):  # the prompt set's own budget changes answers (prompts=ifeval)
+        config["budget"] = {"context": b.context, "max_new_tokens": b.max_new_tokens,
+                            "prompt_timeout_s": b.prompt_timeout_s}
     return RunIdentity(
-        config={key: config_value(cfg, key) for key in RUN_PARAMS},
+        config=config,
         device_files={"model": fetch["model"]["manifest_sha256"], "app": fetch["app"]["manifest_sha256"],
                       "serial": device.get("serial", ""), "kind": device.get("kind", "")},
         code=code)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.config import Config, budget
 from pipeline.run.runner import RunItem
 from pipeline.workspace import shared_root
 
@@ -40,31 +40,43 @@ def prompt_tokenizer(cfg: Config, fetch: dict, push: dict) -> tuple[Any, Any]:
         raise PlanError(f"{local}: the model's tokenizer cannot be read ({e}) — re-run fetch") from None
 
 
-def load_prompt_set(cfg: Config, count_tokens: Any) -> list:
-    """The configured prompt set (file or generator), validated; `prompts.limit` keeps the first N."""
+def load_prompt_set(cfg: Config, count_tokens: Any) -> tuple[list, dict | None]:
+    """The configured prompt set (file, a benchmark's package file, or generator), validated; `prompts.limit` keeps
+    the first N. Also where a benchmark's set came from (package, version, file, sha256, stride, limit: run.json
+    ``prompt_source``), None for odeval's own sets."""
     from pipeline.run.prompts import PromptSetError, length_prompts, load_prompts
 
     pr = cfg.prompts
+    source = None
     try:
         if pr.generator == "length":
-            prompts = length_prompts(cfg.sequence.context, count_tokens, n=pr.n or 5)
+            prompts = length_prompts(budget(cfg).context, count_tokens, n=pr.n or 5)
+        elif pr.format == "ifeval":
+            from pipeline.run.prompt_sources import load_prompt_source
+
+            prompts, source = load_prompt_source(pr, shared_root())
         else:
             path = Path(pr.path or "")
             prompts = load_prompts(path if path.is_absolute() else shared_root() / path, set_name=pr.name,
                                    newlines=pr.newlines)
     except PromptSetError as e:
         raise PlanError(str(e)) from None
-    return prompts[: pr.limit] if pr.limit else prompts
+    prompts = prompts[: pr.limit] if pr.limit else prompts
+    if source is not None:
+        source |= {"limit": pr.limit, "run": len(prompts), "joined": sum("joined" in p.tags for p in prompts)}
+    return prompts, source
 
 
 def checked_items(cfg: Config, prompts: list, count_tokens: Any, count_prompt: Any) -> list[RunItem]:
-    """The lines to send, checked as the runner and the app would, with the prompt's FILE:LINE in every error."""
+    """The lines to send, checked as the runner and the app would, with the prompt's FILE:LINE in every error.
+    The budget is the prompt set's own where it sets one (``pipeline.config.budget``: prompts=ifeval)."""
     from pipeline.run.prompts import PromptSetError, sent_lines
 
+    b = budget(cfg)
     try:
-        sent = sent_lines(prompts, cfg.prompting.template, count_tokens, cfg.sequence.context,
+        sent = sent_lines(prompts, cfg.prompting.template, count_tokens, b.context,
                           f"the line sent (prompting={cfg.prompting.name})", count_prompt=count_prompt,
-                          positions=cfg.model.max_seq_len - cfg.sequence.max_new_tokens)
+                          positions=cfg.model.max_seq_len - b.max_new_tokens)
     except PromptSetError as e:
         raise PlanError(str(e)) from None
     return [RunItem(p.id, p.prompt, line) for p, line in zip(prompts, sent, strict=True)]

@@ -42,12 +42,18 @@ class Prompt:
     tags: tuple[str, ...] = ()
     set_name: str = ""
     where: str = field(default="", compare=False)  # "FILE:LINE" it came from, for errors raised later
-
+    # a benchmark's own scoring data (prompts=ifeval: key, original prompt, instruction_id_list, kwargs), scored by
+    # the benchmark's checker (pipeline/quality/ifeval.py); None for odeval's own sets
+    ifeval: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def to_item(self) -> dict[str, Any]:
-        """The dict shape ``pipeline.quality.score_items`` takes (add ``response``/``eos``/``truncated``)."""
-        return {"id": self.id, "prompt": self.prompt, "reference": list(self.reference),
+        """The dict shape ``pipeline.quality.score_items`` takes (add ``response``/``eos``/``truncated``).
+
+        ``ifeval`` only when set: it is part of what a row asked (its ask key), and leaving it out for every other
+        set keeps their ask keys — and so their finished rows — unchanged."""
+        item = {"id": self.id, "prompt": self.prompt, "reference": list(self.reference),
                 "keywords": list(self.keywords), "rules": [dict(r) for r in self.rules], "lang": self.lang}
+        return item | {"ifeval": self.ifeval} if self.ifeval is not None else item
 
 
 def _str_list(where: str, key: str, value: Any, *, allow_str: bool = False) -> tuple[str, ...]:

@@ -82,11 +82,13 @@ class RunOptions:
 
     @classmethod
     def from_config(cls, runtime: RuntimeConfig, session: str, max_new_tokens: int,
-                    max_seq_len: int = APP_KV_POSITIONS) -> RunOptions:
-        """From the config's ``runtime`` section, ``session.mode``, ``sequence.max_new_tokens`` and
-        ``model.max_seq_len`` (the context limit is the smaller of it and the app's 1023 KV positions)."""
+                    max_seq_len: int = APP_KV_POSITIONS, prompt_timeout_s: float | None = None) -> RunOptions:
+        """From the config's ``runtime`` section, ``session.mode``, the budget's ``max_new_tokens`` and
+        ``model.max_seq_len`` (the context limit is the smaller of it and the app's 1023 KV positions);
+        ``prompt_timeout_s`` replaces runtime's when the prompt set sets its own (``pipeline.config.budget``)."""
         return cls(session=session, repeats=runtime.repeats, warmup=runtime.warmup, cooldown_s=runtime.cooldown_s,
-                   prompt_timeout_s=runtime.prompt_timeout_s, load_timeout_s=runtime.load_timeout_s,
+                   prompt_timeout_s=runtime.prompt_timeout_s if prompt_timeout_s is None else prompt_timeout_s,
+                   load_timeout_s=runtime.load_timeout_s,
                    max_new_tokens=max_new_tokens, max_output_bytes=runtime.max_output_bytes,
                    context_positions=min(max_seq_len, APP_KV_POSITIONS))
 

@@ -27,6 +27,23 @@ HEADLINE: dict[str, tuple[str, int, str]] = {
 }
 
 
+# A benchmark block's headline, present only when the run has the block (prompts=ifeval): a run of another prompt
+# set did not fail to measure them, so they must not show as missing. Its null values stay null.
+OPTIONAL_HEADLINE: dict[str, tuple[str, int, str]] = {
+    "ifeval_prompt_strict": ("ifeval.prompt_strict.value", 3, "IFEval prompt-level strict accuracy"),
+    "ifeval_prompt_loose": ("ifeval.prompt_loose.value", 3, "IFEval prompt-level loose accuracy"),
+    "ifeval_instruction_strict": ("ifeval.instruction_strict.value", 3, "IFEval instruction-level strict accuracy"),
+    "ifeval_instruction_loose": ("ifeval.instruction_loose.value", 3, "IFEval instruction-level loose accuracy"),
+}
+
+
+def present(score: Mapping[str, Any]) -> dict[str, tuple[str, int, str]]:
+    """The headline definitions that apply to ``score``: every :data:`HEADLINE` entry, plus the optional ones whose
+    block the run has."""
+    extra = {k: v for k, v in OPTIONAL_HEADLINE.items() if isinstance(score.get(v[0].split(".")[0]), Mapping)}
+    return {**HEADLINE, **extra}
+
+
 # Which end of a headline number is better: a sweep names its best and worst job per number (the CI ends are not
 # compared on their own).
 BETTER = {"decode_tok_s": max, "ttft_s": min, "quality": max, "on_topic": max, "failed": min, "j_per_tok": min}
@@ -67,7 +84,7 @@ def headline(score: Mapping[str, Any]) -> dict[str, Any]:
     """``metrics/headline.json``: the device kind first (a virtual-device number is never a phone result), then
     the headline numbers, rounded."""
     out: dict[str, Any] = {"device": str(score.get("device_kind", "unknown"))}
-    for name, (dotted, decimals, _) in HEADLINE.items():
+    for name, (dotted, decimals, _) in present(score).items():
         out[name] = rounded(lookup(score, dotted), decimals)
     return out
 

@@ -59,11 +59,18 @@ def score_run(cfg: Config, rows: list[dict], prompts: dict[str, dict], telemetry
             sc["undecodable_chars"] = r["replaced_chars"]
     families = [f for f in FAMILIES if any(s.get(f) is not None for s in scores)]
     prompt_rows = summary.per_prompt(rows, scores, prompts, families)
+    ife, ife_columns, ife_verdicts = ifeval_scores(rows, prompts, run_json)
+    for row in prompt_rows:
+        row.update(ife_columns.get(row["prompt_id"], {}))
+    for verdict in ife_verdicts:  # quality.jsonl: the per-instruction verdicts on the prompt's first measured row
+        next(sc for sc in scores if sc.get("id") == verdict["prompt_id"])["ifeval"] = verdict
     kind = run_json["device"].get("kind", "unknown")
     bw, bw_reason = summary.device_bandwidth(push["device"], cfg.device.bandwidth_gb_s,
                                              cfg.scoring.soc_bandwidth_gb_s)
     score = summary.summarize_run(rows, prompt_rows, families, telemetry, device_kind=kind, bandwidth_gb_s=bw,
                                   bandwidth_reason=bw_reason, weight_bytes=cfg.model.weight_bytes)
+    if ife is not None:
+        score["ifeval"] = ife
     props = run_json["device"].get("props") or {}
     score["run_status"] = run_status(run_json)
     score["provenance"] = {"device_kind": kind, "run_key": run_json.get("run_key"),
@@ -72,6 +79,28 @@ def score_run(cfg: Config, rows: list[dict], prompts: dict[str, dict], telemetry
                            "app_manifest": fetch["app"]["manifest_sha256"][:12],
                            "git_commit": (run_json.get("git") or {}).get("commit")}
     return score, prompt_rows, families, scores
+
+
+def ifeval_scores(rows: list[dict], prompts: dict[str, dict], run_json: dict) -> tuple[dict | None, dict, list]:
+    """IFEval's own scoring (pipeline/quality/ifeval.py: score.json ``ifeval``, prompts.csv columns, per-prompt
+    verdicts) when the run's prompts are IFEval prompts; nothing else loads its checker."""
+    if not any(p.get("ifeval") for p in prompts.values()):
+        return None, {}, []
+    from pipeline.quality.ifeval import IFEvalError, score_rows
+
+    try:
+        return score_rows(rows, prompts, failure_kind, run_json.get("prompt_source"))
+    except IFEvalError as e:
+        raise ScoreError(str(e)) from None
+
+
+def csv_fields(score: dict[str, Any], families: list[str]) -> list[str]:
+    """metrics/prompts.csv's columns: the per-prompt summary, the quality families, IFEval's when it was scored."""
+    if score.get("ifeval") is None:
+        return [*summary.CSV_FIELDS, *families]
+    from pipeline.quality.ifeval import CSV_FIELDS
+
+    return [*summary.CSV_FIELDS, *families, *CSV_FIELDS]
 
 
 def write_prompts_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -119,6 +148,7 @@ def summary_lines(score: dict[str, Any]) -> list[str]:
                      + (f" [95% CI {f(ci[0], '.3f')}, {f(ci[1], '.3f')} over prompts]" if ci else "")
                      + f"   on-topic {f(q.get('on_topic_rate'))}   EOS rate"
                      f" {f(score['rates']['eos'])}   truncated {f(score['rates']['truncated'])}")
+    lines += ifeval_lines(score.get("ifeval"), f)
     bad = score["undecodable"]
     if bad["rows"]:
         lines.append(f"  UNDECODABLE: {bad['rows']} of {score['n_rows']} answers had invalid UTF-8 "
@@ -127,3 +157,16 @@ def summary_lines(score: dict[str, Any]) -> list[str]:
     if score["plausible"] is False:
         lines.append(f"  IMPLAUSIBLE: decode rate above the bandwidth roofline ({f(score['roofline_tok_s'])} tok/s)")
     return lines
+
+
+def ifeval_lines(ife: dict[str, Any] | None, f: Any) -> list[str]:
+    """IFEval's four accuracies with their 95 % CIs, and how many answers were cut or failed (none without IFEval)."""
+    if not ife:
+        return []
+    acc = "   ".join(f"{k.replace('_', ' ')} {f(ife[k]['value'], '.3f')} [{f(ife[k]['ci_low'])}, "
+                       f"{f(ife[k]['ci_high'])}]"
+                       for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"))
+    done = ife["prompt_strict_complete"]
+    return [f"  IFEval ({ife['n_prompts']} prompts, {ife['n_instructions']} instructions): {acc}",
+            f"    truncated answers {ife['truncated']['n']}/{ife['n_prompts']} (scored as cut; prompt strict over the"
+            f" complete ones {f(done['value'], '.3f')}, n = {done['n']}), failed {ife['failed']['n']}"]

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError, load_params
+from pipeline.config import Config, ConfigError
 from pipeline.context import RunContext
 from pipeline.interrupts import Interrupted, command_line, signal_name, signals_as_exceptions, signum_of
 from pipeline.jsonio import read_jsonl, write_json, write_jsonl
+from pipeline.params import load_params
 
 __all__ = ["StageError", "StageInterrupted", "stage_main", "read_json", "read_jsonl", "write_json", "write_jsonl",
            "RunContext"]

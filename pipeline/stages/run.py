@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.config import Config
+from pipeline.config import Config, budget
 from pipeline.context import RunContext
 from pipeline.device.pool import device_scope
 from pipeline.fetch.fetched import resolved
@@ -41,7 +41,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     try:  # everything that can be refused is refused before the device is touched
         checks = check_fetched(cfg, fetch)
         count_tokens, fmt = prompt_tokenizer(cfg, fetch, push)
-        prompts = load_prompt_set(cfg, count_tokens)
+        prompts, prompt_source = load_prompt_set(cfg, count_tokens)  # prompt_source: a benchmark's pinned file
         items = checked_items(cfg, prompts, count_tokens, fmt.count)
         past_ends = past_end_rows(cfg, fmt, items)
     except PreflightError as e:
@@ -63,8 +63,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     record = RunDir(art / "run")
     done = record.resume(identity, asks)
     record.write_prompts(p.to_item() | {"set": p.set_name, "tags": list(p.tags)} for p in prompts)
-    record.start(provenance(cfg, fetch, push, identity) | {"device_check": checked, "preflight": checks},
-                 rows=len(done))
+    record.start(provenance(cfg, fetch, push, identity) | {"device_check": checked, "preflight": checks}
+                 | ({"prompt_source": prompt_source} if prompt_source else {}), rows=len(done))
 
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
     a, app_dir = cfg.app, push["app"]["remote_dir"]
@@ -72,7 +72,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
                   past_end_unwritten_id=a.past_end_unwritten_id)
     start_app = app_launcher(dev, app_dir, push["model"]["remote_dir"], a.device_arg, env, a.binary,
                              on_pid=lambda pid: setattr(sampler, "pid", pid))
-    opts = RunOptions.from_config(cfg.runtime, cfg.session.mode, cfg.sequence.max_new_tokens, cfg.model.max_seq_len)
+    b = budget(cfg)  # the prompt set's own max_new_tokens and deadline where it sets them (prompts=ifeval)
+    opts = RunOptions.from_config(cfg.runtime, cfg.session.mode, b.max_new_tokens, cfg.model.max_seq_len,
+                                  prompt_timeout_s=b.prompt_timeout_s)
     status, reason, tally = drive(
         record, items, start_app, opts, count_tokens=count_tokens, count_prompt=fmt.count, skip=done,
         extra=lambda row: {"past_end": past_ends.get(row["sent_text"]), "ask_key": asks[row["prompt_id"]]},

@@ -20,7 +20,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
     from pipeline.score import plots, summary
     from pipeline.score.headline import headline
-    from pipeline.score.scoring import ScoreError, score_run, summary_lines, write_prompts_csv
+    from pipeline.score.scoring import ScoreError, csv_fields, score_run, summary_lines, write_prompts_csv
 
     art, met = workdir / cfg.paths.artifacts, workdir / cfg.paths.metrics
     fetch, push = read_json(art / "fetch.json", "fetch"), read_json(art / "push.json", "push")
@@ -41,7 +41,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     met.mkdir(parents=True, exist_ok=True)
     write_json(met / "score.json", score)
     write_json(met / "headline.json", headline(score))
-    write_prompts_csv(met / "prompts.csv", prompt_rows, [*summary.CSV_FIELDS, *families])
+    write_prompts_csv(met / "prompts.csv", prompt_rows, csv_fields(score, families))  # + IFEval's, when scored
     pngs = plots.run_plots(prompt_rows, families, met / "plots", score["device_kind"])
     quality_file = met / "quality.jsonl"  # score's own output (never inside the run stage's directory)
     write_jsonl(quality_file, scores)

@@ -24,6 +24,7 @@ from pipeline.tracking.sweeps import close_running_children, log_failed_job, mar
 from pipeline.tracking.tags import provenance_tags
 from pipeline.tracking.views import (
     HEADLINE_METRICS,
+    OPTIONAL_HEADLINE_METRICS,
     SHARED_VIEW_TAG,
     run_description,
     ui_path,
@@ -31,8 +32,9 @@ from pipeline.tracking.views import (
 
 __all__ = [
     "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "HEADLINE_METRICS", "MAX_KEY_LENGTH", "MAX_PARAM_VAL_LENGTH",
-    "MAX_TAG_VAL_LENGTH", "PARENT_ROLE", "PARENT_ROLE_TAG", "REVISION_TAG", "SHARED_VIEW_TAG", "SUPERSEDED_BY_TAG",
-    "SWEEP_TAG", "TrackingError", "TrackingUnavailable", "close_running_children", "experiment_ui_path", "flatten",
-    "get_or_create_parent", "iso_to_ms", "log_failed_job", "log_run", "mark_parent",
-    "mark_superseded", "provenance_tags", "resolve_tracking_uri", "run_description", "sweep_parent", "ui_path",
+    "MAX_TAG_VAL_LENGTH", "OPTIONAL_HEADLINE_METRICS", "PARENT_ROLE", "PARENT_ROLE_TAG", "REVISION_TAG",
+    "SHARED_VIEW_TAG", "SUPERSEDED_BY_TAG", "SWEEP_TAG", "TrackingError", "TrackingUnavailable",
+    "close_running_children", "experiment_ui_path", "flatten", "get_or_create_parent",
+    "iso_to_ms", "log_failed_job", "log_run", "mark_parent", "mark_superseded", "provenance_tags",
+    "resolve_tracking_uri", "run_description", "sweep_parent", "ui_path",
 ]

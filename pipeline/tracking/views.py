@@ -9,11 +9,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.score.headline import HEADLINE
+from pipeline.score.headline import HEADLINE, OPTIONAL_HEADLINE
 
 # The headline numbers (one definition: pipeline/score/headline.py, also metrics/headline.json for DVC) are logged
 # under plain names, rounded; the full dotted set from score.json is logged too (pipeline/report reads those).
 HEADLINE_METRICS = {name: dotted for name, (dotted, _, _) in HEADLINE.items()}
+OPTIONAL_HEADLINE_METRICS = {name: dotted for name, (dotted, _, _) in OPTIONAL_HEADLINE.items()}
 
 
 # A saved runs-table view (MLflow UI "shared view state": an experiment tag read when the URL carries
@@ -47,7 +48,8 @@ def run_description(score: Mapping[str, Any], headline: Mapping[str, float | Non
     lines = [f"**{score.get('n_prompts', '?')} prompts on a {kind} device**"
              + (" (host CPU — not a phone result)" if kind == "virtual" else ""), "",
              "| metric | value |", "| --- | --- |"]
-    for key, (_, decimals, label) in HEADLINE.items():
+    shown_keys = {**HEADLINE, **{k: d for k, d in OPTIONAL_HEADLINE.items() if k in headline}}
+    for key, (_, decimals, label) in shown_keys.items():
         v = headline.get(key)
         shown = "not measured" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{decimals}f}"
         lines.append(f"| {label} (`{key}`) | {shown} |")

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, ConfigError, compose, load_params, to_config
+from pipeline.config import CONF_DIR, ConfigError, compose, to_config
+from pipeline.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -65,7 +65,7 @@ def test_a_params_yaml_poisoned_otherwise_names_the_restore_command(clone):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "sequence.max_new_tokens" in out and "git checkout -- params.yaml" in out, out
     _git(repo, "checkout", "--", "params.yaml")
-    load = [sys.executable, "-c", "from pipeline.config import load_params; load_params('params.yaml')"]
+    load = [sys.executable, "-c", "from pipeline.params import load_params; load_params('params.yaml')"]
     assert subprocess.run(load, cwd=repo, env=env, capture_output=True).returncode == 0
 
 
