@@ -44,8 +44,9 @@ class SweepSummary(Callback):
 
 def summarize_sweep(config: Any, interrupted: str | None = None) -> list[dict[str, Any]]:
     """Print the sweep's outcome (one line per job that did not complete) and record it in MLflow: a FAILED child
-    per failed job or job whose host died, a KILLED one per job the interruption stopped or never let finish, the parent FAILED (or
-    KILLED when ``interrupted`` names the signal) with the summary in its tags. Returns the jobs not complete."""
+    per failed job or job whose host died, a KILLED one per job the interruption stopped or never let finish, the
+    parent FAILED (or KILLED when ``interrupted`` names the signal) with the summary in its tags. Returns the jobs
+    not complete."""
     sweep_dir = Path(config.hydra.sweep.dir)
     jobs = job_outcomes(sweep_dir)
     bad = [j for j in jobs if j["status"] != "complete"]
