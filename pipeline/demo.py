@@ -54,7 +54,7 @@ def show_answers(responses: Path) -> None:
         prompt_toks = r.get("n_prompt_tokens")
         print(f"\n>>> {r['prompt']}\n{r['response'].strip()}\n   [virtual device / host CPU: decode "
               f"{_num(r.get('decode_tok_s'), '.1f', 'tok/s')}, TTFT {_num(r.get('ttft_s'), '.2f', 's')}"
-              f"{f' (prefill of {prompt_toks} ChatML tokens, one by one)' if prompt_toks else ''}, app's own "
+              f"{f' (prefill of {prompt_toks} ChatML tokens)' if prompt_toks else ''}, app's own "
               f"blended line {_num(r.get('app_tok_s'), '.1f', 'tok/s', app_why)}]")
 
 

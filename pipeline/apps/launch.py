@@ -46,11 +46,14 @@ class AppProcess:
 
 
 def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, template: str,
-            past_end_token: int | str | None, past_end_unwritten_id: int = 0) -> dict[str, str]:
+            past_end_token: int | str | None, past_end_unwritten_id: int = 0,
+            threads: int | None = None) -> dict[str, str]:
     """The environment on the device's command line: ``app.env`` with ``{app_dir}`` filled in, plus — for the
-    reference app only — its template and past-end quirk (simple_app has both compiled in)."""
+    reference app only — its template, past-end quirk and engine threads (simple_app has them compiled in)."""
     out = {k: str(v).replace("{app_dir}", app_dir) for k, v in env.items()}
     if virtual_only:
+        if threads is not None:
+            out["ODEVAL_THREADS"] = str(int(threads))
         out["ODEVAL_TEMPLATE"] = template
         if past_end_token is not None:
             out["ODEVAL_QUIRK_PAST_END_TOKEN"] = format_setting(past_end_token, past_end_unwritten_id)

@@ -1,7 +1,8 @@
-"""Host reference implementation of MobileQuant's ``simple_app`` REPL on numpy or torch CPU.
+"""Host reference implementation of MobileQuant's ``simple_app`` REPL on the host CPU.
 
-Engines (``$ODEVAL_ENGINE``): ``numpy`` (``pipeline/guest/npllama.py``, no torch/transformers import: ~0.2 s start-up),
-``torch`` (transformers), ``auto`` (default: numpy for small default-RoPE Llamas in one model.safetensors, else torch).
+Engines and threads (``$ODEVAL_ENGINE``, ``$ODEVAL_THREADS``): :mod:`pipeline.guest.engine` — ``native``
+(:mod:`pipeline.guest.qkernel`: weights kept compressed, float32 activations, batched prefill), ``numpy``
+(:mod:`pipeline.guest.npllama`), ``torch``, ``auto`` (default: native when its kernel is built, else numpy).
 
 Usage: ``python -m pipeline.guest.reference_app <model_dir> [8gen3|8gen2] [--template mobilequant|hf-chat|raw]
 [--max-steps N]``.
@@ -9,8 +10,9 @@ Usage: ``python -m pipeline.guest.reference_app <model_dir> [8gen3|8gen2] [--tem
 WHY: the virtual device runs this in place of the phone binary, so at the REPL it behaves like
 ``capp/test/simple_app.cpp`` + ``capp/src/llm.cpp`` byte for byte: the banner is printed at the top of every loop
 iteration (an empty line re-prints the *current* welcome, i.e. the full banner before the first prompt), ``!exit``,
-``!reload [dir]``, ``!log N``, token-by-token prefill, greedy decoding, each piece printed with llama2.c's
-``safe_printf`` rule and flushed, the EOS piece printed (``</s>`` from tokenizer.bin), then
+``!reload [dir]``, ``!log N``, prefill (one batched pass where it gives what token-by-token gives, see
+:func:`generate`), greedy decoding, each piece printed with llama2.c's ``safe_printf`` rule and flushed, the EOS
+piece printed (``</s>`` from tokenizer.bin), then
 ``(%f tok/s)\\n`` = (current_step-1)/elapsed where steps include prompt tokens, the timer starts after the first
 forward and the elapsed time is whole milliseconds like the app. The KV position persists across prompts.
 
@@ -39,31 +41,20 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.guest import device_view
-from pipeline.models.act_quant import ACT_QUANT_KEY
-from pipeline.models.tokenizer_bin import SPECIAL_TEXTS, TokenizerBin, TokenizerBinError, load_for_model
+from pipeline.guest.engine import Engine, ReferenceAppError, load_engine
 from pipeline.prompt_model.prompt_buffer import DEFAULT_UNWRITTEN_ID, parse_setting, past_end
-from pipeline.prompt_model.prompt_format import TEMPLATES, PromptFormat, PromptFormatError, load_format
+from pipeline.prompt_model.prompt_format import TEMPLATES
 
 BANNER = "Hello, how can I help you today?\n>>> "
 GEMMA_BANNER = "Please enter the prompt\n>>> "
 PROMPT = ">>> "
-STOP_IDS = frozenset({0, 1, 2})  # llm.cpp: if (next == 1 || next == 2 || next == 0) break;
-# What simple_app prints for a stop id with MobileQuant's tokenizer.bin; used when this model's own piece for it is
-# something else (SmolLM2: <|endoftext|>/<|im_start|>/<|im_end|>) so the transcript keeps the protocol's stop piece.
-PROTOCOL_STOP_PIECES = {0: b"<unk>", 1: b"<s>", 2: b"</s>"}
 MAX_STEPS = 2048
-SEQ_LEN = 1024
-BOS_ID, EOS_ID = 1, 2
 _PRINTABLE = frozenset(range(0x20, 0x7F)) | frozenset(b" \t\n\v\f\r")
-
-
-class ReferenceAppError(Exception):
-    """The model dir cannot be served by the reference app (message says what to do)."""
 
 
 @dataclass(frozen=True)
@@ -105,179 +96,6 @@ def _audit(message: str) -> None:
         pass
 
 
-def resolve_model_dir(model_dir: Path, env: dict[str, str] | None = None) -> Path:
-    """HF dir to load: ``model_dir`` itself, or ``$ODEVAL_STANDIN_MODEL`` when given a MobileQuant QNN dir."""
-    env = dict(os.environ if env is None else env)
-    if (model_dir / "qnn_model.bin").exists():
-        standin = env.get("ODEVAL_STANDIN_MODEL")
-        if not standin:
-            raise ReferenceAppError(
-                f"{model_dir} is a MobileQuant QNN model (qnn_model.bin) which cannot run on the host CPU; "
-                "set device.virtual.standin_model (env ODEVAL_STANDIN_MODEL) to an HF model dir, e.g. a tiny-fp "
-                "build or TinyLlama-1.1B-Chat")
-        model_dir = Path(standin)
-    if not (model_dir / "config.json").is_file():
-        raise ReferenceAppError(f"{model_dir}: no config.json; give an HF model dir (python -m pipeline.models "
-                                "build tiny-fp --out DIR builds one)")
-    return model_dir
-
-
-ENGINES = ("auto", "numpy", "torch")
-
-
-@dataclass
-class Engine:
-    """A loaded model + the app's tokenizer table + the KV state that persists across prompts.
-
-    ``model`` is a transformers model (``backend == "torch"``) or a :class:`pipeline.guest.npllama.NumpyLlama`
-    (``"numpy"``); ``cache`` is the matching KV cache (both answer ``get_seq_length()``), None after a reset.
-    """
-
-    model: Any
-    codec: TokenizerBin
-    model_dir: Path
-    stop_ids: frozenset[int]
-    cache: Any = None
-    pos: int = -1  # llm.cpp: last_token_position starts at -1
-    load_s: float = 0.0
-    eos_piece: bytes = field(default=b"</s>")
-    _formats: dict[tuple[str, bool], PromptFormat] = field(default_factory=dict, repr=False)
-    backend: str = "torch"
-
-    def prompt_format(self, template: str, gemma: bool = False) -> PromptFormat:
-        """The ids this model is fed per prompt under ``template`` (pipeline/prompt_model/prompt_format.py).
-
-        Built once per (template, gemma): building one loads tokenizer.json and compiles the chat template, and
-        ``main`` checks the template before the REPL asks for the same format."""
-        key = (template, gemma)
-        if key not in self._formats:
-            try:
-                self._formats[key] = load_format(template, self.model_dir, codec=self.codec, gemma=gemma)
-            except PromptFormatError as exc:
-                raise ReferenceAppError(str(exc)) from None
-        return self._formats[key]
-
-    def piece(self, token: int) -> bytes:
-        """Bytes printed for ``token``: its tokenizer.bin piece, the protocol's text for a stop id."""
-        if token >= len(self.codec):
-            return b""
-        p = self.codec.piece_bytes(token)
-        if token in PROTOCOL_STOP_PIECES and p not in SPECIAL_TEXTS:
-            return PROTOCOL_STOP_PIECES[token]
-        return p
-
-    def reset(self) -> None:
-        self.cache, self.pos = None, -1
-
-    def forward(self, token: int) -> Any:
-        """One decode step at the next position (wrapping like the app, but with a cleared cache)."""
-        self.pos = (self.pos + 1) % (SEQ_LEN - 1)
-        if self.pos == 0:
-            self.cache = None
-        if self.backend == "numpy":
-            if self.cache is None:
-                self.cache = self.model.new_cache(SEQ_LEN)
-            return self.model.forward(token, self.pos, self.cache)
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([[token]]), cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.cache
-        return out.logits[0, -1]
-
-
-def load_engine(model_dir: Path, threads: int | None = None, engine: str | None = None) -> Engine:
-    """Load model + tokenizer on the numpy or torch backend (WHY: the app starts once per prompt, and
-    ``import transformers`` alone costs ~4 s, so tiny Llamas run on numpy and torch is imported only when used).
-
-    ``engine``: ``auto`` | ``numpy`` | ``torch``; default ``$ODEVAL_ENGINE`` else ``auto`` (numpy for a single
-    model.safetensors Llama with default RoPE and <= 50 M parameters, else torch; also torch if numpy refuses it,
-    except for a config with activation quantisation, which only numpy emulates: refused rather than run float).
-    """
-    t0 = time.perf_counter()
-    hf_dir = resolve_model_dir(Path(model_dir))
-    choice = (engine or os.environ.get("ODEVAL_ENGINE") or "auto").strip().lower()
-    if choice not in ENGINES:
-        raise ReferenceAppError(f"ODEVAL_ENGINE={choice!r} is unknown; use one of {', '.join(ENGINES)}")
-    n_threads = threads or int(os.environ.get("ODEVAL_THREADS", "1") or 1)
-    try:
-        codec = load_for_model(hf_dir)
-    except (OSError, ValueError, TokenizerBinError) as exc:
-        raise ReferenceAppError(f"{hf_dir}: cannot load model/tokenizer ({exc})") from exc
-    model, eos, backend = None, None, "torch"
-    if choice != "torch":
-        model, eos = _load_numpy(hf_dir, n_threads, required=choice == "numpy")
-        backend = "numpy" if model is not None else "torch"
-    if model is None:
-        if choice == "torch":  # auto never gets here with such a model: _load_numpy refused it already
-            _refuse_numpy_only(hf_dir, n_threads)
-        model, eos = _load_torch(hf_dir, n_threads)
-    extra = set(eos if isinstance(eos, list) else [eos]) - {None}
-    eng = Engine(model, codec, hf_dir, STOP_IDS | extra, backend=backend)
-    # one throw-away step before the banner: a fresh process's first forward is 2-3x slower (BLAS and allocator
-    # warm-up). It belongs to load, not to the first prompt: the app's own timer skips the first step, and the
-    # host's blended rate (which counts it as an ordinary step) disagreed by 3-4 % on SmolLM2 because of it.
-    eng.forward(BOS_ID)
-    eng.reset()
-    eng.load_s = time.perf_counter() - t0
-    return eng
-
-
-def _pin_blas_threads(threads: int) -> None:
-    if "numpy" not in sys.modules:  # BLAS reads its thread count once, at numpy import (npllama imports it)
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads))
-
-
-def _refuse_numpy_only(hf_dir: Path, threads: int) -> None:
-    """Raise when torch would run ``hf_dir`` without part of its config (activation quantisation): never a
-    silent fallback, whether torch was asked for or ``auto`` fell back to it."""
-    _pin_blas_threads(threads)
-    from pipeline.guest import npllama
-
-    reason = npllama.numpy_only_reason(hf_dir)
-    if reason is not None:
-        raise ReferenceAppError(f"{hf_dir}: the torch engine cannot run this model ({reason})")
-
-
-def _load_numpy(hf_dir: Path, threads: int, required: bool) -> tuple[Any, Any]:
-    """(NumpyLlama, eos_token_id), or (None, None) when ``auto`` should fall back to torch."""
-    _pin_blas_threads(threads)
-    from pipeline.guest import npllama
-
-    reason = npllama.numpy_ineligible_reason(hf_dir)
-    if reason is None:
-        try:
-            model = npllama.NumpyLlama.from_pretrained(hf_dir)
-            return model, npllama.read_config(hf_dir).get("eos_token_id")
-        except npllama.NpLlamaError as exc:
-            reason = str(exc)
-    if required:
-        raise ReferenceAppError(f"{hf_dir}: ODEVAL_ENGINE=numpy cannot run this model ({reason}); "
-                                "use ODEVAL_ENGINE=torch or auto")
-    if npllama.numpy_only_reason(hf_dir) is not None:  # auto must not fall back to torch for it
-        raise ReferenceAppError(f"{hf_dir}: the numpy engine cannot run this model ({reason}) and torch cannot "
-                                f"emulate its {ACT_QUANT_KEY}; fix config.json or re-fetch the model")
-    return None, None
-
-
-def _load_torch(hf_dir: Path, threads: int) -> tuple[Any, Any]:
-    """(transformers model, eos_token_id) on torch CPU float32."""
-    import torch
-
-    torch.set_num_threads(threads)
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    except (OSError, ValueError) as exc:
-        raise ReferenceAppError(f"{hf_dir}: cannot load model/tokenizer ({exc})") from exc
-    return model, model.config.eos_token_id
-
-
 @dataclass
 class GenResult:
     """What one prompt produced (for tests/benchmarks; the REPL only prints)."""
@@ -287,17 +105,29 @@ class GenResult:
     steps: int
     tok_s: float | None
     token_times: list[float]
+    prefill: str = "token-by-token"  # "batched" or "token-by-token: <why>" (see generate)
 
 
 def generate(engine: Engine, ids: list[int], out: BinaryIO, max_steps: int = MAX_STEPS, faults: Faults = Faults(),
-             past_end_token: int | None = None) -> GenResult:
-    """llm.cpp's ``LLM::generate`` loop: prefill token by token, greedy, stream pieces, then the tok/s line."""
+             past_end_token: int | None = None, batch: bool = True) -> GenResult:
+    """llm.cpp's ``LLM::generate`` loop: prefill, greedy, stream pieces, then the tok/s line.
+
+    Prefill: step 0 feeds the first prompt token alone (the app's timer starts after it); the rest of the prompt —
+    and the token read past its end, when the quirk feeds one — is then fed in ONE batched pass when
+    :meth:`Engine.batch_refusal` allows it (native engine, no ring wrap inside, not cut by ``max_steps``), else
+    token by token as simple_app does. Both give the same positions, K/V contents and logits bit for bit (tested),
+    so only the time differs; ``GenResult.prefill`` records which one ran and why. ``batch=False`` forces
+    token by token."""
     current_step, token, n_prompt = 0, ids[0], len(ids)
     output: list[int] = []
     times: list[float] = []
+    rest = ids[1:] + ([past_end_token] if past_end_token is not None else [])
+    prefill = "token-by-token: forced" if not batch else "token-by-token: nothing to batch"
+    pending: Any = None  # logits already computed for the current step by the batched pass
     tick = time.perf_counter()
     while current_step < max_steps:
-        logits = engine.forward(token)
+        logits = engine.forward(token) if pending is None else pending
+        pending = None
         if current_step < n_prompt - 1:
             nxt = ids[current_step + 1]
         elif current_step == n_prompt - 1 and past_end_token is not None:
@@ -314,6 +144,13 @@ def generate(engine: Engine, ids: list[int], out: BinaryIO, max_steps: int = MAX
         token = nxt
         if current_step == 0:
             tick = time.perf_counter()
+            if batch and rest:
+                refusal = engine.batch_refusal(len(rest), max_steps - 1)
+                prefill = "batched" if refusal is None else f"token-by-token: {refusal}"
+                if refusal is None:  # steps 1..len(rest) in one pass; the loop resumes at the last of them
+                    pending = engine.forward_batch(rest)
+                    current_step = len(rest)
+                    continue
         current_step += 1
     tok_s = None
     if current_step > 1:
@@ -322,7 +159,9 @@ def generate(engine: Engine, ids: list[int], out: BinaryIO, max_steps: int = MAX
         tok_s = (current_step - 1) / (ms / 1000 if ms > 0 else max(elapsed, 1e-9))
         out.write(f"({tok_s:f} tok/s)\n".encode())
         out.flush()
-    return GenResult(list(ids), output, current_step, tok_s, times)
+    if os.environ.get("ODEVAL_APP_DEBUG") == "1":
+        sys.stderr.write(f"reference_app: prefill {prefill} ({len(rest) + 1} tokens)\n")
+    return GenResult(list(ids), output, current_step, tok_s, times, prefill)
 
 
 def _apply_faults(faults: Faults, n_out: int, out: BinaryIO) -> None:
@@ -421,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"reference_app: {device_view.device_text(str(exc))}\n")
         return 1
     if os.environ.get("ODEVAL_APP_DEBUG") == "1":
-        sys.stderr.write(f"reference_app: loaded in {engine.load_s:.3f} s\n")
+        why = engine.native_reason and f"; native engine not used: {device_view.device_text(engine.native_reason)}"
+        sys.stderr.write(f"reference_app: loaded in {engine.load_s:.3f} s ({engine.backend} engine, "
+                         f"{engine.threads} thread(s){why})\n")
     try:
         return repl(engine, args.model_dir, args.template, args.max_steps, sys.stdin.buffer, sys.stdout.buffer,
                     Faults.from_env(), setting, unwritten)

@@ -48,7 +48,7 @@ def fetch_model(m: ModelConfig, cache: Path, progress: bool = False) -> dict:
 
 def fetch_app(a: AppConfig, cache: Path, progress: bool = False) -> dict:
     if a.source == "builtin":
-        return _builtin_entry(a.name, build_reference_app(cache / "apps" / a.name, a.binary))
+        return _builtin_entry(a.name, build_reference_app(cache / "apps" / a.name, a.binary, progress))
     return _remote_or_local(a.name, a.source, a.repo_id, a.revision, a.allow_patterns, a.path, "app", progress)
 
 

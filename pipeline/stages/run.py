@@ -69,7 +69,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
     a, app_dir = cfg.app, push["app"]["remote_dir"]
     env = app_env(a.env, app_dir, virtual_only=a.virtual_only, template=a.template, past_end_token=a.past_end_token,
-                  past_end_unwritten_id=a.past_end_unwritten_id)
+                  past_end_unwritten_id=a.past_end_unwritten_id, threads=a.threads)
     start_app = app_launcher(dev, app_dir, push["model"]["remote_dir"], a.device_arg, env, a.binary,
                              on_pid=lambda pid: setattr(sampler, "pid", pid))
     b = budget(cfg)  # the prompt set's own max_new_tokens and deadline where it sets them (prompts=ifeval)

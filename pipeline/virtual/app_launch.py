@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.context import forwarded_env
+from pipeline.native_kernel import ENV_LIB
 from pipeline.virtual import confine
 from pipeline.virtual.layout import state_dir
 from pipeline.virtual.procs import kill_group
@@ -57,7 +58,7 @@ _BOOT = ("import importlib.util as u, runpy, sys; p = sys.argv.pop(1); "
          f"runpy.run_module({APP_MODULE!r}, run_name='__main__', alter_sys=True)")
 _KNOB = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 DEVICE_KNOBS: dict[str, re.Pattern[str]] = {  # the reference app's behaviour knobs the run stage sets remotely
-    "ODEVAL_TEMPLATE": _KNOB, "ODEVAL_ENGINE": _KNOB,
+    "ODEVAL_TEMPLATE": _KNOB, "ODEVAL_ENGINE": _KNOB, "ODEVAL_THREADS": re.compile(r"[1-9][0-9]?"),
     "ODEVAL_QUIRK_PAST_END_TOKEN": re.compile(r"-?[0-9]{1,9}|faithful:-?[0-9]{1,9}")}  # an id | faithful:<unwritten id>
 DEVICE_INFO = ("LD_LIBRARY_PATH", "ADSP_LIBRARY_PATH")  # passed as ODEVAL_DEVICE_<name>, information only
 LEGACY_CONTROL = "/.odeval/faults.json"  # where the control file used to be (inside the device storage)
@@ -96,6 +97,8 @@ def guest_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]
         log.warning("refused device env for simple_app (vpid %d; not in the allowlist or bad value): %s", vpid,
                     ", ".join(refused))
     env.update(sh.d.faults.get().guest_env())  # host-side control file: ODEVAL_FAULT_*, ODEVAL_STANDIN_MODEL
+    lib, why = sh.d.qkernel()  # the native kernel the confined app may map (its dir is in the app's read rules)
+    env[ENV_LIB] = str(lib) if lib else f"unavailable: {why}"
     env["ODEVAL_VIRTUAL_PID"] = str(vpid)
     env["ODEVAL_DEVICE_CWD"] = sh.cwd
     env["HOME"] = "/data/local/tmp"  # a device path: nothing of the host user's home

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline import native_kernel
 from pipeline.virtual import confine
 from pipeline.virtual.adbd import FEATURES, AdbdError, Connection, Stream, check_loopback
 from pipeline.virtual.broker import HostBroker
@@ -72,10 +73,18 @@ class Daemon:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
 
+    def qkernel(self) -> tuple[Path | None, str]:
+        """The reference app's native kernel for this machine (:func:`pipeline.native_kernel.find`), looked up by
+        the unconfined broker (the key needs the compiler's identity) at each app start, so a kernel built after
+        the daemon started is found, and a rebuilt one replaces the old."""
+        return self.broker.call(native_kernel.find)
+
     def host_reads(self) -> list[str]:
         """Host paths the device side may read besides the runtime: the stand-in model (host-side options only),
-        the test hook's files (fixed at start)."""
-        paths = [self.faults.get().standin_model or ""]
+        the test hook's files (fixed at start), the native kernel's own directory in ``$ODEVAL_CACHE/native`` (read
+        and execute: the app maps the library; the rest of the cache stays out of reach)."""
+        lib = self.qkernel()[0]
+        paths = [self.faults.get().standin_model or "", str(lib.parent) if lib else ""]
         paths += [a for a in (self._app_cmd or ()) if os.path.isabs(a) and os.path.exists(a)]
         return [p for p in paths if p]
 

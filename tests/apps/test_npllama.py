@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.guest import npllama
 from pipeline.guest import reference_app as ra
+from pipeline.guest.engine import SEQ_LEN
 from pipeline.models import tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ def test_position_wrap_clears_the_numpy_cache_like_torch(tiny_model) -> None:
     eng = ra.load_engine(tiny_model("tiny-fp"), threads=1, engine="numpy")
     first = eng.forward(5)
     eng.forward(7)
-    eng.pos = ra.SEQ_LEN - 2  # the next step wraps to position 0
+    eng.pos = SEQ_LEN - 2  # the next step wraps to position 0
     again = eng.forward(5)
     assert eng.pos == 0 and eng.cache.get_seq_length() == 1
     np.testing.assert_array_equal(again, first)

@@ -162,7 +162,14 @@ def test_reference_app_feeds_the_buffer_slot_after_the_prompt(tiny_model) -> Non
         fed.append(token)
         return real_forward(token)
 
+    real_batch = engine.forward_batch
+
+    def spy_batch(tokens: list[int]):  # the native engine's batched prefill feeds the same tokens in one pass
+        fed.extend(tokens)
+        return real_batch(tokens)
+
     engine.forward = spy  # type: ignore[method-assign]
+    engine.forward_batch = spy_batch  # type: ignore[method-assign]
     for line in ("tell me a joke.", "What is the capital of France?"):
         for setting, unwritten in (("faithful", 5), (7, 0), (None, 0)):
             fed.clear()

@@ -14,6 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from pipeline.guest import reference_app as ra
+from pipeline.guest.engine import resolve_model_dir
 from pipeline.models import tiny
 from pipeline.models.tokenizer_bin import TokenizerBin
 from pipeline.prompt_model.prompt_format import PromptFormat
@@ -142,9 +143,9 @@ def test_second_prompt_continues_the_kv_position(tiny_model) -> None:
 def test_qnn_dir_needs_a_standin(tmp_path: Path, tiny_model) -> None:
     (tmp_path / "qnn_model.bin").write_bytes(b"\0")
     with pytest.raises(ra.ReferenceAppError, match="standin_model"):
-        ra.resolve_model_dir(tmp_path, env={})
+        resolve_model_dir(tmp_path, env={})
     d = tiny_model("tiny-fp")
-    assert ra.resolve_model_dir(tmp_path, env={"ODEVAL_STANDIN_MODEL": str(d)}) == d
+    assert resolve_model_dir(tmp_path, env={"ODEVAL_STANDIN_MODEL": str(d)}) == d
     r = _run(tmp_path, b"hi\n!exit\n", ODEVAL_STANDIN_MODEL="")
     assert r.returncode == 1 and b"standin_model" in r.stderr and r.stdout == b""
 

@@ -237,3 +237,16 @@ def test_model_variants_are_the_converters():
     cfg = to_config(compose(["model=smollm2-q4a8"]))
     assert (cfg.model.variant, cfg.model.quant) == ("gguf-a8", "q4_1+a8")
     assert "model.variant='gguf-a9'" in problems(["model=smollm2-q4a8", "model.variant=gguf-a9"])
+
+
+def test_app_threads_is_null_or_a_small_positive_integer_and_reaches_the_device_command_line():
+    from pipeline.apps.launch import app_env
+    from pipeline.virtual.app_launch import DEVICE_KNOBS
+
+    assert to_config(compose([])).app.threads is None
+    assert to_config(compose(["app.threads=2"])).app.threads == 2
+    assert "app.threads=0: use null (the app's default for the host) or an integer 1-99" in problems(["app.threads=0"])
+    env = app_env({}, "/d", virtual_only=True, template="hf-chat", past_end_token=None, threads=2)
+    assert env["ODEVAL_THREADS"] == "2" and DEVICE_KNOBS["ODEVAL_THREADS"].fullmatch(env["ODEVAL_THREADS"])
+    assert "ODEVAL_THREADS" not in app_env({}, "/d", virtual_only=True, template="hf-chat", past_end_token=None)
+    assert not DEVICE_KNOBS["ODEVAL_THREADS"].fullmatch("0") and not DEVICE_KNOBS["ODEVAL_THREADS"].fullmatch("999")

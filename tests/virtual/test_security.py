@@ -260,3 +260,40 @@ def test_model_dir_argument_outside_the_storage_is_refused(model_on_device) -> N
     assert "model dir '/data/local/tmp/sec4/escape-arg' cannot be opened" in _wait_log(vd, "escape-arg", since)
     r = shell(vd, "cat /data/local/tmp/sec4/escape-arg/config.json")  # the shell's builtins resolve it in-root too
     assert r.returncode == 1 and b"No such file or directory" in r.stderr and r.stdout == b""
+
+
+def test_the_confined_app_maps_the_native_kernel_and_nothing_else_of_the_cache(model_on_device, native) -> None:
+    """The kernel's own dir in $ODEVAL_CACHE/native is in the app's read rules (ODEVAL_ENGINE=native fails when
+    the library cannot be mapped), and the answer equals the numpy engine's; the models beside it stay unreadable."""
+    vd, _ = model_on_device
+    cmd = "cd /data/local/tmp/sec4/app && ODEVAL_ENGINE={} ./simple_app /data/local/tmp/sec4/model"
+    native_run = shell(vd, cmd.format("native"), stdin=b"hello\n")
+    numpy_run = shell(vd, cmd.format("numpy"), stdin=b"hello\n")
+    assert native_run.returncode == 0 and b"tok/s)" in native_run.stdout, native_run.stderr
+    assert native_run.stdout.rsplit(b"(", 1)[0] == numpy_run.stdout.rsplit(b"(", 1)[0]
+
+
+def test_the_app_domain_reads_the_kernel_dir_and_not_the_rest_of_the_cache(native, tmp_path: Path) -> None:
+    """The rule the daemon adds (Daemon.host_reads: the kernel's own dir) under a real Landlock domain: the library's
+    dir is readable, a converted model beside it in the same cache is not."""
+    import subprocess
+
+    from pipeline.virtual import confine
+
+    if confine.landlock.abi_version() < 1:
+        pytest.skip("no Landlock on this kernel (the daemon then refuses to start unless sandbox=off)")
+    secret = Path(os.environ["ODEVAL_CACHE"]) / "models" / "secret.txt"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("weights")
+    storage, scratch = tmp_path / "storage", tmp_path / "scratch"
+    storage.mkdir()
+    scratch.mkdir()
+    code = (f"from pipeline.virtual import confine\n"
+            f"with confine.app_ruleset({str(storage)!r}, {str(scratch)!r}, [{str(native.parent)!r}]) as rs:\n"
+            f"    rs.enforce()\n"
+            f"open({str(native.parent / 'build.json')!r}).read()\n"
+            f"import ctypes; ctypes.CDLL({str(native)!r})\n"
+            f"try:\n    open({str(secret)!r}).read(); print('READ')\n"
+            f"except PermissionError:\n    print('DENIED')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "DENIED", r.stderr
