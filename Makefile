@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-all ui lint params clean
+.PHONY: install demo test test-all ui screenshots lint params clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ test-all: install
 ui: install  # mlflow ui on this checkout's store; the printed link opens the runs table with the headline columns
 	@$(PY) -c 'from pipeline.tracking import experiment_ui_path as p; u = p("sqlite:///mlflow.db", "odeval"); print("open http://127.0.0.1:5000/" + u if u else "no runs yet: make demo")'
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+screenshots: install  # headless-Chromium PNGs of the MLflow pages (runs table, a run, a sweep parent)
+	$(PY) benchmarks/mlflow_screenshots.py
 
 lint: install
 	$(VENV)/bin/ruff check .

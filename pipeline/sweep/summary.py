@@ -119,10 +119,20 @@ def _mark_parent(config: Any, sweep_id: str, bad: list[dict[str, Any]], interrup
         if interrupted:
             tags["odeval.interrupted"] = interrupted
         metrics = {"jobs_complete": float(jobs - len(bad)), "jobs_failed": float(len(bad))}
+        lines = [f"**Sweep {sweep_id}: {jobs - len(bad)} of {jobs} jobs complete**"
+                 + (f" — interrupted by {interrupted}" if interrupted else ""), ""]
+        lines += [f"- {j['job']} ({j['overrides'] or 'no overrides'}): {j['status']} — {j['error']}" for j in bad]
+        if ends:
+            lines += ["", "| headline | best | worst |", "| --- | --- | --- |"]
         for name, e in (ends or {}).items():
             for end, (value, job) in e.items():
                 metrics[f"{name}.{end}"] = float(value)
                 tags[f"odeval.{end}.{name}"] = f"{job}: {(overrides or {}).get(job, '')}"
+            (b, bj), (w, wj) = e["best"], e["worst"]
+            lines.append(f"| `{name}` | {b} ({bj}: {(overrides or {}).get(bj, '')}) | {w} ({wj}: "
+                         f"{(overrides or {}).get(wj, '')}) |")
+        lines += ["", f"Compare: `python -m pipeline.report --sweep {sweep_id} --out reports/{sweep_id}`"]
+        tags["mlflow.note.content"] = "\n".join(lines)
         mark_parent(tracking_uri=uri, parent_run_id=parent, failed=bool(bad), tags=tags, metrics=metrics,
                     status="KILLED" if interrupted else None)
     except TrackingError as e:

@@ -44,6 +44,7 @@ def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp
     qualities = [c.data.metrics["quality"] for c in children]
     assert pm["quality.best"] == max(qualities) and pm["quality.worst"] == min(qualities)
     assert pt["odeval.best.quality"].startswith("job") and "=" in pt["odeval.best.quality"]  # the job, its overrides
+    assert "4 of 4 jobs complete" in pt["mlflow.note.content"] and "| `quality` |" in pt["mlflow.note.content"]
     # the terminal says where the jobs are and which was best
     assert f"job directories: {sweep_dir}/job<N> (job0 … job3)" in r.stderr, r.stderr[-2000:]
     assert "  quality: best " in r.stderr and "  decode_tok_s: best " in r.stderr
