@@ -74,10 +74,15 @@ def lookup(score: Mapping[str, Any], dotted: str) -> Any:
 
 
 def rounded(value: Any, decimals: int) -> float | int | None:
-    """The value as shown: rounded to its resolution; None for missing or non-finite."""
+    """The value as shown: rounded to ``decimals``, but never below three significant digits (a 1.4 ms TTFT stays
+    0.00138, not 0.001); None for missing or non-finite."""
     if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
-    return int(round(value)) if decimals == 0 else round(float(value), decimals)
+    if decimals == 0:
+        return int(round(value))
+    if value != 0:
+        decimals = max(decimals, 2 - math.floor(math.log10(abs(value))))
+    return round(float(value), decimals)
 
 
 def headline(score: Mapping[str, Any]) -> dict[str, Any]:
