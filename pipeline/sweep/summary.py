@@ -62,7 +62,9 @@ def summarize_sweep(config: Any, interrupted: str | None = None) -> list[dict[st
     overrides = {j["job"]: j["overrides"] or "no overrides" for j in jobs}
     for name, e in ends.items():
         (b, bj), (w, wj) = e["best"], e["worst"]
-        print(f"  {name}: best {b} ({bj}: {overrides[bj]}), worst {w} ({wj}: {overrides[wj]})", file=sys.stderr)
+        said = (f"{b} in every job" if b == w else
+                f"best {b} ({bj}: {overrides[bj]}), worst {w} ({wj}: {overrides[wj]})")
+        print(f"  {name}: {said}", file=sys.stderr)
     if jobs:
         print(f"  job directories: {sweep_dir}/job<N> ({jobs[0]['job']} … {jobs[-1]['job']}), each with "
               f"{metrics_dir}/headline.json, {metrics_dir}/score.json and artifacts/run/responses.jsonl",
