@@ -100,7 +100,7 @@ Demo finished in {time.monotonic() - t0:.0f} s (host wall clock). What you have:
 
 All numbers above come from the VIRTUAL device (the reference app on this host's CPU, a 135 M model), not a phone.
 The same first run as a DVC pipeline in this checkout: `dvc exp run -S experiment=offline-demo`.
-Next: a real phone (README "A real phone"); the full ladder (w3 too, all qa + instruct prompts; ~1 h on the numpy engine, under half that on the native one):
+Next: a real phone (README "A real phone"); the full ladder (w3 too, all qa + instruct; under 30 min here):
   python -m pipeline -m model={LADDER} app.template=hf-chat prompts=qa,instruct
   python -m pipeline.report --sweep <the sweep id it prints> --out reports/ladder""")
 
