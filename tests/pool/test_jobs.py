@@ -40,7 +40,9 @@ def _mlflow_runs(uri: str) -> list:
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "pool"])
+# joblib (Hydra's own parallel launcher) is slow-only: the default suite keeps the pool launcher, which exercises the
+# same leases in the same six-job sweep (the suite's time budget: ~5 min on 2 cores)
+@pytest.mark.parametrize("launcher", [pytest.param("joblib", marks=pytest.mark.slow), "pool"])
 def test_six_job_sweep_runs_in_parallel_on_three_devices(fresh_log: Pool, tmp_path: Path, launcher: str):
     """`-m hydra/launcher=joblib hydra.launcher.n_jobs=3`: 6 jobs, 3 worker processes, ≤ 1 job per device at a
     time, one MLflow parent with 6 children. `hydra/launcher=pool` (forked workers that inherit what the sweep
