@@ -6,7 +6,9 @@
 2. `python -m pipeline -m …` — a short Hydra sweep: the quantisation ladder (smollm2-ref fp16 → w8 → w4, the
    project's per-channel quantiser; w3 only in the full sweep printed at the end) × the prompt template
    (simple_app's `mobilequant` strings vs the model's own `hf-chat`), on the first 2 qa prompts, 48-token answers;
-3. `python -m pipeline.report --sweep …` — fidelity to smollm2-ref along the ladder, factor analysis, plots.
+3. `python -m pipeline.report --sweep …` — fidelity to smollm2-ref along the ladder, factor analysis, plots;
+4. `dvc exp run --temp -S experiment=offline-demo` — the first run again as a DVC experiment (in a temporary copy,
+   so the checkout's files stay as they are), then the README's `dvc exp show` view of it.
 
 Everything runs on this machine: the "device" is the embedded virtual device, so every tok/s is this host's CPU
 running a 135 M-parameter model through the real adb path — labelled `virtual` everywhere, never a phone result.
@@ -29,6 +31,9 @@ LADDER = "smollm2-ref,smollm2-w8,smollm2-w4,smollm2-w3"
 # at w4 (w8 faithful, w4 already broken), caps answers at 48 tokens (sequence=s128) and asks 2 qa prompts a job.
 DEMO_LADDER = "smollm2-ref,smollm2-w8,smollm2-w4"
 SWEEP_PROMPTS = 2
+# the README's `dvc exp show` columns: the headline (metrics/headline.json) and the model, within 120 columns
+EXP_SHOW = ("--drop", ".*", "--keep",
+            r"^(Experiment|device|decode_tok_s|ttft_s|quality|q_lo|q_hi|failed|model\.name)$")
 
 
 def sh(*args: str) -> None:
@@ -88,6 +93,11 @@ def main() -> None:
     report = root / "reports" / sweep
     sh(py, "-m", "pipeline.report", "--sweep", sweep, "--out", str(report), "--fp-model", "smollm2-ref")
     show_fidelity(report / "report.md")
+    if (root / ".git").exists():  # DVC experiments are git refs
+        sh(py, "-m", "dvc", "exp", "run", "--temp", "-S", "experiment=offline-demo")
+        sh(py, "-m", "dvc", "exp", "show", "--no-pager", *EXP_SHOW)
+    else:
+        print("\ndemo: not a git checkout — skipped the DVC experiment step (DVC experiments are git refs)")
     print(f"""
 Demo finished in {time.monotonic() - t0:.0f} s (host wall clock). What you have:
   {run_dir}/metrics/score.json    the first run (smollm2-q4, hf-chat, 3 smoke prompts): throughput + quality
@@ -99,7 +109,7 @@ Demo finished in {time.monotonic() - t0:.0f} s (host wall clock). What you have:
   mlflow.db                 every run; browse with:  make ui  (prints the link to the runs table)
 
 All numbers above come from the VIRTUAL device (the reference app on this host's CPU, a 135 M model), not a phone.
-The same first run as a DVC pipeline in this checkout: `dvc exp run -S experiment=offline-demo`.
+The same first run as a DVC experiment is in `dvc exp show` (the table above); `dvc exp run -S …` runs more.
 Next: a real phone (README "A real phone"); the full ladder (w3 too, all qa + instruct; under 30 min here):
   python -m pipeline -m model={LADDER} app.template=hf-chat prompts=qa,instruct
   python -m pipeline.report --sweep <the sweep id it prints> --out reports/ladder""")

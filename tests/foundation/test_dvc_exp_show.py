@@ -28,6 +28,12 @@ def readme_command() -> list[str]:
     return shlex.split(lines[0])
 
 
+def test_the_demo_shows_the_readme_columns():
+    from pipeline.demo import EXP_SHOW
+
+    assert list(EXP_SHOW) == readme_command()[3:]  # `dvc exp show` + the README's --drop/--keep, one spelling
+
+
 def _score(decode: float, quality: float) -> dict:
     return {"device_kind": "virtual", "throughput": {"decode_tok_s": {"mean": decode}, "ttft_s": {"p50": 1.2345678}},
             "quality": {"score": quality, "score_ci95": [quality - 0.0712345, quality + 0.0612345],
