@@ -81,6 +81,8 @@ def main() -> None:
         raise SystemExit("demo: run it from the repository root (where dvc.yaml is)")
     py = sys.executable
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    # dvc.yaml's commands say `python`: this interpreter's, also when the demo is started without the venv on PATH
+    os.environ["PATH"] = os.pathsep.join([str(Path(py).parent), os.environ.get("PATH", "")])
     t0 = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path("outputs") / f"demo-{stamp}"
@@ -95,6 +97,8 @@ def main() -> None:
     show_fidelity(report / "report.md")
     if (root / ".git").exists():  # DVC experiments are git refs
         sh(py, "-m", "dvc", "exp", "run", "--temp", "-S", "experiment=offline-demo")
+        if not sys.stdout.isatty():  # a log or a pipe: draw the table at the width the README promises
+            os.environ.setdefault("COLUMNS", "120")
         sh(py, "-m", "dvc", "exp", "show", "--no-pager", *EXP_SHOW)
     else:
         print("\ndemo: not a git checkout — skipped the DVC experiment step (DVC experiments are git refs)")
