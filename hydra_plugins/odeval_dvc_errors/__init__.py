@@ -27,8 +27,21 @@ def one_line(message: str) -> str:
     return f"{text} {', '.join(options)}" if options else text or "invalid override"
 
 
+def _odeval_checkout() -> bool:
+    """Whether the DVC repo this dvc command works in is an odeval checkout (or a DVC copy of one): the plugin is
+    installed with the package, so other DVC projects in the same venv load it too and must be left alone."""
+    from pathlib import Path
+
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / ".dvc").is_dir():
+            return (d / "pipeline" / "config.py").is_file() and (d / "conf" / "config.yaml").is_file()
+    return False
+
+
 def _install() -> None:
-    if "dvc.cli" not in sys.modules:  # only inside the dvc command (Hydra's own apps print Hydra's errors well)
+    # only inside the dvc command (Hydra's own apps print Hydra's errors well), and only for this project
+    if "dvc.cli" not in sys.modules or not _odeval_checkout():
         return
     from dvc.exceptions import InvalidArgumentError
     from hydra._internal.hydra import Hydra

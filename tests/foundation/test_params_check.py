@@ -85,3 +85,20 @@ def test_one_line_keeps_the_options_and_drops_the_search_path():
     msg = ("In 'config': Could not find 'model/x'\n\nAvailable options in 'model':\n\ttiny-fp\n\tsmollm2-q4\n"
            "Config search path:\n\tprovider=hydra, path=pkg://hydra.conf\n")
     assert one_line(msg) == "In 'config': Could not find 'model/x'; Available options in 'model': tiny-fp, smollm2-q4"
+
+
+def test_another_dvc_project_in_the_same_venv_is_left_alone(tmp_path, monkeypatch):
+    """The plugin ships with the package, so DVC loads it in every Hydra-enabled DVC repo of this venv: it acts
+    only in an odeval checkout."""
+    from hydra_plugins.odeval_dvc_errors import _odeval_checkout
+
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert not _odeval_checkout()
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "config.py").write_text("")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # dvc run from a subdirectory of the repo
+    assert _odeval_checkout()
