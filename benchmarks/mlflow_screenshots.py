@@ -15,7 +15,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.tracking import experiment_ui_path  # noqa: E402
+from tests.helpers.device import free_port  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def browser() -> str | None:
     return next((p for p in map(shutil.which, BROWSERS) if p), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ui(store: str, port: int) -> subprocess.Popen:

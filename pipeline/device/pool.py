@@ -187,20 +187,17 @@ def _try_lock(dev: PoolDevice, lock_dir: Path) -> _Held | None:
     return _Held(dev, lock, lock_dir / f"{key}.holder.json")
 
 
-def _busy_text(devs: list[PoolDevice], lock_dir: Path) -> str:
+# how a busy device is named: in the error when the wait ends, and in the line a waiting run prints
+BUSY = "{name} (job {job}, pid {pid}, host {host})"
+HELD = "{name} (held by {job}, pid {pid} on {host})"
+
+
+def _holders_text(devs: list[PoolDevice], lock_dir: Path, fmt: str) -> str:
+    """``fmt`` per busy device, filled from its holder file (``?`` for what it does not say): who holds what."""
     parts = []
     for d in devs:
         h = holder(lock_dir / f"{device_key(d)}.holder.json") or {}
-        parts.append(f"{d.name} (job {h.get('job', '?')}, pid {h.get('pid', '?')}, host {h.get('host', '?')})")
-    return ", ".join(parts)
-
-
-def _held_text(devs: list[PoolDevice], lock_dir: Path) -> str:
-    """``<device> (held by <job>, pid N on <host>)`` per busy device: who a waiting run waits for."""
-    parts = []
-    for d in devs:
-        h = holder(lock_dir / f"{device_key(d)}.holder.json") or {}
-        parts.append(f"{d.name} (held by {h.get('job', '?')}, pid {h.get('pid', '?')} on {h.get('host', '?')})")
+        parts.append(fmt.format(name=d.name, job=h.get("job", "?"), pid=h.get("pid", "?"), host=h.get("host", "?")))
     return ", ".join(parts)
 
 
@@ -240,15 +237,16 @@ def lease(pool: list[PoolDevice], require: dict[str, Any], lock_dir: Path, timeo
             break
         if busy and not said_wait:
             said_wait = True
-            print(f"{job}: waiting for {_held_text(busy, lock_dir)}; up to device.lease_timeout_s={timeout_s:g} s",
-                  file=sys.stderr)
+            print(f"{job}: waiting for {_holders_text(busy, lock_dir, HELD)}; up to "
+                  f"device.lease_timeout_s={timeout_s:g} s", file=sys.stderr)
         if not busy:
             raise PoolError(f"no device of the pool is online (device.require={dict(require)}): "
                             + "; ".join(f"{n}: {why}" for n, why in offline.items())
                             + " — plug them in / start their adb servers, or fix device.pool")
         if time.monotonic() >= deadline:
             raise PoolError(f"job {job}: no free device within device.lease_timeout_s={timeout_s:g}; busy: "
-                            f"{_busy_text(busy, lock_dir)}" + (f"; offline: {', '.join(offline)}" if offline else "")
+                            f"{_holders_text(busy, lock_dir, BUSY)}"
+                            + (f"; offline: {', '.join(offline)}" if offline else "")
                             + " — raise device.lease_timeout_s or run fewer jobs at once (hydra.launcher.n_jobs)")
         time.sleep(poll_s)
     dev = held.dev

@@ -9,9 +9,9 @@ the clipped cosine (ROUGE-L alone without embeddings).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from pipeline.jsonio import iter_jsonl
 from pipeline.quality.text import rouge_l, tokens
 
 
@@ -43,17 +43,10 @@ def read_fp_answers(path: Path) -> dict[str, str]:
     and ``response``); warm-up rows skipped, the first repeat kept (greedy repeats are identical). Raises ValueError
     naming FILE:LINE for a line that is not such an answer."""
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-            key = obj.get("id", obj.get("prompt_id")) if isinstance(obj, dict) else None
-            if key is None or not isinstance(obj.get("response"), str):
-                raise ValueError(f"{path}:{n}: an FP answer line needs 'id' (or 'prompt_id') and a string 'response'")
-            if not obj.get("warmup"):
-                out.setdefault(str(key), obj["response"])
+    for n, obj in iter_jsonl(path):  # a line that is not JSON raises ValueError naming FILE:LINE
+        key = obj.get("id", obj.get("prompt_id")) if isinstance(obj, dict) else None
+        if key is None or not isinstance(obj.get("response"), str):
+            raise ValueError(f"{path}:{n}: an FP answer line needs 'id' (or 'prompt_id') and a string 'response'")
+        if not obj.get("warmup"):
+            out.setdefault(str(key), obj["response"])
     return out

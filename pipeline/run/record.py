@@ -116,7 +116,7 @@ class RunDir:
     def on_disk(self) -> FailureTally:
         """The rows the directory holds, counted from the file: a signal can land between a row's fsync and the
         in-memory count, and run.json must say what is on disk."""
-        return FailureTally.from_rows(read_jsonl(self.rows_path) if self.rows_path.exists() else [])
+        return FailureTally.from_rows(read_jsonl(self.rows_path))  # [] before the first row
 
     def finish(self, status: str, reason: str | None) -> None:
         tally = self.on_disk()

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from pipeline.virtual.sandbox import Sandbox
-from pipeline.virtual.shell_api import Builtin, Ctx, Session, report_error, split_flags, to_bytes
+from pipeline.virtual.shell_api import Builtin, Ctx, Session, each_path, report_error, split_flags, to_bytes
 from pipeline.virtual.shell_builtins import proc_file
 
 
@@ -102,37 +102,20 @@ def b_mkdir(sh: Session, args: list[str], ctx: Ctx) -> int:
     mode = 0o777
     if "m" in flags and paths:
         mode = int(paths.pop(0), 8)
-    status = 0
-    for p in paths:
-        try:
-            sh.fs.mkdir(p, mode, sh.cwd, parents="p" in flags)
-        except FileExistsError as e:
-            if "p" not in flags:
-                report_error(ctx, "mkdir", p, e)
-                status = 1
-        except OSError as e:
-            report_error(ctx, "mkdir", p, e)
-            status = 1
-    return status
+    return each_path(ctx, "mkdir", paths, lambda p: sh.fs.mkdir(p, mode, sh.cwd, parents="p" in flags),
+                     tolerated=FileExistsError if "p" in flags else None)
 
 
 def b_rm(sh: Session, args: list[str], ctx: Ctx) -> int:
     flags, paths = split_flags(args, "rRfvd")
-    status = 0
-    for p in paths:
-        try:
-            if Sandbox.normalize(p, sh.cwd) == "/":
-                raise PermissionError(13, "Permission denied")
-            sh.fs.remove(p, sh.cwd, recursive=bool(flags & {"r", "R"}))
-            sh.sb.space.freed()
-        except FileNotFoundError as e:
-            if "f" not in flags:
-                report_error(ctx, "rm", p, e)
-                status = 1
-        except OSError as e:
-            report_error(ctx, "rm", p, e)
-            status = 1
-    return status
+
+    def remove(p: str) -> None:
+        if Sandbox.normalize(p, sh.cwd) == "/":
+            raise PermissionError(13, "Permission denied")
+        sh.fs.remove(p, sh.cwd, recursive=bool(flags & {"r", "R"}))
+        sh.sb.space.freed()
+
+    return each_path(ctx, "rm", paths, remove, tolerated=FileNotFoundError if "f" in flags else None)
 
 
 def b_mv(sh: Session, args: list[str], ctx: Ctx) -> int:
@@ -203,18 +186,14 @@ def b_cp(sh: Session, args: list[str], ctx: Ctx) -> int:
 
 
 def b_touch(sh: Session, args: list[str], ctx: Ctx) -> int:
-    status = 0
-    for p in args:
+    def touch(p: str) -> None:
+        fd = sh.fs.open(p, os.O_WRONLY | os.O_CREAT, 0o666, cwd=sh.cwd)
         try:
-            fd = sh.fs.open(p, os.O_WRONLY | os.O_CREAT, 0o666, cwd=sh.cwd)
-            try:
-                os.utime(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            report_error(ctx, "touch", p, e)
-            status = 1
-    return status
+            os.utime(fd)
+        finally:
+            os.close(fd)
+
+    return each_path(ctx, "touch", args, touch)
 
 
 def _chmod_mode(spec: str, current: int) -> int:

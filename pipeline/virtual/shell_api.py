@@ -88,3 +88,17 @@ def report_error(ctx: Ctx, cmd: str, path: str, exc: BaseException) -> None:
     ctx.err(to_bytes(f"{cmd}: {path}: {msg}\n"))
 
 
+def each_path(ctx: Ctx, cmd: str, paths: list[str], op: Callable[[str], object],
+              tolerated: type[OSError] | None = None) -> int:
+    """``op`` on every path, as coreutils do: an error is reported (``cmd: path: reason``) and the rest still run;
+    exit 1 if any failed. ``tolerated`` is the error a flag makes silent (``mkdir -p``: exists; ``rm -f``: missing)."""
+    status = 0
+    for p in paths:
+        try:
+            op(p)
+        except OSError as e:
+            if tolerated is not None and isinstance(e, tolerated):
+                continue
+            report_error(ctx, cmd, p, e)
+            status = 1
+    return status

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline.config import Config, compose, to_config
 
@@ -60,3 +63,23 @@ def repo_copy(dest: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "snapshot"], cwd=dest, check=True)
+
+
+def run_stage_in_background(cfg: Config, work: Path) -> subprocess.Popen:
+    """`python -m pipeline.stages.run` on ``cfg`` (written to work/params.yaml) as its own process, as DVC runs it:
+    for tests that signal, kill or unplug under a running stage."""
+    (work / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return subprocess.Popen([sys.executable, "-m", "pipeline.stages.run", "--quiet"], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 150) -> None:
+    """Until ``path`` (a responses.jsonl) holds ``n`` rows; fails when ``proc`` ends or the time is up first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    pytest.fail(f"never reached {n} rows in {path} (exit {proc.poll()}): {proc.stderr.read() if proc.stderr else ''}")

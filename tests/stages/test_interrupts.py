@@ -14,24 +14,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from tests.helpers.pipeline import REPO, rows, run_stages, stage_config
+from tests.helpers.pipeline import REPO, rows, run_stage_in_background, run_stages, stage_config, wait_rows
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _wait_rows(path: Path, n: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 150
-    while proc.poll() is None and time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= n:
-            return
-        time.sleep(0.02)
-    pytest.fail(f"never reached {n} rows in {path} (exit {proc.poll()}): {proc.stderr.read() if proc.stderr else ''}")
 
 
 def _resume_line(err: str) -> str:
@@ -53,11 +41,9 @@ def test_sigterm_of_a_stage_records_interrupted_and_says_how_to_resume(virtual_d
     cfg = stage_config(virtual_device, workdir, "prompts.limit=5", "runtime.cooldown_s=1", "tracking=none",
                        cache=stage_cache)
     run_stages(cfg, workdir, "fetch", "push")
-    (workdir / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.run", "--quiet"], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = run_stage_in_background(cfg, workdir)
     out = workdir / "artifacts" / "run" / "responses.jsonl"
-    _wait_rows(out, 1, proc)
+    wait_rows(out, 1, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
@@ -80,7 +66,7 @@ def test_ctrl_c_of_python_m_pipeline_prints_one_line_that_resumes_its_directory(
            f"device.virtual.port={virtual_device.port}", f"paths.cache={stage_cache}", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "ODEVAL_ROOT": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_rows(run_dir / "artifacts" / "run" / "responses.jsonl", 1, proc)
+    wait_rows(run_dir / "artifacts" / "run" / "responses.jsonl", 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
@@ -104,7 +90,7 @@ def test_sigterm_of_a_sweep_marks_its_mlflow_parent_and_unfinished_child_killed(
            f"tracking.tracking_uri=sqlite:///{db}", f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, "ODEVAL_ROOT": str(tmp_path)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_rows(sweep_dir / "job0" / "artifacts" / "run" / "responses.jsonl", 1, proc)
+    wait_rows(sweep_dir / "job0" / "artifacts" / "run" / "responses.jsonl", 1, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "Traceback" not in err, err

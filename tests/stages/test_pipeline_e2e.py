@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.stages import StageError
-from tests.helpers.pipeline import REPO, rows, run_stages, stage_config
+from tests.helpers.pipeline import REPO, rows, run_stage_in_background, run_stages, stage_config, wait_rows
 
 pytestmark = pytest.mark.timeout(300)
 ROW_KEYS = {"prompt_id", "repeat", "warmup", "prompt", "sent_text", "response", "raw_output_b64", "eos", "truncated",
@@ -92,18 +90,12 @@ def test_default_pipeline_end_to_end(virtual_device, workdir, stage_cache):
 
 def test_resume_after_the_device_dies_mid_run(make_virtual_device, workdir, stage_cache):
     """Kill the device under a running `run` stage; the re-run keeps finished rows and adds no duplicates."""
-    from omegaconf import OmegaConf
 
     vd = make_virtual_device()
     cfg = stage_config(vd, workdir, "prompts.limit=8", "session=fresh", cache=stage_cache)
     run_stages(cfg, workdir, "fetch", "push")
-    (workdir / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.run", "--quiet"], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = workdir / "artifacts" / "run" / "responses.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
-        time.sleep(0.05)
+    proc = run_stage_in_background(cfg, workdir)
+    wait_rows(workdir / "artifacts" / "run" / "responses.jsonl", 2, proc)
     from pipeline.virtual import stop
 
     stop(vd.root)  # the phone is unplugged

@@ -8,15 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from tests.helpers.pipeline import REPO, rows, run_stages, stage_config
+from tests.helpers.pipeline import REPO, rows, run_stage_in_background, run_stages, stage_config, wait_rows
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -87,13 +83,8 @@ def test_a_config_change_starts_afresh_says_which_key_and_mlflow_shows_the_new_r
 def test_kill_9_mid_run_resumes_with_the_finished_rows_kept(virtual_device, workdir, stage_cache):
     cfg = stage_config(virtual_device, workdir, "prompts.limit=6", "tracking=none", cache=stage_cache)
     run_stages(cfg, workdir, "fetch", "push")
-    (workdir / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.run", "--quiet"], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = workdir / "artifacts" / "run" / "responses.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
-        time.sleep(0.02)
+    proc = run_stage_in_background(cfg, workdir)
+    wait_rows(workdir / "artifacts" / "run" / "responses.jsonl", 2, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     before = rows(workdir)

@@ -8,16 +8,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from pipeline.stages import StageError
-from tests.helpers.pipeline import rows, run_stages, stage_config
+from tests.helpers.pipeline import rows, run_stage_in_background, run_stages, stage_config, wait_rows
 
 N = 5
 
@@ -86,29 +82,13 @@ def test_transport_dropped_mid_answer(make_virtual_device, workdir, stage_cache)
     assert [r["response"] for r in rows(workdir)] == [r["response"] for r in clean]
 
 
-def _run_in_background(cfg, work: Path) -> subprocess.Popen:
-    (work / "params.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    return subprocess.Popen([sys.executable, "-m", "pipeline.stages.run", "--quiet"], cwd=work,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_rows(work: Path, n: int, proc: subprocess.Popen) -> None:
-    out = work / "artifacts" / "run" / "responses.jsonl"
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if out.exists() and out.read_text().count("\n") >= n:
-            return
-        time.sleep(0.02)
-    pytest.fail(f"the run never reached {n} rows (exit {proc.poll()})")
-
-
 def test_app_killed_from_a_second_adb_shell(make_virtual_device, workdir, stage_cache):
     vd = make_virtual_device()
     # shared session + a cooldown: between answers the app sits at its prompt, where the kill lands
     cfg = config(vd, workdir, stage_cache, "session=shared", "runtime.cooldown_s=1.0")
     run_stages(cfg, workdir, "fetch", "push")
-    proc = _run_in_background(cfg, workdir)
-    _wait_rows(workdir, 2, proc)
+    proc = run_stage_in_background(cfg, workdir)
+    wait_rows(workdir / "artifacts" / "run" / "responses.jsonl", 2, proc)
     pid = vd.device.shell("pidof simple_app", timeout=10).strip()
     assert pid, "no app running between answers"
     vd.device.shell(f"kill -9 {int(pid)}", timeout=10)
@@ -124,8 +104,8 @@ def test_device_gone(make_virtual_device, workdir, stage_cache):
     vd = make_virtual_device()
     cfg = config(vd, workdir, stage_cache, "session=fresh", "runtime.cooldown_s=0.5")
     run_stages(cfg, workdir, "fetch", "push")
-    proc = _run_in_background(cfg, workdir)
-    _wait_rows(workdir, 1, proc)
+    proc = run_stage_in_background(cfg, workdir)
+    wait_rows(workdir / "artifacts" / "run" / "responses.jsonl", 1, proc)
     from pipeline.virtual import stop
 
     stop(vd.root)  # the phone is unplugged
