@@ -9,7 +9,7 @@ both see the same machine load (the host is shared): ratios are what this prints
   P prompt tokens in one batched pass at position 0 (like ppP). Also, for scale, the numpy engine (float32
   weights, what the app ran before) on a short decode, and the A8 model (smollm2-q4a8) on both engines.
 - llama.cpp: ``llama-bench -m model.gguf -p P -n N -t T -r 1 -o json`` (built from the llama-cpp-python sdist by
-  benchmarks/llama_bench_build.py into $ODEVAL_CACHE, never into the repo); its own warm-up run is untimed.
+  `python -m pipeline.fetch.llama_build` into $ODEVAL_CACHE, never into the repo); its own warm-up run is untimed.
 - roofline: bytes a decoded token must read (every weight matrix as stored + the KV cache it attends to) ÷ this
   host's single-thread memory read bandwidth measured here (numpy's max over a 512 MB array): the decode speed a
   perfectly memory-bound engine would reach.
@@ -99,7 +99,6 @@ def main() -> int:
     ap.add_argument("--no-numpy", action="store_true", help="skip the numpy engine and A8 rows")
     args = ap.parse_args()
     from engine_parity import model_dir
-    from llama_bench_build import binary
 
     from pipeline.guest import native_build, npllama, qkernel
 
@@ -108,9 +107,12 @@ def main() -> int:
     gguf = d / "model.gguf"
     threads = [int(t) for t in args.threads.split(",")]
     models = {t: qkernel.load(d, t)[0] for t in threads}
-    bench = binary()
+    from pipeline import llama_cpp
+
+    built = llama_cpp.find()[0]
+    bench = built / llama_cpp.BENCH if built else None
     if bench is None:
-        print("llama-bench not built: `python benchmarks/llama_bench_build.py` (~5.5 min); ours only\n")
+        print("llama-bench not built: `python -m pipeline.fetch.llama_build` (~5.5 min); ours only\n")
     print(f"model {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB, SmolLM2-135M Q4_1) · tg{args.n} · pp{args.p} · "
           f"kernel {models[threads[0]].simd} · load average at start {load_avg()}")
     res: dict[tuple[str, int], list[tuple[float, float]]] = {}

@@ -81,6 +81,8 @@ class AppConfig:
     virtual_only: bool = False
     env: dict[str, str] = field(default_factory=dict)
     required_files: list[str] = field(default_factory=list)  # files the app dir must hold, e.g. the QNN libs
+    protocol: str = "simple_app"  # simple_app (its REPL) | llama-cpp (llama-completion, pipeline/apps/llama_cpp.py)
+    bench_binary: str | None = None  # llama-cpp: llama-bench's file name in the app dir (runtime=bench)
 
 
 @dataclass
@@ -177,6 +179,8 @@ class RuntimeConfig:
     load_timeout_s: float = 180.0
     max_output_bytes: int = 65536
     telemetry_interval_s: float = 1.0
+    bench_pp: int = 64  # app=llama-cpp with runtime=bench: llama-bench's prompt and generation sizes
+    bench_tg: int = 128
 
 
 @dataclass
@@ -314,7 +318,8 @@ def _choice(problems: list[str], key: str, value: Any, allowed: tuple[str, ...])
 
 
 def _check_source(problems: list[str], sec: str, c: ModelConfig | AppConfig) -> None:
-    _choice(problems, f"{sec}.source", c.source, ("hub", "builtin", "local") + (("package",) if sec == "model" else ()))
+    extra = ("package",) if sec == "model" else ("build",)  # app: build = the host build of llama.cpp
+    _choice(problems, f"{sec}.source", c.source, ("hub", "builtin", "local") + extra)
     if isinstance(c, ModelConfig) and c.source == "package":
         _check_package(problems, c)
     if c.source == "hub":
@@ -350,6 +355,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     _check_source(p, "model", m)
     _check_source(p, "app", a)
     _choice(p, "model.format", m.format, ("hf", "mobilequant-qnn"))
+    _choice(p, "app.protocol", a.protocol, ("simple_app", "llama-cpp"))
     _choice(p, "device.kind", d.kind, ("virtual", "adb", "pool"))
     if d.kind == "pool" and not d.pool:
         p.append("device.pool=[]: device.kind=pool needs devices — list them in conf/device/pool.yaml")
@@ -401,7 +407,9 @@ def validate(cfg: Config, source: str = "config") -> None:
     if a.past_end_token is not None and not a.virtual_only:
         p.append(f"app.past_end_token={a.past_end_token}: only the reference app can emulate simple_app's read past"
                  " the prompt; the real binary always does it")
-    if a.template != "mobilequant" and not a.virtual_only:
+    if a.protocol == "llama-cpp":
+        _check_llama_cpp(p, cfg)
+    elif a.template != "mobilequant" and not a.virtual_only:
         p.append(
             f"app.template={a.template!r}: {a.name}'s prompt template is compiled into the binary — only the"
             " reference app (app=reference) can change it"
@@ -434,6 +442,21 @@ def validate(cfg: Config, source: str = "config") -> None:
     p += _secret_keys(as_dict(cfg))
     if p:
         raise ConfigError(p, source)
+
+
+def _check_llama_cpp(p: list[str], cfg: Config) -> None:
+    """llama.cpp's app: its templates, one process per prompt, the bench sizes."""
+    a = cfg.app
+    _choice(p, "app.template", a.template, ("hf-chat", "raw"))
+    if cfg.session.mode == "shared":
+        p.append("session=shared with app=llama-cpp: llama-completion prints its counters only when it exits, so a "
+                 "shared conversation's per-prompt numbers cannot be read — use session=fresh")
+    for key in ("bench_pp", "bench_tg"):
+        if getattr(cfg.runtime, key) < 1:
+            p.append(f"runtime.{key}={getattr(cfg.runtime, key)}: must be ≥ 1")
+    if a.source == "build" and cfg.device.kind == "adb":
+        p.append("app=llama-cpp with app.source=build and device.kind=adb: the build is for this host (the virtual"
+                 " device) — for a phone set app.source=local app.path=DIR (an Android arm64 build; README)")
 
 
 def _secret_keys(d: Any, prefix: str = "") -> list[str]:

@@ -52,7 +52,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "ODEVAL_APP_DEBUG": ("pipeline.guest.reference_app", "`1`: the reference app reports its load time, engine, "
                          "threads and each prompt's prefill mode on stderr"),
     "CC": ("pipeline.native_kernel", "the C compiler for the reference app's native kernel (default: `cc`/`gcc` on "
-           "PATH); part of the kernel's build key"),
+           "PATH); part of the kernel's build key (and of llama.cpp's)"),
+    "CXX": ("pipeline.llama_cpp", "the C++ compiler for the host build of llama.cpp (`app=llama-cpp`; default: "
+            "`c++`/`g++` on PATH); part of its build key"),
     "ODEVAL_TEMPLATE": ("pipeline.guest.reference_app", "set by the run stage on the device command line: the "
                         "reference app's prompt template (`app.template`)"),
     "ODEVAL_QUIRK_PAST_END_TOKEN": ("pipeline.guest.reference_app", "set by the run stage: `app.past_end_token`"),
@@ -78,10 +80,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 # What the virtual device's daemon and the apps it starts get from your environment — nothing else (no HF_TOKEN,
 # no other user variable): the locale and time zone, BLAS/OpenMP thread settings and OpenBLAS's CPU override
 # (wrong results without it on some CPUs), the reference app's engine knobs, the Hub's offline switches, and where
-# the reference app's native kernel is built (the daemon looks it up: pipeline/native_kernel.py).
+# the reference app's native kernel and llama.cpp are built (the daemon looks them up by the compilers' identity:
+# pipeline/native_kernel.py, pipeline/llama_cpp.py).
 FORWARDED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
              "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ODEVAL_THREADS", "ODEVAL_ENGINE",
-             "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ODEVAL_CACHE", "CC")
+             "ODEVAL_APP_DEBUG", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ODEVAL_CACHE", "CC", "CXX")
 
 
 def forwarded_env() -> dict[str, str]:

@@ -50,7 +50,7 @@ def compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc")
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
     """The CPU's feature flags (``-march=native`` depends on them)."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
@@ -62,7 +62,7 @@ def _cpu_flags() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _compiler_identity(cc: str) -> str:
+def compiler_identity(cc: str) -> str:
     out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
     machine = subprocess.run([cc, "-dumpmachine"], capture_output=True, text=True, timeout=30)
     return (out.stdout.splitlines() or ["?"])[0] + " " + machine.stdout.strip()
@@ -72,8 +72,8 @@ def build_key(cc: str, source: Path | None = None) -> dict[str, Any]:
     """Everything the built bytes depend on (the directory name is its digest)."""
     src = source or SOURCE
     return {"build_version": BUILD_VERSION, "source_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-            "flags": [*FLAGS, OPENMP_FLAG], "compiler": _compiler_identity(cc), "machine": platform.machine(),
-            "cpu_flags_sha256": hashlib.sha256(_cpu_flags().encode()).hexdigest()}
+            "flags": [*FLAGS, OPENMP_FLAG], "compiler": compiler_identity(cc), "machine": platform.machine(),
+            "cpu_flags_sha256": hashlib.sha256(cpu_flags().encode()).hexdigest()}
 
 
 def key_dir(key: dict[str, Any]) -> Path:

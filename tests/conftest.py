@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.helpers.device", "tests.helpers.hub_server", "tests.helpers.tiny_models",
-                  "tests.helpers.pipeline", "tests.helpers.smollm2", "tests.helpers.native"]
+                  "tests.helpers.pipeline", "tests.helpers.smollm2", "tests.helpers.native", "tests.helpers.llama"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,6 +6,7 @@ remote command line, the pid line, `kill -9` over a second shell), not configura
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 from pipeline.apps.channel import Channel
 from pipeline.apps.simple_app import app_command
+from pipeline.config import APP_KV_POSITIONS
 from pipeline.prompt_model.prompt_buffer import format_setting
 
 
@@ -31,6 +33,7 @@ class AppProcess:
     remote_kill: Callable[[int], None] | None = None
     pid: int | None = None
     on_pid: Callable[[int | None], None] | None = None  # e.g. points the telemetry sampler at the new app
+    client: Callable[..., Any] | None = None  # the session class driving it; None: simple_app's AppSession
 
     def set_pid(self, pid: int | None) -> None:
         self.pid = pid
@@ -60,14 +63,32 @@ def app_env(env: Mapping[str, str], app_dir: str, *, virtual_only: bool, templat
     return out
 
 
-def app_launcher(dev: Any, app_dir: str, model_dir: str, device_arg: str | None, env: Mapping[str, str],
-                 binary: str, on_pid: Callable[[int | None], None] | None = None) -> Callable[[], AppProcess]:
-    """A ``start_app()`` for :func:`pipeline.run.runner.run_prompts`: each call opens a new app process.
+def launch_command(cfg: Any, app_dir: str, model_dir: str, model_files: list[Mapping[str, Any]],
+                   max_new_tokens: int) -> tuple[Callable[[int], str], Callable[..., Any] | None]:
+    """(the shell line per start, given the first prompt's token count; the session class) for ``cfg.app``."""
+    a = cfg.app
+    env = app_env(a.env, app_dir, virtual_only=a.virtual_only, template=a.template, past_end_token=a.past_end_token,
+                  past_end_unwritten_id=a.past_end_unwritten_id, threads=a.threads)
+    if a.protocol == "llama-cpp":
+        from pipeline.apps.llama_cpp import LlamaCliSession, gguf_file, llama_command
+
+        model = posixpath.join(model_dir, gguf_file(model_files, f"model={cfg.model.name}"))
+        n_ctx = min(cfg.model.max_seq_len, APP_KV_POSITIONS + 1)
+        return (lambda n: llama_command(app_dir, model, a.binary, env, template=a.template,
+                                        n_predict=max_new_tokens + n, n_ctx=n_ctx, threads=a.threads)), \
+            LlamaCliSession
+    cmd = app_command(app_dir, model_dir, a.device_arg, env, binary=a.binary)
+    return (lambda _n: cmd), None
+
+
+def app_launcher(dev: Any, command: Callable[[int], str], on_pid: Callable[[int | None], None] | None = None,
+                 client: Callable[..., Any] | None = None) -> Callable[[int], AppProcess]:
+    """A ``start_app(n_prompt_tokens)`` for :func:`pipeline.run.runner.run_prompts`: each call opens a new app
+    process with the shell line ``command(n_prompt_tokens)`` (:func:`~pipeline.apps.simple_app.app_command`, or
+    :func:`pipeline.apps.llama_cpp.llama_command`, whose budget counts the first prompt's tokens).
 
     ``on_pid`` is called with each new app's pid (fresh sessions start one per prompt)."""
     from pipeline.device.shellv2 import ShellV2
-
-    cmd = app_command(app_dir, model_dir, device_arg, env, binary=binary)
 
     def remote_kill(pid: int) -> None:
         from adbutils import AdbError
@@ -78,16 +99,16 @@ def app_launcher(dev: Any, app_dir: str, model_dir: str, device_arg: str | None,
         except (AdbError, OSError) as e:  # the device is gone: nothing we can kill; the run stops resumably
             print(f"run: could not kill app pid {pid} on {dev.serial}: {e}", file=sys.stderr)
 
-    def start_app() -> AppProcess:
+    def start_app(n_prompt_tokens: int = 0) -> AppProcess:
         from adbutils import AdbError
 
         from pipeline.device.shellv2 import ShellV2Error
 
         try:
-            channel = ShellV2.open(dev, cmd)
+            channel = ShellV2.open(dev, command(n_prompt_tokens))
         except (AdbError, ShellV2Error, OSError) as e:  # offline / gone: the runner stops with a resumable state
             raise ConnectionError(f"{dev.serial}: {e}") from e
-        return AppProcess(channel=channel, remote_kill=remote_kill, on_pid=on_pid)
+        return AppProcess(channel=channel, remote_kill=remote_kill, on_pid=on_pid, client=client)
 
     return start_app
 

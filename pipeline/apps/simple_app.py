@@ -68,16 +68,20 @@ def app_command(app_dir: str, model_dir: str, device_arg: str | None, env: Mappi
     """
     if not binary or "/" in binary:
         raise SimpleAppError(f"app binary name {binary!r} must be a plain file name (app.binary), e.g. simple_app")
-    parts = [f"cd {shlex.quote(app_dir)}"]
-    if env:
-        for key in env:
-            if not _ENV_KEY_RE.match(key):
-                raise SimpleAppError(f"app env key {key!r} is not a shell variable name (app.env); use [A-Za-z_]\\w*")
-        parts.append("export " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()))
+    parts = [f"cd {shlex.quote(app_dir)}", *env_exports(env)]
     parts.append("echo " + PID_PREFIX.decode() + "$$")
     argv = [f"./{binary}", model_dir] + ([device_arg] if device_arg else [])
     parts.append("exec " + " ".join(shlex.quote(a) for a in argv))
     return " && ".join(parts)
+
+
+def env_exports(env: Mapping[str, str]) -> list[str]:
+    """``export K=<v> ...`` (one element, none for an empty env), every value quoted; a key that is not a shell
+    variable name is refused (it would be parsed as something else)."""
+    for key in env:
+        if not _ENV_KEY_RE.match(key):
+            raise SimpleAppError(f"app env key {key!r} is not a shell variable name (app.env); use [A-Za-z_]\\w*")
+    return ["export " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())] if env else []
 
 
 def check_prompt_line(line: str) -> None:

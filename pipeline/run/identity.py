@@ -38,6 +38,7 @@ RUN_PARAMS = (
     "model.name", "model.quant", "model.format", "model.chip", "model.max_seq_len", "model.required_files",
     "app.name", "app.binary", "app.device_arg", "app.env", "app.template", "app.template_tokens",
     "app.past_end_token", "app.past_end_unwritten_id", "app.threads", "app.virtual_only", "app.required_files",
+    "app.protocol", "app.bench_binary",
     "device.kind", "device.serial", "device.adb_host", "device.adb_port", "device.connect", "device.remote_root",
     "device.virtual",
     "sequence", "prompting", "session", "runtime",

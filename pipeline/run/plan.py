@@ -79,6 +79,15 @@ def checked_items(cfg: Config, prompts: list, count_tokens: Any, count_prompt: A
                           positions=cfg.model.max_seq_len - b.max_new_tokens)
     except PromptSetError as e:
         raise PlanError(str(e)) from None
+    if cfg.app.protocol == "llama-cpp":  # its line reader has two control characters of its own
+        from pipeline.apps.llama_cpp import check_llama_line
+        from pipeline.apps.simple_app_output import SimpleAppError
+
+        for p, line in zip(prompts, sent, strict=True):
+            try:
+                check_llama_line(line)
+            except SimpleAppError as e:
+                raise PlanError(f"prompt {p.id!r} ({cfg.prompts.name}): {e}") from None
     return [RunItem(p.id, p.prompt, line) for p, line in zip(prompts, sent, strict=True)]
 
 
@@ -89,6 +98,8 @@ def past_end_rows(cfg: Config, fmt: Any, items: list[RunItem]) -> dict[str, dict
     from pipeline.prompt_model.prompt_buffer import past_end
 
     a = cfg.app
+    if a.protocol != "simple_app":
+        return {}  # llama.cpp reads nothing past the prompt
     setting, fallback = (a.past_end_token, a.past_end_unwritten_id) if a.virtual_only else ("faithful", None)
     try:
         return {it.sent_text: past_end(fmt, setting, it.sent_text, fallback).to_row() for it in items}

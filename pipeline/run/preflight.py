@@ -153,7 +153,51 @@ def check_fetched(cfg: Any, fetch: Mapping[str, Any]) -> dict[str, Any]:
     return {"files": "present", "parsed": check_readable(Path(fetch["model"]["local_dir"]))}
 
 
-def check_device(cfg: Any, props: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The chip check against the props the device reports now; what was found."""
+def check_device(cfg: Any, props: Mapping[str, Any] | None, fetch: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
+    """The chip check against the props the device reports now, and the app's executables against the device's
+    CPU (:func:`check_machine`); what was found."""
     chip = check_chip(props, cfg.model.chip, cfg.app.device_arg, model_name=cfg.model.name, app_name=cfg.app.name)
-    return {"soc": soc_of(props), "chip_checked": chip}
+    out: dict[str, Any] = {"soc": soc_of(props), "chip_checked": chip}
+    if fetch is not None:
+        a = cfg.app
+        names = [a.binary] + ([a.bench_binary] if a.bench_binary else [])
+        out["machine"] = check_machine(Path(fetch["app"]["local_dir"]), names, props, a.name,
+                                       require_elf=a.protocol != "simple_app")
+    return out
+
+
+# ELF e_machine values (the ELF header's bytes 18-19) and Android ABIs (ro.product.cpu.abi)
+ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86-64", 183: "aarch64"}
+ABI_MACHINE = {"x86": "x86", "armeabi-v7a": "arm", "x86_64": "x86-64", "arm64-v8a": "aarch64"}
+
+
+def elf_machine(path: Path) -> str | None:
+    """The CPU an ELF executable is built for (``aarch64``, ``x86-64`` …), or None when the file is not ELF."""
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    number = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return ELF_MACHINES.get(number, f"e_machine {number}")
+
+
+def check_machine(app_dir: Path, names: list[str], props: Mapping[str, Any] | None, app_name: str, *,
+                  require_elf: bool) -> dict[str, str]:
+    """Refuse an executable built for another CPU than the device's (an x86-64 build pushed to a phone, an arm64
+    one to the virtual device) with one line naming both; a script launcher passes unless ``require_elf``."""
+    abi = str((props or {}).get("ro.product.cpu.abi") or "")
+    want = ABI_MACHINE.get(abi)
+    found: dict[str, str] = {}
+    for name in names:
+        got = elf_machine(app_dir / name)
+        if got is None:
+            if require_elf:
+                raise PreflightError(f"app={app_name}: {name} is not an ELF executable — fetch a build of it "
+                                     f"(app.path / app.source)")
+            continue
+        found[name] = got
+        if want is not None and got != want:
+            raise PreflightError(f"app={app_name}: {name} is built for {got} but the device is {abi} ({want}) — "
+                                 f"use a build for {want} (README: the NDK build lines for a phone)")
+    return found

@@ -23,6 +23,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "session", "load_s", "host_blended_tok_s", "replaced_chars", "positions_before", "context_reset",
     "past_end",  # {case, id_fed, index}: simple_app's read past the prompt, filled by the run stage (prompt_buffer)
     "ask_key",  # what was asked (pipeline/run/identity.py ask_keys), filled by the run stage: resume reuses by it
+    "app_counters",  # the app's own counters (llama.cpp: load, prompt-eval, eval); null for simple_app
 )
 EXIT_WAIT_S = 10.0
 SIGKILL_EXIT = 128 + 9  # how adbd (and the virtual device) report a process killed by SIGKILL
@@ -197,7 +198,7 @@ def _killed(what: str, pid: int | None) -> DeviceLost:
 class _Runner:
     """State of one run_prompts call: the live process (shared sessions), its KV positions, and the row builder."""
 
-    def __init__(self, start_app: Callable[[], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int],
+    def __init__(self, start_app: Callable[[int], AppProcess], opts: RunOptions, count_tokens: Callable[[str], int],
                  count_prompt: Callable[[str], int]):
         self.start_app, self.opts, self.count_tokens, self.count_prompt = start_app, opts, count_tokens, count_prompt
         self.proc: AppProcess | None = None
@@ -209,11 +210,11 @@ class _Runner:
         t0 = time.monotonic()
         self.positions = 0
         try:
-            self.proc = self.start_app()
+            self.proc = self.start_app(self.count_prompt(row["sent_text"]))
         except TRANSPORT_ERRORS as exc:
             raise DeviceLost(f"cannot start the app: {exc}; the device is gone — reconnect it and re-run to resume")\
                 from exc
-        self.session = AppSession(self.proc.channel, load_timeout_s=self.opts.load_timeout_s)
+        self.session = (self.proc.client or AppSession)(self.proc.channel, load_timeout_s=self.opts.load_timeout_s)
         try:
             try:
                 row["load_s"] = self.session.wait_ready(t0)
@@ -291,7 +292,7 @@ class _Runner:
         self.positions += row["n_prompt_tokens"] + (row["n_output_tokens"] or 0) + 1
 
 
-def run_prompts(items: list[RunItem], start_app: Callable[[], AppProcess], opts: RunOptions, *,
+def run_prompts(items: list[RunItem], start_app: Callable[[int], AppProcess], opts: RunOptions, *,
                 count_tokens: Callable[[str], int], count_prompt: Callable[[str], int],
                 skip: set[tuple[str, int]] | frozenset = frozenset(), on_row: Callable[[dict], None],
                 progress: bool = True) -> None:

@@ -49,6 +49,16 @@ def fetch_model(m: ModelConfig, cache: Path, progress: bool = False) -> dict:
 def fetch_app(a: AppConfig, cache: Path, progress: bool = False) -> dict:
     if a.source == "builtin":
         return _builtin_entry(a.name, build_reference_app(cache / "apps" / a.name, a.binary, progress))
+    if a.source == "build":  # app=llama-cpp on the virtual device: the pinned llama.cpp built for this host
+        from pipeline.fetch.hub import local_snapshot
+        from pipeline.fetch.llama_build import BuildError, app_dir
+
+        try:
+            entry = local_snapshot(app_dir(cache / "apps" / a.name, progress), name=a.name, source="build")
+        except BuildError as e:
+            raise StageError(f"app={a.name} (app.source=build): {e}") from None
+        entry["commit"] = "build-" + entry["manifest_sha256"][:12]
+        return entry
     return _remote_or_local(a.name, a.source, a.repo_id, a.revision, a.allow_patterns, a.path, "app", progress)
 
 

@@ -46,9 +46,9 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     dev = open_stage_device(cfg, f"push@{workdir}", prefer=_pushed_serial(artifacts / "push.json"))
     try:
         root = cfg.device.remote_root
-        app = _push_one(dev, root, "apps", cfg.app.name, fetched["app"], cfg.app.binary, verify, mover,
-                       not ctx.quiet)
-        model = _push_one(dev, root, "models", cfg.model.name, fetched["model"], None, verify, mover, not ctx.quiet)
+        runnable = [cfg.app.binary] + ([cfg.app.bench_binary] if cfg.app.bench_binary else [])
+        app = _push_one(dev, root, "apps", cfg.app.name, fetched["app"], runnable, verify, mover, not ctx.quiet)
+        model = _push_one(dev, root, "models", cfg.model.name, fetched["model"], [], verify, mover, not ctx.quiet)
         device = device_record(dev)
     except TransferError as e:
         raise StageError(str(e)) from None
@@ -77,18 +77,20 @@ def _read_fetch(path: Path) -> dict[str, Any]:
     return data
 
 
-def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str, Any], binary: str | None,
+def _push_one(dev: Any, remote_root: str, kind: str, name: str, entry: dict[str, Any], executables: list[str],
               verify: str, mover: str, progress: bool) -> dict[str, Any]:
+    """Push one fetched dir; ``executables`` (app.binary, app.bench_binary) get mode 755 on the device."""
     from pipeline.device.transfer import host_entries, push_dir, remote_dir_for
 
     entries = host_entries(entry["files"], source=f"fetch.json:{kind}")
-    if binary is not None and binary not in {e.path for e in entries}:
-        raise StageError(f"app.binary={binary!r} is not among the fetched app files in {entry['local_dir']}: "
-                         "fix app.binary or app.allow_patterns and re-run fetch")
+    for binary in executables:
+        if binary not in {e.path for e in entries}:
+            raise StageError(f"app binary {binary!r} (app.binary / app.bench_binary) is not among the fetched app "
+                             f"files in {entry['local_dir']}: fix the key or app.allow_patterns and re-run fetch")
     remote = remote_dir_for(remote_root, kind, name, entry["commit"])
-    result = push_dir(dev, Path(entry["local_dir"]), remote, entries, executables=[binary] if binary else [],
+    result = push_dir(dev, Path(entry["local_dir"]), remote, entries, executables=executables,
                       verify=verify, mover=mover, progress=progress and sys.stderr.isatty(), label=f"push {name}")
-    record = {"name": name, "remote_dir": remote, "binary": binary,
+    record = {"name": name, "remote_dir": remote, "binary": executables[0] if executables else None,
               "manifest_sha256": result.manifest_sha256, "commit": entry["commit"]}
     return {"record": record, "result": result}
 

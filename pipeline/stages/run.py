@@ -19,13 +19,14 @@ from pipeline.run.identity import ask_keys, run_identity
 from pipeline.run.plan import PlanError, checked_items, load_prompt_set, past_end_rows, prompt_tokenizer
 from pipeline.run.provenance import provenance
 from pipeline.run.record import RunDir
-from pipeline.stages import StageError, StageInterrupted, read_json, stage_main
+from pipeline.stages import StageError, StageInterrupted, read_json, stage_main, write_json
 
 
 @device_scope()  # the device is held while the stage runs (one device, one run), then released
 def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     ctx = ctx or RunContext.from_env()
-    from pipeline.apps.launch import app_env, app_launcher
+    from pipeline.apps.launch import app_launcher, launch_command
+    from pipeline.apps.simple_app_output import SimpleAppError
     from pipeline.device.connect import device_props
     from pipeline.device.remote import TransferError
     from pipeline.device.telemetry import TelemetrySampler
@@ -44,7 +45,10 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
         prompts, prompt_source = load_prompt_set(cfg, count_tokens)  # prompt_source: a benchmark's pinned file
         items = checked_items(cfg, prompts, count_tokens, fmt.count)
         past_ends = past_end_rows(cfg, fmt, items)
-    except PreflightError as e:
+        b = budget(cfg)  # the prompt set's own max_new_tokens and deadline where it sets them (prompts=ifeval)
+        command, client = launch_command(cfg, push["app"]["remote_dir"], push["model"]["remote_dir"],
+                                         fetch["model"]["files"], b.max_new_tokens)
+    except (PreflightError, SimpleAppError) as e:
         raise StageError(f"before the first prompt: {e}") from None
     except PlanError as e:
         raise StageError(str(e)) from None
@@ -53,7 +57,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     try:  # results are credited only to files the device holds, on the phone the config describes
         checked = verify_dirs(dev, [(k, push[k]["remote_dir"], host_entries(fetch[k]["files"], f"fetch.json:{k}"))
                                     for k in ("app", "model")])
-        checks["device"] = check_device(cfg, device_props(dev))
+        checks["device"] = check_device(cfg, device_props(dev), fetch)
     except TransferError as e:
         raise StageError(str(e)) from None
     except PreflightError as e:
@@ -67,12 +71,7 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
                  | ({"prompt_source": prompt_source} if prompt_source else {}), rows=len(done))
 
     sampler = TelemetrySampler(lambda c: dev.shell(c, timeout=10), interval_s=cfg.runtime.telemetry_interval_s)
-    a, app_dir = cfg.app, push["app"]["remote_dir"]
-    env = app_env(a.env, app_dir, virtual_only=a.virtual_only, template=a.template, past_end_token=a.past_end_token,
-                  past_end_unwritten_id=a.past_end_unwritten_id, threads=a.threads)
-    start_app = app_launcher(dev, app_dir, push["model"]["remote_dir"], a.device_arg, env, a.binary,
-                             on_pid=lambda pid: setattr(sampler, "pid", pid))
-    b = budget(cfg)  # the prompt set's own max_new_tokens and deadline where it sets them (prompts=ifeval)
+    start_app = app_launcher(dev, command, on_pid=lambda pid: setattr(sampler, "pid", pid), client=client)
     opts = RunOptions.from_config(cfg.runtime, cfg.session.mode, b.max_new_tokens, cfg.model.max_seq_len,
                                   prompt_timeout_s=b.prompt_timeout_s)
     status, reason, tally = drive(
@@ -87,6 +86,13 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
                          "cause and re-run")
     if tally.failed:
         print(f"run: warning — {tally.describe()}; they count as failed answers in the score", file=sys.stderr)
+    if cfg.runtime.name == "bench" and cfg.app.bench_binary:  # llama.cpp's own benchmark, beside the prompts
+        from pipeline.apps.llama_bench import device_bench
+
+        bench = device_bench(cfg, dev, push["app"]["remote_dir"], push["model"]["remote_dir"], fetch["model"]["files"])
+        write_json(record.path / "bench.json", bench)
+        if "error" in bench:
+            print(f"run: warning — {bench['error']}; score reports the benchmark as missing", file=sys.stderr)
     return record.path
 
 

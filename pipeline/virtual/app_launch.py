@@ -41,6 +41,7 @@ from pipeline.context import forwarded_env
 from pipeline.native_kernel import ENV_LIB
 from pipeline.virtual import confine
 from pipeline.virtual.layout import state_dir
+from pipeline.virtual.native_apps import native_argv
 from pipeline.virtual.procs import kill_group
 from pipeline.virtual.sandbox import Sandbox
 from pipeline.virtual.shell_api import Ctx, Session, to_bytes
@@ -80,8 +81,9 @@ def guest_argv(sh: Session, argv: list[str]) -> list[str]:
     return [sys.executable, "-I", "-u", "-c", _BOOT, str(PACKAGE_DIR), *args]
 
 
-def guest_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]:
-    """The app's whole environment, from allowlists only (see module docstring); refusals are logged."""
+def guest_env(sh: Session, assigns: dict[str, str], vpid: int, native: bool = False) -> dict[str, str]:
+    """The app's whole environment, from allowlists only (see module docstring); refusals are logged. A native
+    program (``native``: a registered llama.cpp build) takes no device variable at all."""
     env = forwarded_env()
     device_env = {k: sh.vars[k] for k in sh.exported if k in sh.vars}
     device_env.update(assigns)
@@ -89,13 +91,15 @@ def guest_env(sh: Session, assigns: dict[str, str], vpid: int) -> dict[str, str]
     for key, value in sorted(device_env.items()):
         if key in DEVICE_INFO:
             env[f"ODEVAL_DEVICE_{key}"] = value
-        elif key in DEVICE_KNOBS and DEVICE_KNOBS[key].fullmatch(value):
+        elif key in DEVICE_KNOBS and DEVICE_KNOBS[key].fullmatch(value) and not native:
             env[key] = value
         else:
             refused.append(f"{key}={value[:120]!r}")
-    if refused:
-        log.warning("refused device env for simple_app (vpid %d; not in the allowlist or bad value): %s", vpid,
+    if refused and not (native and all(r.split("=", 1)[0] in DEVICE_INFO for r in refused)):
+        log.warning("refused device env for the app (vpid %d; not in the allowlist or bad value): %s", vpid,
                     ", ".join(refused))
+    if native:
+        return env | {"HOME": "/data/local/tmp", "ODEVAL_VIRTUAL_PID": str(vpid)}
     env.update(sh.d.faults.get().guest_env())  # host-side control file: ODEVAL_FAULT_*, ODEVAL_STANDIN_MODEL
     lib, why = sh.d.qkernel()  # the native kernel the confined app may map (its dir is in the app's read rules)
     env[ENV_LIB] = str(lib) if lib else f"unavailable: {why}"
@@ -136,9 +140,11 @@ class _Launch:
         os.set_inheritable(self.cwd_fd, True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"{vpid}-", dir=sh.d.scratch))
 
-    def popen(self, command: list[str], env: dict[str, str], audit_w: int, **kw: Any) -> subprocess.Popen:
+    def popen(self, command: list[str], env: dict[str, str], audit_w: int, program: Path | None = None,
+              **kw: Any) -> subprocess.Popen:
         """Start the app in its own nested Landlock domain (entered by a short-lived thread, so the session's own
-        thread keeps its domain), its cwd the shell's cwd resolved in-root, its memory capped."""
+        thread keeps its domain), its cwd the shell's cwd resolved in-root, its memory capped. ``program``: a
+        registered native build runs in the narrower :func:`~pipeline.virtual.confine.native_ruleset`."""
         env = env | {"ODEVAL_ROOT_FD": str(self.root_fd), "ODEVAL_APP_SCRATCH": str(self.scratch),
                      "ODEVAL_AUDIT_FD": str(audit_w)}
         result: dict[str, Any] = {}
@@ -146,7 +152,9 @@ class _Launch:
         def spawn() -> None:
             try:
                 if self.sh.d.confinement != "off":
-                    with confine.app_ruleset(self.sh.sb.root, self.scratch, self.sh.d.host_reads()) as rs:
+                    rules = (confine.native_ruleset(self.sh.sb.root, self.scratch, program.parent) if program
+                             else confine.app_ruleset(self.sh.sb.root, self.scratch, self.sh.d.host_reads()))
+                    with rules as rs:
                         rs.enforce()
                 result["proc"] = subprocess.Popen(  # noqa: S603 - argv list, no shell; the app or the start-time hook
                     command, cwd=f"/proc/self/fd/{self.cwd_fd}", env=env, bufsize=0, start_new_session=True,
@@ -178,8 +186,11 @@ class _Launch:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exec_mode: bool) -> int:
-    """Start the app as a child in its own process group wired to ``ctx``; wait; return the shell status."""
+def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exec_mode: bool,
+            program: Path | None = None) -> int:
+    """Start the app as a child in its own process group wired to ``ctx``; wait; return the shell status.
+    ``program``: the registered native build the device file stands for (:mod:`pipeline.virtual.native_apps`),
+    else the reference app."""
 
     _note_legacy_control(sh)
     if sh.aborted:
@@ -189,12 +200,14 @@ def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exe
     except ForkRefused:
         ctx.err(to_bytes(f"sh: {argv[0]}: can't fork: Try again\n"))
         return 1
-    proc = sh.proc if exec_mode else sh.d.procs.add(APP_BASENAME, sh.vpid, None)
+    name = program.name if program is not None else APP_BASENAME
+    proc = sh.proc if exec_mode else sh.d.procs.add(name, sh.vpid, None)
     launch = _Launch(sh, proc.vpid)
     audit_r, audit_w = os.pipe()
-    env = guest_env(sh, assigns, proc.vpid)
+    env = guest_env(sh, assigns, proc.vpid, native=program is not None)
+    command = native_argv(sh, program, argv) if program is not None else guest_argv(sh, argv)
     try:
-        child = launch.popen(guest_argv(sh, argv), env, audit_w,
+        child = launch.popen(command, env, audit_w, program,
                              stdin=ctx.in_file if ctx.in_file is not None else subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:
@@ -202,13 +215,13 @@ def run_app(sh: Session, argv: list[str], assigns: dict[str, str], ctx: Ctx, exe
         launch.close()
         if not exec_mode:
             sh.d.procs.remove(proc.vpid, proc)
-        ctx.err(to_bytes(f"{argv[0]}: cannot start the reference app: {e.strerror or 'exec failed'}\n"))
+        ctx.err(to_bytes(f"{argv[0]}: cannot start {name}: {e.strerror or 'exec failed'}\n"))
         return 126
     finally:
         os.close(audit_w)
-    proc.popen, proc.name, proc.argv = child, APP_BASENAME, list(argv)
+    proc.popen, proc.name, proc.argv = child, name, list(argv)
     sh.adopt(child)
-    scrub = HostPathScrubber(sh, proc.vpid)
+    scrub = HostPathScrubber(sh, proc.vpid, program)
     threads = [_audit_reader(audit_r, proc.vpid), _pump(child.stdout, ctx.out), _pump(child.stderr, ctx.err, scrub)]
     if child.stdin is not None:
         threads.append(threading.Thread(target=_feed_child, args=(sh, child), daemon=True, name="app-stdin"))
@@ -254,12 +267,13 @@ class HostPathScrubber:
     """Replaces host paths in complete lines of app stderr: storage paths become device paths, the rest a
     placeholder.  Line-buffered (stderr carries messages, not the token stream)."""
 
-    def __init__(self, sh: Session, vpid: int) -> None:
+    def __init__(self, sh: Session, vpid: int, program: Path | None = None) -> None:
         self.vpid = vpid
         storage = str(sh.sb.root)
         pairs: dict[str, str] = {}
         standin = sh.d.faults.get().standin_model
-        for path, repl in ((storage, ""), (str(sh.d.root), "<host>"), (standin, "<standin_model>"),
+        build = str(program.parent) if program is not None else None
+        for path, repl in ((storage, ""), (str(sh.d.root), "<host>"), (standin, "<standin_model>"), (build, "<build>"),
                            (str(REPO_ROOT), "<host>"), (sys.prefix, "<host>"), (sys.base_prefix, "<host>"),
                            (sys.exec_prefix, "<host>"), (os.path.expanduser("~"), "<host>")):
             if path and len(path) > 1:

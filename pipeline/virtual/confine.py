@@ -92,6 +92,19 @@ def app_ruleset(storage: Path, scratch: Path, extra_read: Iterable[str] = ()) ->
     return rs
 
 
+def native_ruleset(storage: Path, scratch: Path, build_dir: Path) -> landlock.Ruleset:
+    """The (nested) domain of one registered native program (llama.cpp): the system libraries, its own build dir,
+    the storage and its scratch dir — no Python runtime, no package, nothing else of the host."""
+    rs = landlock.Ruleset()
+    _add(rs, SYSTEM_READ_EXEC, landlock.READ_EXEC)
+    _add(rs, SYSTEM_READ, landlock.READ)
+    _add(rs, SYSTEM_READ_WRITE_FILES, landlock.READ | landlock.WRITE_FILE)
+    rs.allow(build_dir, landlock.READ_EXEC)
+    rs.allow(storage, landlock.READ_EXEC | landlock.WRITE)
+    rs.allow(scratch, landlock.READ | landlock.WRITE)
+    return rs
+
+
 def check_available() -> str:
     """A one-word description of the confinement (``landlock-abi7``), or :class:`SandboxUnavailable`."""
     if not openat2_available():

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import native_kernel
+from pipeline import llama_cpp, native_kernel
 from pipeline.virtual import confine
 from pipeline.virtual.adbd import FEATURES, AdbdError, Connection, Stream, check_loopback
 from pipeline.virtual.broker import HostBroker
@@ -54,6 +54,8 @@ class Daemon:
         self._shell_service = shell_service
         self._sync_service = sync_service
         self.broker = HostBroker().start()  # unconfined: started before any thread enters the device domain
+        self._native: dict[str, tuple[Path, str]] = {}
+        self._register()  # the host builds a pushed file may stand for (pipeline/virtual/native_apps.py)
         self.faults = FaultSource(self.root, options, read=lambda p: self.broker.call(Path.read_text, p))
         self.faults.get()  # validate early: a bad option fails at start, not at first use
         self.sandbox = Sandbox(storage_dir(self.root), self.faults.get)
@@ -79,12 +81,33 @@ class Daemon:
         the daemon started is found, and a rebuilt one replaces the old."""
         return self.broker.call(native_kernel.find)
 
+    def _register(self) -> dict[str, tuple[Path, str]]:
+        """This machine's llama.cpp build, looked up host-side by the unconfined broker (never from device input):
+        at start and when each stream starts (:meth:`host_reads`), so a build made after the daemon started is
+        registered for the streams opened after it (a Landlock domain cannot be widened later)."""
+        try:
+            found = self.broker.call(llama_cpp.registered)
+        except OSError as e:
+            log.warning("llama.cpp build not registered: %s", e)
+            found = {}
+        if found != self._native:
+            log.info("registered native programs: %s", ", ".join(f"{n} ({sha[:12]})" for n, (_p, sha) in
+                                                                  sorted(found.items())) or "none")
+            self._native = found
+        return found
+
+    def native_program(self, name: str, sha256: str) -> Path | None:
+        """The registered host binary named ``name`` when ``sha256`` is its build's bytes, else None."""
+        entry = self._native.get(name)
+        return entry[0] if entry is not None and entry[1] == sha256 else None
+
     def host_reads(self) -> list[str]:
         """Host paths the device side may read besides the runtime: the stand-in model (host-side options only),
         the test hook's files (fixed at start), the native kernel's own directory in ``$ODEVAL_CACHE/native`` (read
         and execute: the app maps the library; the rest of the cache stays out of reach)."""
         lib = self.qkernel()[0]
         paths = [self.faults.get().standin_model or "", str(lib.parent) if lib else ""]
+        paths += sorted({str(p.parent) for p, _sha in self._register().values()})  # the registered build's dir
         paths += [a for a in (self._app_cmd or ()) if os.path.isabs(a) and os.path.exists(a)]
         return [p for p in paths if p]
 

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.virtual import fs_builtins, shell_builtins
 from pipeline.virtual.app_launch import APP_BASENAME, run_app
+from pipeline.virtual.native_apps import NAMES as NATIVE_NAMES
+from pipeline.virtual.native_apps import registered_program
 from pipeline.virtual.procs import ProcessTable, VProc, kill_group
 from pipeline.virtual.props import DEVICE_ENV, VIRTUAL_PROPS
 from pipeline.virtual.sandbox import Sandbox
@@ -321,12 +323,17 @@ class Session:
         if not st.st_mode & 0o111:
             ctx.err(to_bytes(f"sh: {path}: Permission denied\n"))
             return 126
-        if posixpath.basename(path) != APP_BASENAME:
-            log.warning("refused: exec of %r (only a file named %s starts the app; no host binaries)", path,
-                        APP_BASENAME)
-            ctx.err(to_bytes(f"sh: {path}: cannot execute - the virtual device runs no host binaries\n"))
+        if posixpath.basename(path) == APP_BASENAME:
+            return run_app(self, argv, assigns, ctx, exec_mode)
+        program = registered_program(self, path)  # a registered host build, only for its very bytes
+        if program is None:
+            if posixpath.basename(path) not in NATIVE_NAMES:
+                log.warning("refused: exec of %r (only a file named %s or a registered build starts an app; no "
+                            "host binaries)", path, APP_BASENAME)
+            ctx.err(to_bytes(f"sh: {path}: cannot execute - the virtual device runs no host binaries but "
+                             "this machine's registered llama.cpp build\n"))
             return 126
-        return run_app(self, argv, assigns, ctx, exec_mode)
+        return run_app(self, argv, assigns, ctx, exec_mode, program)
 
     # children (the app launcher) --------------------------------------------------------------------------------
     @property

@@ -60,7 +60,7 @@ class StubLauncher:
         except ProcessLookupError:
             pass
 
-    def __call__(self) -> AppProcess:
+    def __call__(self, n_prompt_tokens: int = 0) -> AppProcess:
         self.starts += 1
         cmd = app_command(str(self.app_dir), self.model_dir, self.device_arg, self.env)
         channel = SubprocessChannel(["/bin/sh", "-c", cmd], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})

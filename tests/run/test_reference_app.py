@@ -32,7 +32,7 @@ def launcher(model_dir: Path):
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "ODEVAL_THREADS": "1",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-    def start() -> AppProcess:
+    def start(n_prompt_tokens: int = 0) -> AppProcess:
         argv = [sys.executable, "-m", "pipeline.guest.reference_app", str(model_dir)]
         return AppProcess(SubprocessChannel(argv, cwd=str(ROOT), env=env))
 

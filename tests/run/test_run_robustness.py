@@ -66,7 +66,7 @@ class DroppingChannel:
 def test_a_transport_drop_between_answers_is_device_lost(stub, how):
     channels: list[DroppingChannel] = []
 
-    def start():
+    def start(n_prompt_tokens: int = 0):
         proc = stub()
         proc.channel = DroppingChannel(proc.channel, how)
         channels.append(proc.channel)

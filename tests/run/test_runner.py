@@ -143,7 +143,7 @@ def test_load_timeout(stub):
 def test_device_lost_then_resume_no_loss_no_duplicates(stub):
     starts = {"n": 0}
 
-    def flaky():
+    def flaky(n_prompt_tokens: int = 0):
         starts["n"] += 1
         if starts["n"] == 3:
             raise ConnectionError("device offline")
@@ -245,7 +245,7 @@ class _LosingChannel:
 def test_device_lost_mid_run_keeps_finished_rows(stub, exc):
     state = {"lost": False, "exc": exc}
 
-    def start():
+    def start(n_prompt_tokens: int = 0):
         proc = stub()
         proc.channel = _LosingChannel(proc.channel, state)
         return proc
