@@ -95,7 +95,7 @@ def guest_env(sh: Session, assigns: dict[str, str], vpid: int, native: bool = Fa
             env[key] = value
         else:
             refused.append(f"{key}={value[:120]!r}")
-    if refused and not (native and all(r.split("=", 1)[0] in DEVICE_INFO for r in refused)):
+    if refused:
         log.warning("refused device env for the app (vpid %d; not in the allowlist or bad value): %s", vpid,
                     ", ".join(refused))
     if native:
