@@ -166,3 +166,15 @@ def test_one_runtime_has_no_runtimes_section_and_no_bench_no_bench_section(repor
     recs = [r for r in report.records if r.params["app.name"] == "reference"]
     text = build_report(recs, tmp_path, title="t").report_md.read_text()
     assert "## Runtimes compared" not in text and "## llama-bench" not in text
+
+
+def test_the_float_reference_on_the_reference_app_is_preferred(report, tmp_path: Path) -> None:
+    """Two smollm2-ref runs on qa: the one with app=reference is the float reference, even when older."""
+    from dataclasses import replace
+
+    ref = next(r for r in report.records if r.params["model.name"] == "smollm2-ref")
+    newer = replace(ref, run_id="f" * 32, start_time=ref.start_time + 10**6,
+                    params=ref.params | {"app.name": "llama-cpp", "app.protocol": "llama-cpp"})
+    rep = build_report([*report.records, newer], tmp_path, title="t")
+    rows = table(section(rep, "## Runtimes compared"), "### Answers: each runtime against the float reference")
+    assert {r[3] for r in rows if r[0] == "qa"} == {f"{ref.run_id[:8]} (reference)"}
