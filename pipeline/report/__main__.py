@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
                    help="MLflow store; a relative sqlite path resolves against the repo root (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="output directory for report.md and the PNGs")
     p.add_argument("--fp-model", default=None,
-                   help="model.name of the FP reference (default: tiny-fp, else tinyllama-chat-fp if present)")
+                   help="model.name of the FP reference (default: tiny-fp, else tinyllama-chat-fp if present; the "
+                        "'Runtimes compared' section's float reference: smollm2-ref)")
     p.add_argument("--baseline", action="append", default=[], metavar="KEY=LEVEL",
                    help="baseline level of a factor for the deltas (repeatable; default: the FP model for model.name, "
                         "else the first level)")

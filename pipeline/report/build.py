@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.report import ReportError
+from pipeline.report.bench import bench_section
 from pipeline.report.charts import budget_varies, quality_vs_throughput, toks_vs_budget
 from pipeline.report.contrasts import answers_section, ends_section
 from pipeline.report.factors import FactorEffect, LevelEffect, analyse, bootstrap_ci, prompt_quality
 from pipeline.report.fp_reference import TOKENS_NOTE, FidelityResult, fidelity_to_fp
 from pipeline.report.runs import ARTIFACTS, RunRecord, select_runs
+from pipeline.report.runtimes import runtimes_section
 from pipeline.report.table import NA, fmt, footnotes, markdown_table, table_rows
 from pipeline.report.variants import DEFAULT_IGNORE, Factor, factors, sort_records, value, variant_label
 
@@ -181,6 +183,7 @@ def build_report(records: Sequence[RunRecord], out_dir: Path, *, title: str, fp_
     md = [f"# {title}", "", f"{len(recs)} run(s); device kind(s): {', '.join(kinds)}.", "", "## Runs", "",
           table_md, "", *[f"- {n}" for n in footnotes(recs, facs)], "", "## Plots", "",
           *[f"![{p.stem}]({p.name})" for p in pngs], *[f"- {x}" for x in skipped], "",
+          *runtimes_section(recs, facs, fp_model), *bench_section(recs, facs),
           *factor_section(effects, dropped), *(ends_section(recs, facs, *ends) if ends else []),
           *answers_section(recs, facs), *fidelity_section(fid, fp, embeddings, csv_path, facs),
           *missing_section(recs)]

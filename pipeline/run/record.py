@@ -26,7 +26,7 @@ from pipeline.jsonio import read_jsonl, write_json, write_jsonl
 from pipeline.run.identity import RunIdentity, asked_digest, describe_change, listed
 from pipeline.run.outcomes import FailureTally
 
-FILES = ("responses.jsonl", "telemetry.jsonl", "app.log", "run.json", "prompts.jsonl")
+FILES = ("responses.jsonl", "telemetry.jsonl", "app.log", "run.json", "prompts.jsonl", "bench.json")
 
 
 def now() -> str:

@@ -23,7 +23,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "session", "load_s", "host_blended_tok_s", "replaced_chars", "positions_before", "context_reset",
     "past_end",  # {case, id_fed, index}: simple_app's read past the prompt, filled by the run stage (prompt_buffer)
     "ask_key",  # what was asked (pipeline/run/identity.py ask_keys), filled by the run stage: resume reuses by it
-    "app_counters",  # the app's own counters (llama.cpp: load, prompt-eval, eval); null for simple_app
+    "app_counters",  # the app's own counters (llama.cpp: load, prompt-eval, eval at exit); null for simple_app
 )
 EXIT_WAIT_S = 10.0
 SIGKILL_EXIT = 128 + 9  # how adbd (and the virtual device) report a process killed by SIGKILL

@@ -27,13 +27,17 @@ HEADLINE: dict[str, tuple[str, int, str]] = {
 }
 
 
-# A benchmark block's headline, present only when the run has the block (prompts=ifeval): a run of another prompt
-# set did not fail to measure them, so they must not show as missing. Its null values stay null.
+# A benchmark block's headline, present only when the run has the block (prompts=ifeval; bench.json): a run of
+# another prompt set (or without llama-bench) did not fail to measure them, so they must not show as missing. Its
+# null values stay null (a failed llama-bench: null, its reason in score.json).
 OPTIONAL_HEADLINE: dict[str, tuple[str, int, str]] = {
     "ifeval_prompt_strict": ("ifeval.prompt_strict.value", 3, "IFEval prompt-level strict accuracy"),
     "ifeval_prompt_loose": ("ifeval.prompt_loose.value", 3, "IFEval prompt-level loose accuracy"),
     "ifeval_instruction_strict": ("ifeval.instruction_strict.value", 3, "IFEval instruction-level strict accuracy"),
     "ifeval_instruction_loose": ("ifeval.instruction_loose.value", 3, "IFEval instruction-level loose accuracy"),
+    # llama-bench (runtime=bench with app=llama-cpp): the synthetic benchmark beside the host-timed decode_tok_s
+    "bench_pp_tok_s": ("bench.pp_tok_s", 2, "llama-bench prompt processing tok/s (synthetic, mean)"),
+    "bench_tg_tok_s": ("bench.tg_tok_s", 2, "llama-bench text generation tok/s (synthetic, mean)"),
 }
 
 

@@ -39,10 +39,13 @@ def fp_answers(cfg: Config) -> dict[str, str] | None:
 
 
 def score_run(cfg: Config, rows: list[dict], prompts: dict[str, dict], telemetry: list[dict], fetch: dict,
-              push: dict, run_json: dict) -> tuple[dict, list[dict], list[str], list[dict]]:
-    """(score.json, per-prompt rows, the quality families that applied, per-row quality scores)."""
+              push: dict, run_json: dict, bench: dict | None = None) -> tuple[dict, list[dict], list[str], list[dict]]:
+    """(score.json, per-prompt rows, the quality families that applied, per-row quality scores).
+
+    ``bench``: artifacts/run/bench.json when the run stage ran llama-bench (score.json ``bench``), else None."""
     from pipeline.quality.composite import FAMILIES, score_items
     from pipeline.quality.fluency import reference_for
+    from pipeline.score.llama_cpp import app_counters_block, bench_block, is_llama_cpp
 
     answered = [r for r in rows if failure_kind(r) is None]  # crashes/timeouts/errors are failed answers
     lm, lm_off = reference_for(cfg.model.name, cfg.scoring.fluency.model, cfg.scoring.fluency.references)
@@ -71,6 +74,13 @@ def score_run(cfg: Config, rows: list[dict], prompts: dict[str, dict], telemetry
                                   bandwidth_reason=bw_reason, weight_bytes=cfg.model.weight_bytes)
     if ife is not None:
         score["ifeval"] = ife
+    counters, counters_reason = app_counters_block(answered, is_llama_cpp(run_json))
+    if counters is not None:  # simple_app prints no such counters: no block, only the reason
+        score["app_counters"] = counters
+    if counters_reason:
+        score["app_counters_reason"] = counters_reason
+    if bench is not None:
+        score["bench"] = bench_block(bench)
     props = run_json["device"].get("props") or {}
     score["run_status"] = run_status(run_json)
     score["provenance"] = {"device_kind": kind, "run_key": run_json.get("run_key"),
@@ -125,6 +135,8 @@ def timed_note(d: dict[str, Any]) -> str:
 def summary_lines(score: dict[str, Any]) -> list[str]:
     """What the score stage prints: the device kind first (a virtual device's rates are the host's), the timing,
     the failures (each a quality 0), quality, and any undecodable or implausible numbers."""
+    from pipeline.score.llama_cpp import bench_line, counters_line
+
     t, q = score["throughput"], score["quality"]
 
     def f(x: Any, spec: str = ".2f") -> str:
@@ -136,8 +148,10 @@ def summary_lines(score: dict[str, Any]) -> list[str]:
     lines = [f"score: {score['n_prompts']} prompts on a {kind.upper()} device"
              + (" (host CPU — not a phone result)" if kind == "virtual" else ""),
              f"  decode tok/s  mean {f(d['mean'])}  p50 {f(d['p50'])}  cv {f(d['cv'])}  ({timed_note(d)})",
-             f"  app tok/s (the app's own blended figure) mean {f(t['app_tok_s']['mean'])}   TTFT p50"
-             f" {f(t['ttft_s']['p50'], '.3f')} s   model load p50 {f(t['load_s']['p50'], '.2f')} s",
+             f"  app tok/s (the app's own blended figure) mean {f(t['app_tok_s']['mean'])}"
+             + (" (llama.cpp prints none per answer: its counters below)" if score.get("app_counters") else "")
+             + f"   TTFT p50 {f(t['ttft_s']['p50'], '.3f')} s   model load p50 {f(t['load_s']['p50'], '.2f')} s",
+             *counters_line(score.get("app_counters"), f), *bench_line(score.get("bench"), f),
              f"  failed answers {fails['failed']}/{fails['measured']}  (crashed {fails['crashed']}, timed out"
              f" {fails['timed_out']}, other errors {fails['error']}) — each counts as quality 0"]
     if q["score"] is None:

@@ -27,12 +27,14 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     run_json = read_json(art / "run" / "run.json", "run")
     rows = summary.measured(read_jsonl(art / "run" / "responses.jsonl"))
     prompts = {p["id"]: p for p in read_jsonl(art / "run" / "prompts.jsonl")}
+    bench_file = art / "run" / "bench.json"  # only when the run stage ran llama-bench (runtime=bench, llama-cpp)
+    bench = read_json(bench_file, "run") if bench_file.exists() else None
     if not rows:
         raise StageError(f"{art / 'run' / 'responses.jsonl'}: no measured rows — re-run the run stage")
     try:
         score, prompt_rows, families, scores = score_run(cfg, rows, prompts,
                                                          read_jsonl(art / "run" / "telemetry.jsonl"), fetch, push,
-                                                         run_json)
+                                                         run_json, bench)
     except ScoreError as e:
         raise StageError(str(e)) from None
     if score["run_status"] != "complete":
@@ -47,7 +49,8 @@ def run(cfg: Config, workdir: Path, ctx: RunContext | None = None) -> Path:
     write_jsonl(quality_file, scores)
     _track(cfg, ctx, score, prompt_rows, run_json, fetch, push,
            artifacts=[met / "headline.json", met / "score.json", met / "prompts.csv", *pngs, art / "fetch.json",
-                      art / "push.json", art / "run" / "run.json", art / "run" / "responses.jsonl", quality_file])
+                      art / "push.json", art / "run" / "run.json", art / "run" / "responses.jsonl", quality_file,
+                      bench_file])
     print("\n".join(summary_lines(score)))
     return met / "score.json"
 

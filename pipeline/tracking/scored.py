@@ -14,7 +14,7 @@ from pipeline.score.headline import headline_metrics
 from pipeline.tracking.runs import iso_to_ms, log_run, mark_superseded
 from pipeline.tracking.store import experiment_ui_path, resolve_tracking_uri
 from pipeline.tracking.sweeps import sweep_parent
-from pipeline.tracking.tags import provenance_tags
+from pipeline.tracking.tags import bench_tags, provenance_tags
 from pipeline.tracking.views import flat_metrics, run_description
 from pipeline.workspace import shared_root
 
@@ -37,6 +37,7 @@ def log_scored_run(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[
     tags: dict[str, Any] = provenance_tags(run_json, fetch, push, root=root, sweep_id=sweep_id,
                                                    dvc_exp_name=ctx.dvc_exp_name)
     tags["throughput_source"] = run_json.get("throughput_source", "unknown")
+    tags.update(bench_tags(score))  # llama-bench's build and, when it failed, why (its numbers are then missing)
     tags.update({f"odeval.identity.{k}": v for k, v in ((run_json.get("identity") or {}).get("parts") or {}).items()})
     previous = run_json.get("previous_run") or None
     if previous:

@@ -70,3 +70,17 @@ def provenance_tags(
         "dvc.exp_name": _first(dvc_exp_name),
         "sweep_id": _first(sweep_id, _get(run_json, "sweep_id")),
     }
+
+
+def bench_tags(score: Mapping[str, Any]) -> dict[str, str]:
+    """The llama-bench facts that are text, not metrics: the llama.cpp build it ran and, when it failed, why —
+    the report shows them beside the numbers (``bench.*`` metrics), which a failed benchmark does not have."""
+    from pipeline.score.llama_cpp import build_label
+
+    bench = score.get("bench")
+    if not isinstance(bench, Mapping):
+        return {}
+    tags = {"bench.build": build_label(bench)}
+    if bench.get("error"):
+        tags["bench.error"] = str(bench["error"])
+    return tags
