@@ -35,7 +35,8 @@ class BuildError(Exception):
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
+    """``name`` on PATH, else beside this Python (the venv's ``bin/``, where ``pip install cmake ninja`` puts it)."""
+    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
     if path is None:
         raise BuildError(f"{name} not found on PATH: install it (`apt-get install cmake ninja-build`, or "
                          f"`pip install cmake ninja` in the venv) and fetch again")

@@ -17,7 +17,8 @@ def context_record(cfg: Config) -> dict:
     """What a KV wrap would do with this app, and how the run avoids it (see pipeline.run.runner.RunOptions)."""
     return {"positions": min(cfg.model.max_seq_len, APP_KV_POSITIONS),
             "app_at_wrap": "clears its KV cache (reference app)" if cfg.app.virtual_only
-            else "overwrites the oldest positions (simple_app's ring)",
+            else "never wraps: a context of model.max_seq_len, one prompt per process (llama.cpp)"
+            if cfg.app.protocol == "llama-cpp" else "overwrites the oldest positions (simple_app's ring)",
             "policy": "shared session: a fresh app process before a prompt that could wrap (rows: context_reset)"
             if cfg.session.mode == "shared" else "fresh session: one process per prompt, within the budget"}
 
@@ -35,7 +36,8 @@ def provenance(cfg: Config, fetch: dict, push: dict, identity: RunIdentity) -> d
         else "phone",
         "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "app": {k: fetch["app"].get(k) for k in pick}
-        | {"name": cfg.app.name, "template": cfg.app.template, "remote_dir": push["app"]["remote_dir"]},
+        | {"name": cfg.app.name, "protocol": cfg.app.protocol, "template": cfg.app.template,
+           "remote_dir": push["app"]["remote_dir"]},
         "model": {k: fetch["model"].get(k) for k in pick}
         | {"name": cfg.model.name, "quant": cfg.model.quant, "remote_dir": push["model"]["remote_dir"],
            "standin_model": cfg.device.virtual.standin_model if kind == "virtual" else None},

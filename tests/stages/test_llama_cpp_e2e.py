@@ -52,6 +52,14 @@ def test_llama_cpp_answers_are_timed_and_agree_with_its_own_counters(virtual_dev
     assert bench["repeats"] == 2 and bench["threads"] == 1 and "model_filename" not in json.dumps(bench["raw"])
     score = json.loads((workdir / "metrics" / "score.json").read_text())
     assert score["device_kind"] == "virtual" and score["failures"]["failed"] == 0
+    counters = score["app_counters"]
+    assert counters["prompt_tokens_agree"] == 1.0 and counters["n_decode_pairs"] == len(timed)
+    assert counters["host_vs_app_decode"] == pytest.approx(
+        sum(r["decode_tok_s"] for r in timed) / sum(r["app_counters"]["eval_tokens"] / r["app_counters"]["eval_ms"]
+                                                     * 1000 for r in timed))
+    assert score["bench"]["pp_tok_s"] == bench["pp"]["mean_tok_s"] and score["bench"]["tg_tok_s_sd"] is not None
+    headline = json.loads((workdir / "metrics" / "headline.json").read_text())
+    assert headline["bench_tg_tok_s"] > 0 and headline["bench_pp_tok_s"] > 0
 
 
 def test_session_shared_is_refused_at_config_time(virtual_device, workdir):
