@@ -454,6 +454,11 @@ def _check_llama_cpp(p: list[str], cfg: Config) -> None:
     for key in ("bench_pp", "bench_tg"):
         if getattr(cfg.runtime, key) < 1:
             p.append(f"runtime.{key}={getattr(cfg.runtime, key)}: must be ≥ 1")
+    m = cfg.model
+    if m.source == "builtin" or (m.source == "package" and m.variant != "gguf"):
+        p.append(f"model={m.name} with app=llama-cpp: llama.cpp runs a GGUF file and this model is "
+                 f"{'built by odeval as safetensors' if m.source == 'builtin' else f'converted ({m.variant})'} — use "
+                 "model=smollm2-q4 (the GGUF as shipped), or a hub/local model dir holding one .gguf")
     if a.source == "build" and cfg.device.kind == "adb":
         p.append("app=llama-cpp with app.source=build and device.kind=adb: the build is for this host (the virtual"
                  " device) — for a phone set app.source=local app.path=DIR (an Android arm64 build; README)")

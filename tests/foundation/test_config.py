@@ -71,7 +71,7 @@ def test_secret_check_does_not_flag_token_counts_or_ids():
 def test_every_group_option_has_a_matching_name_key():
     """params.yaml records values, not choices: the `name:` key is how dvc exp show / MLflow tell options apart."""
     for f in CONF_DIR.glob("*/*.yaml"):
-        if f.parent.name in ("experiment", "diag", "hydra", "local"):  # diag: @package _global_ presets
+        if f.parent.name in ("experiment", "diag", "compare", "hydra", "local"):  # diag, compare: _global_ presets
             continue
         data = yaml.safe_load(f.read_text())
         assert data.get("name") == f.stem, f"{f}: name must be {f.stem!r}"
@@ -85,6 +85,7 @@ COMPANIONS = {
     ("model", "mobilequant-w4a8-8gen3"): ["device=adb", "app=simple-app-8gen3"],  # QNN: a Snapdragon HTP only
     ("model", "mobilequant-w8a8-8gen3"): ["device=adb", "app=simple-app-8gen3"],
     ("prompts", "custom"): ["prompts.path=my.jsonl"],            # your own file
+    ("app", "llama-cpp"): ["model=smollm2-q4"],                  # llama.cpp runs a GGUF; the default model is not one
 }
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "local"))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -92,8 +93,9 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.ya
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_and_preset_composes_and_validates(group, option):
-    if group == "diag":  # not in the root defaults list: the diagnose-offtopic sweep adds it (+diag=...)
-        cfg = to_config(compose(["experiment=diagnose-offtopic", f"+diag={option}"]))
+    if group in ("diag", "compare"):  # not in the root defaults list: their sweeps add them (+diag=..., +compare=...)
+        preset = {"diag": "diagnose-offtopic", "compare": "runtime-compare"}[group]
+        cfg = to_config(compose([f"experiment={preset}", f"+{group}={option}"]))
         return
     cfg = to_config(compose([f"{group}={option}", *COMPANIONS.get((group, option), [])]))
     if group != "experiment":

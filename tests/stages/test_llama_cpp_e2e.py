@@ -83,3 +83,28 @@ def test_a_build_for_another_cpu_is_refused_before_the_first_prompt(virtual_devi
     with pytest.raises(StageError, match=r"llama-completion is built for x86-64 but the device is arm64-v8a"):
         run_stages(cfg, workdir, "run")
     assert not (workdir / "artifacts" / "run" / "responses.jsonl").exists() or not rows(workdir)
+
+
+def test_kill_9_mid_run_resumes_and_leaves_no_llama_process(virtual_device, workdir, stage_cache, smollm2,
+                                                            llama_build):
+    import os
+    import signal
+
+    from tests.helpers.pipeline import run_stage_in_background, wait_rows
+
+    smollm2("gguf")
+    cfg = stage_config(virtual_device, workdir, "app=llama-cpp", "model=smollm2-q4", "prompts.limit=5",
+                       "tracking=none", "app.threads=1", cache=stage_cache)
+    run_stages(cfg, workdir, "fetch", "push")
+    proc = run_stage_in_background(cfg, workdir)
+    wait_rows(workdir / "artifacts" / "run" / "responses.jsonl", 2, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    before = rows(workdir)
+    assert 2 <= len(before) < 5
+    run_stages(cfg, workdir, "run")
+    after = rows(workdir)
+    assert len(after) == 5 and after[: len(before)] == before and all(r["app_counters"] for r in after)
+    assert json.loads((workdir / "artifacts" / "run" / "run.json").read_text())["status"] == "complete"
+    left = virtual_device.adb("shell", "pidof llama-completion").stdout.strip()
+    assert left == b"", left
