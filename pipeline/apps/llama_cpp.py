@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.apps.channel import STDERR, STDOUT, Channel
-from pipeline.apps.simple_app import AppExited, AppStartTimeout, _tail, check_prompt_line, env_exports
+from pipeline.apps.simple_app import AppExited, AppStartTimeout, check_prompt_line, env_exports, tail_text
 from pipeline.apps.simple_app_output import (
     PID_PREFIX,
     PID_RE,
@@ -154,13 +154,13 @@ class LlamaCliSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AppStartTimeout(f"llama-completion showed no '> ' within load_timeout_s={self.load_timeout_s}s;"
-                                      f" stderr {_tail(self.stderr, 300)!r}; raise runtime.load_timeout_s")
+                                      f" stderr {tail_text(self.stderr, 300)!r}; raise runtime.load_timeout_s")
             try:
                 item = self._read(min(remaining, 0.5))
             except EOFError:
                 code = self.channel.exit_code
                 raise AppExited(f"llama-completion exited before its prompt (exit code {code}): "
-                                f"{_tail(self.stderr, 400).strip()}", code, _tail(self.stderr)) from None
+                                f"{tail_text(self.stderr, 400).strip()}", code, tail_text(self.stderr)) from None
             if item is not None and item[0] == STDOUT:
                 self._feed_loading(item[1])
         return time.monotonic() - t0
@@ -223,7 +223,7 @@ class LlamaCliSession:
         crashed = not complete and not timed_out and not cut
         if crashed:
             error = (f"llama-completion ended without finishing the answer (exit code {exit_code})"
-                     + (f"; stderr: {_tail(self.stderr, 600).strip()}" if self.stderr else ""))
+                     + (f"; stderr: {tail_text(self.stderr, 600).strip()}" if self.stderr else ""))
         elif complete and exit_code not in (0, None):
             error = f"llama-completion exited with code {exit_code} after the answer"
         response, replaced = decode_counting(body, final=complete)

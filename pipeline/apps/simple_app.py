@@ -102,7 +102,8 @@ def model_type_of(model_dir: str) -> str:
     return "gemma" if "gemma" in model_dir else "llama"
 
 
-def _tail(data: bytes | bytearray, n: int = STDERR_TAIL_BYTES) -> str:
+def tail_text(data: bytes | bytearray, n: int = STDERR_TAIL_BYTES) -> str:
+    """The last ``n`` bytes as text (an app's stderr for an error line; cut UTF-8 replaced, never raised)."""
     return bytes(data[-n:]).decode("utf-8", "replace")
 
 
@@ -150,14 +151,14 @@ class AppSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AppStartTimeout(f"simple_app showed no '>>> ' within load_timeout_s={self.load_timeout_s}s; "
-                                      f"stdout so far {_tail(self.parser.pending, 200)!r}; raise load_timeout_s")
+                                      f"stdout so far {tail_text(self.parser.pending, 200)!r}; raise load_timeout_s")
             try:
                 item = self._read(min(remaining, 0.5))
             except EOFError:
                 code = self.channel.exit_code
                 raise AppExited(f"simple_app exited before its prompt (exit code {code}): "
-                                f"{_tail(self.stderr, 300).strip() or _tail(self.parser.pending, 300).strip()}",
-                                code, _tail(self.stderr)) from None
+                                f"{tail_text(self.stderr, 300).strip() or tail_text(self.parser.pending, 300).strip()}",
+                                code, tail_text(self.stderr)) from None
             if item is not None and item[0] == STDOUT:
                 for ev in self.parser.feed(item[1], time.monotonic()):
                     if isinstance(ev, Ready):
@@ -216,7 +217,7 @@ class AppSession:
             crashed = False  # the answer finished; the app died afterwards (only matters for the next prompt)
             error = f"app exited after the answer without a prompt (exit code {exit_code})"
         elif crashed:
-            stderr = _tail(self.stderr).strip()
+            stderr = tail_text(self.stderr).strip()
             error = (error + "; " if error else "") + f"app output ended before the tok/s line (exit code {exit_code})"
             error += f"; stderr: {stderr}" if stderr else ""
         n_out = count_tokens(answer.response)

@@ -170,22 +170,9 @@ def ensure_built(progress: bool = True, jobs: int | None = None) -> Path:
 def app_dir(out: Path, progress: bool = True) -> Path:
     """The app dir the fetch stage records for ``app.source=build``: the two binaries (hard links into the build)
     and ``build.json`` (the key: sdist sha256, flags, compilers, CPU), so the manifest names what was built."""
-    build = ensure_built(progress)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (*lc.BINARIES, "build.json"):
-        src, dst = build / name, out / name
-        if dst.is_file() and os.path.samefile(src, dst):
-            continue
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    for stale in set(p.name for p in out.iterdir()) - {*lc.BINARIES, "build.json"}:
-        (out / stale).unlink()
-    return out
+    from pipeline.models.package_model import mirror_dir
+
+    return mirror_dir(ensure_built(progress), out)
 
 
 def main(argv: list[str] | None = None) -> int:

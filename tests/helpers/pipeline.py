@@ -83,3 +83,15 @@ def wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 150) 
             break
         time.sleep(0.02)
     pytest.fail(f"never reached {n} rows in {path} (exit {proc.poll()}): {proc.stderr.read() if proc.stderr else ''}")
+
+
+def kill_9_after(cfg: Config, work: Path, n: int) -> list[dict]:
+    """Run the run stage as its own process, SIGKILL it once ``n`` rows are on disk; the rows it left."""
+    import os
+    import signal
+
+    proc = run_stage_in_background(cfg, work)
+    wait_rows(work / "artifacts" / "run" / "responses.jsonl", n, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    return rows(work)

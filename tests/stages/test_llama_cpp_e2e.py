@@ -87,20 +87,13 @@ def test_a_build_for_another_cpu_is_refused_before_the_first_prompt(virtual_devi
 
 def test_kill_9_mid_run_resumes_and_leaves_no_llama_process(virtual_device, workdir, stage_cache, smollm2,
                                                             llama_build):
-    import os
-    import signal
-
-    from tests.helpers.pipeline import run_stage_in_background, wait_rows
+    from tests.helpers.pipeline import kill_9_after
 
     smollm2("gguf")
     cfg = stage_config(virtual_device, workdir, "app=llama-cpp", "model=smollm2-q4", "prompts.limit=5",
                        "tracking=none", "app.threads=1", cache=stage_cache)
     run_stages(cfg, workdir, "fetch", "push")
-    proc = run_stage_in_background(cfg, workdir)
-    wait_rows(workdir / "artifacts" / "run" / "responses.jsonl", 2, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    before = rows(workdir)
+    before = kill_9_after(cfg, workdir, 2)
     assert 2 <= len(before) < 5
     run_stages(cfg, workdir, "run")
     after = rows(workdir)

@@ -6,13 +6,11 @@ Real virtual device, real adb, real reference app (tiny-fp).
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.pipeline import REPO, rows, run_stage_in_background, run_stages, stage_config, wait_rows
+from tests.helpers.pipeline import REPO, kill_9_after, rows, run_stages, stage_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,11 +81,7 @@ def test_a_config_change_starts_afresh_says_which_key_and_mlflow_shows_the_new_r
 def test_kill_9_mid_run_resumes_with_the_finished_rows_kept(virtual_device, workdir, stage_cache):
     cfg = stage_config(virtual_device, workdir, "prompts.limit=6", "tracking=none", cache=stage_cache)
     run_stages(cfg, workdir, "fetch", "push")
-    proc = run_stage_in_background(cfg, workdir)
-    wait_rows(workdir / "artifacts" / "run" / "responses.jsonl", 2, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    before = rows(workdir)
+    before = kill_9_after(cfg, workdir, 2)
     assert 2 <= len(before) < 6
     run_stages(cfg, workdir, "run")
     after = rows(workdir)
