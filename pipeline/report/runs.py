@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,12 +126,27 @@ def select_runs(tracking_uri: str, *, experiment: str | None = None, sweep: str 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ReportError(f"cannot read MLflow store {tracking_uri}: {first} — check --tracking-uri") from exc
     # a superseded run holds results its directory replaced (new code/config/prompts): never compared as current
-    records = [_to_record(r) for r in runs
-               if r.data.tags.get(ROLE_TAG) != PARENT_ROLE and not r.data.tags.get(SUPERSEDED_BY_TAG)]
+    current = [r for r in runs if r.data.tags.get(ROLE_TAG) != PARENT_ROLE and not r.data.tags.get(SUPERSEDED_BY_TAG)]
+    records = newest_per_config([_to_record(r) for r in current])
     if load_artifacts:
         for rec in records:
             load_run_artifacts(client, rec)
     return records
+
+
+def newest_per_config(records: list[RunRecord]) -> list[RunRecord]:
+    """One run per configuration (identical params): the newest. WHY: a sweep run again after its job dirs were
+    deleted (or a preset re-run) logs new runs beside the old ones, which nothing superseded; comparing both would
+    list every job twice. The set-aside runs are named on stderr."""
+    newest: dict[tuple[tuple[str, str], ...], RunRecord] = {}
+    for rec in sorted(records, key=lambda r: r.start_time):
+        newest[tuple(sorted(rec.params.items()))] = rec
+    kept = {r.run_id for r in newest.values()}
+    older = [r.run_id[:8] for r in records if r.run_id not in kept]
+    if older:
+        print(f"report: {len(older)} older run(s) of a configuration that has a newer run set aside: "
+              f"{', '.join(older)}", file=sys.stderr)
+    return [r for r in records if r.run_id in kept]
 
 
 def _find_artifact(client: Any, run_id: str, name: str) -> str | None:

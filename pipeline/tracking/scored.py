@@ -42,8 +42,8 @@ def log_scored_run(cfg: Config, ctx: RunContext, score: dict, prompt_rows: list[
     previous = run_json.get("previous_run") or None
     if previous:
         tags["odeval.replaces"] = previous.get("why") or "an earlier run of this directory"
-    name = ":".join([cfg.tag, cfg.model.name, cfg.app.template, cfg.session.mode, cfg.prompts.name, cfg.sequence.name,
-                     str(run_json["device"].get("kind"))])
+    name = ":".join([cfg.tag, cfg.model.name, cfg.app.name, cfg.app.template, cfg.session.mode, cfg.prompts.name,
+                     cfg.sequence.name, str(run_json["device"].get("kind"))])
     parent_run_id = sweep_parent(uri, cfg.tracking.experiment, sweep_id, root / ".odeval" / "locks") if sweep_id \
         else None
     flat = flat_metrics(score)
