@@ -154,12 +154,15 @@ def bench_line(block: Mapping[str, Any] | None, f: Fmt) -> list[str]:
 
     threads = block.get("threads")
     return [f"{head} {test('pp')}  {test('tg')}  ({f(block.get('repeats'), '.0f')} repeats, delay"
-            f" {f(block.get('delay_s'), 'g')} s, {'default' if threads is None else format(threads, '.0f')} threads,"
+            f" {f(block.get('delay_s'), 'g')} s, threads {'default' if threads is None else format(threads, '.0f')},"
             f" build {build_label(block)})" + (f"  — {block['error']}" if block.get("error") else "")]
 
 
 def build_label(block: Mapping[str, Any]) -> str:
-    """llama.cpp's build as llama-bench reports it: 'b<number> (<commit>)', or 'unknown'."""
+    """llama.cpp's build as llama-bench reports it: 'b<number> (<commit>)'; a build from a source archive (no git:
+    number 0, commit 'unknown', as the virtual device's) is 'not stamped' — the app manifest names its source."""
     number, commit = block.get("build_number"), block.get("build_commit")
+    number = number or None
+    commit = None if commit in (None, "", "unknown") else commit
     parts = [f"b{number:.0f}" if number is not None else "", f"({commit})" if commit else ""]
-    return " ".join(p for p in parts if p) or "unknown"
+    return " ".join(p for p in parts if p) or "not stamped (built from a source archive: see the app manifest)"

@@ -110,7 +110,7 @@ def test_terminal_lines_name_each_view_of_speed():
     assert "(within 10%)" in line and "prompt tokens agree on 50% of answers" in line
     bench = next(x for x in text.splitlines() if "llama-bench" in x)
     assert "synthetic" in bench and "pp512 310.00 ± 10.00 tok/s" in bench and "tg128 46.00 ± 1.00 tok/s" in bench
-    assert "3 repeats, delay 0.5 s, 2 threads, build b4567 (a1b2c3d)" in bench
+    assert "3 repeats, delay 0.5 s, threads 2, build b4567 (a1b2c3d)" in bench
     assert "llama.cpp prints none per answer" in text
 
 
@@ -122,3 +122,10 @@ def test_terminal_lines_say_when_the_views_disagree_or_are_missing():
     assert "llama-bench (synthetic benchmark, not the prompt set): not measured — no model" in text
     plain = "\n".join(summary_lines(_score()))
     assert "llama.cpp" not in plain and "llama-bench" not in plain
+
+
+def test_a_build_from_a_source_archive_is_not_stamped_and_says_so():
+    from pipeline.score.llama_cpp import build_label
+
+    assert build_label({"build_number": 0, "build_commit": "unknown"}).startswith("not stamped")
+    assert build_label({"build_number": 4567, "build_commit": "a1b2c3d"}) == "b4567 (a1b2c3d)"
