@@ -330,8 +330,9 @@ class Session:
             if posixpath.basename(path) not in NATIVE_NAMES:
                 log.warning("refused: exec of %r (only a file named %s or a registered build starts an app; no "
                             "host binaries)", path, APP_BASENAME)
-            ctx.err(to_bytes(f"sh: {path}: cannot execute - the virtual device runs no host binaries but "
-                             "this machine's registered llama.cpp build\n"))
+            ctx.err(to_bytes(f"sh: {path}: cannot execute - the virtual device runs no host binaries but this "
+                             "machine's registered llama.cpp build, and these bytes are not it (re-run the fetch "
+                             "stage: it builds and pushes that build)\n"))
             return 126
         return run_app(self, argv, assigns, ctx, exec_mode, program)
 

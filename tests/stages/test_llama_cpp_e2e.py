@@ -11,7 +11,7 @@ import pytest
 from pipeline.stages import StageError
 from tests.helpers.pipeline import rows, run_stages, stage_config
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(600, func_only=True)  # the first llama_build of a machine (~5.5 min) is setup
 
 
 def test_llama_cpp_answers_are_timed_and_agree_with_its_own_counters(virtual_device, workdir, stage_cache,

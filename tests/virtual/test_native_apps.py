@@ -16,6 +16,7 @@ import pytest
 from tests.helpers.device import VirtualDevice
 
 DIR = "/data/local/tmp/native"
+pytestmark = pytest.mark.timeout(300, func_only=True)  # the first llama_build of a machine (~5.5 min) is setup
 
 
 def shell(vd: VirtualDevice, cmd: str, stdin: bytes = b"", timeout: float = 120):
