@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	# without a compiler it says so and the numpy engine runs)
 	$(PY) -m pipeline.guest.native_build
 	# app=llama-cpp builds llama.cpp once per machine with CMake + Ninja (docs/llama-cpp.md): from PyPI when the
-	# system has none (the tests build it too, ~5.5 min the first time on 2 cores)
+	# system has none (the tests build it too, 3.5–5.5 min the first time on 2 cores)
 	command -v cmake >/dev/null && command -v ninja >/dev/null || $(PY) -m pip install -q cmake ninja
 	touch $@
 

@@ -4,7 +4,7 @@ The fetch stage calls :func:`ensure_built` for ``app.source=build`` (``app=llama
 copies the two binaries into the app dir it records; ``python -m pipeline.fetch.llama_build`` does the same by hand.
 Steps: ``pip download`` the sdist (PyPI, no dependencies) and check its pinned sha256; unpack its vendored
 ``llama.cpp``; CMake + Ninja for the two targets, with a progress bar fed by Ninja's ``[step/total]`` lines (about
-6 minutes on 2 cores; once per machine: a second fetch finds the build by its key and builds nothing). The work
+3.5–5.5 minutes on 2 cores; once per machine: a second fetch finds the build by its key and builds nothing). The work
 dir is kept on failure so a retry resumes the compile; the finished build appears atomically (temp dir + rename),
 under a file lock, so two fetches never build twice or see half a build.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline import llama_cpp as lc
 
-EXPECTED_S = 360.0  # a cold build on a 2-core host (docs/llama-cpp.md has the measured time)
+EXPECTED = "3.5–5.5 min on 2 cores"  # measured cold builds (docs/llama-cpp.md)
 _STEP = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
@@ -108,8 +108,8 @@ class _Bar:
 def _compile(src: Path, build: Path, jobs: int, progress: bool) -> None:
     cmake, ninja = _tool("cmake"), _tool("ninja")
     if progress:
-        sys.stderr.write(f"building llama.cpp {lc.VERSION} for this machine (once; ~{EXPECTED_S / 60:.0f} min on "
-                         "2 cores) ...\n")
+        sys.stderr.write(f"building llama.cpp {lc.VERSION} for this machine (once; {EXPECTED}) ..."
+                         "\n")
     r = subprocess.run([cmake, "-S", str(src), "-B", str(build), "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",
                         *lc.CMAKE_FLAGS], capture_output=True, text=True)
     if r.returncode:
