@@ -78,3 +78,25 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def mirror_dir(src: Path, out: Path) -> Path:
+    """Make ``out`` hold exactly ``src``'s files (hard links, else copies), each replaced atomically; files that
+    are already the same inode are left alone (mtimes stay, so host hash caches stay warm)."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = {f.name for f in src.iterdir() if f.is_file()}
+    for stale in out.iterdir():
+        if stale.name not in names and stale.is_file():
+            stale.unlink()
+    for n in sorted(names):
+        s, d = src / n, out / n
+        if d.exists() and os.path.samefile(s, d):
+            continue
+        tmp = out / f".{n}.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(s, tmp)
+        except OSError:
+            shutil.copyfile(s, tmp)
+        os.replace(tmp, d)
+    return out

