@@ -48,8 +48,14 @@ def test_two_by_two_multirun_parent_children_report_and_rest(virtual_device, tmp
     # the terminal says where the jobs are and which was best
     assert f"job directories: {sweep_dir}/job<N> (job0 … job3)" in r.stderr, r.stderr[-2000:]
     for name in ("quality", "decode_tok_s"):  # jobs that tie (tiny models can) are said to tie, not ranked
-        said = "in every job" if pm[f"{name}.best"] == pm[f"{name}.worst"] else "best "
         line = next((x for x in r.stderr.splitlines() if x.startswith(f"  {name}: ")), "")
+        if name == "decode_tok_s" and f"{name}.best" not in pm:
+            # the tiny models' answers can all be too short or too fast to time (decode null in every job): then
+            # no job is ranked on it, on the terminal or the parent
+            measured = [v for c in children if (v := c.data.metrics.get(name)) is not None and v == v]  # not NaN
+            assert line == "" and not measured, r.stderr[-2000:]
+            continue
+        said = "in every job" if pm[f"{name}.best"] == pm[f"{name}.worst"] else "best "
         assert said in line and ("worst " in line) == (said == "best "), r.stderr[-2000:]
     assert {(c.data.params["model.name"], c.data.params["prompts.name"]) for c in children} == {
         ("tiny-fp", "qa"), ("tiny-fp", "smoke"), ("tiny-w4", "qa"), ("tiny-w4", "smoke")}
