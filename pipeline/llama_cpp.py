@@ -97,10 +97,12 @@ def file_sha256(path: Path) -> str:
     return _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
-def registered() -> dict[str, tuple[Path, str]]:
+def registered(build_dir: Path | None = None) -> dict[str, tuple[Path, str]]:
     """What the virtual device may run on the host: file name → (the build's own binary, its sha256); empty when
-    llama.cpp is not built here. Host-side only: nothing the device can write takes part in this lookup."""
-    d, _why = find()
-    if d is None:
+    llama.cpp is not built here. ``build_dir``: the key dir the daemon computed at start (the compilers' identity
+    takes subprocesses; the per-stream check is then two stats). Host-side only: nothing the device can write
+    takes part in this lookup."""
+    d = build_dir if build_dir is not None else find()[0]
+    if d is None or not all((d / b).is_file() for b in BINARIES):
         return {}
     return {b: (d / b, file_sha256(d / b)) for b in BINARIES}

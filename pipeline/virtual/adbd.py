@@ -434,7 +434,7 @@ class Connection:
     def _run_service(self, handler: Callable[[Stream, str], None], stream: Stream, service: str) -> None:
         try:
             self.daemon.enter_device_domain()  # before anything the stream asks for: the kernel bounds it
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - whatever failed, the stream is not served unconfined
             log.error("refused: stream %r not served, its thread could not be confined (%s)", service, e)
             stream.close()
             return

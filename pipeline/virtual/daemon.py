@@ -55,6 +55,7 @@ class Daemon:
         self._sync_service = sync_service
         self.broker = HostBroker().start()  # unconfined: started before any thread enters the device domain
         self._native: dict[str, tuple[Path, str]] = {}
+        self._llama_dir = self._llama_key_dir()
         self._register()  # the host builds a pushed file may stand for (pipeline/virtual/native_apps.py)
         self.faults = FaultSource(self.root, options, read=lambda p: self.broker.call(Path.read_text, p))
         self.faults.get()  # validate early: a bad option fails at start, not at first use
@@ -81,13 +82,23 @@ class Daemon:
         the daemon started is found, and a rebuilt one replaces the old."""
         return self.broker.call(native_kernel.find)
 
+    def _llama_key_dir(self) -> Path | None:
+        """Where this machine's llama.cpp build lives (its key: compilers, CPU, pinned source), computed once."""
+        try:
+            return self.broker.call(lambda: llama_cpp.key_dir(llama_cpp.build_key()))
+        except Exception as e:  # noqa: BLE001 - no compiler, no build: nothing is registered, the device still serves
+            log.info("no llama.cpp build can be registered: %s", e)
+            return None
+
     def _register(self) -> dict[str, tuple[Path, str]]:
         """This machine's llama.cpp build, looked up host-side by the unconfined broker (never from device input):
         at start and when each stream starts (:meth:`host_reads`), so a build made after the daemon started is
         registered for the streams opened after it (a Landlock domain cannot be widened later)."""
+        if self._llama_dir is None:
+            return {}
         try:
-            found = self.broker.call(llama_cpp.registered)
-        except OSError as e:
+            found = self.broker.call(llama_cpp.registered, self._llama_dir)
+        except Exception as e:  # noqa: BLE001 - a failed lookup registers nothing; it must never end a stream
             log.warning("llama.cpp build not registered: %s", e)
             found = {}
         if found != self._native:
