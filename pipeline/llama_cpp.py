@@ -92,17 +92,16 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime): the daemon compares a pushed file with it per app start."""
+    """sha256 of a file, memoised by (path, size, mtime): the daemon checks the registered build on every stream."""
     st = os.stat(path)
     return _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
-def registered(build_dir: Path | None = None) -> dict[str, tuple[Path, str]]:
+def registered(build_dir: Path) -> dict[str, tuple[Path, str]]:
     """What the virtual device may run on the host: file name → (the build's own binary, its sha256); empty when
     llama.cpp is not built here. ``build_dir``: the key dir the daemon computed at start (the compilers' identity
     takes subprocesses; the per-stream check is then two stats). Host-side only: nothing the device can write
     takes part in this lookup."""
-    d = build_dir if build_dir is not None else find()[0]
-    if d is None or not all((d / b).is_file() for b in BINARIES):
+    if not all((build_dir / b).is_file() for b in BINARIES):
         return {}
-    return {b: (d / b, file_sha256(d / b)) for b in BINARIES}
+    return {b: (build_dir / b, file_sha256(build_dir / b)) for b in BINARIES}

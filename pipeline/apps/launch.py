@@ -6,7 +6,6 @@ remote command line, the pid line, `kill -9` over a second shell), not configura
 
 from __future__ import annotations
 
-import posixpath
 import shlex
 import sys
 import time
@@ -72,7 +71,7 @@ def launch_command(cfg: Any, app_dir: str, model_dir: str, model_files: list[Map
     if a.protocol == "llama-cpp":
         from pipeline.apps.llama_cpp import LlamaCliSession, gguf_file, llama_command
 
-        model = posixpath.join(model_dir, gguf_file(model_files, f"model={cfg.model.name}"))
+        model = gguf_file(model_dir, model_files, f"model={cfg.model.name}")
         n_ctx = min(cfg.model.max_seq_len, APP_KV_POSITIONS + 1)
         return (lambda n: llama_command(app_dir, model, a.binary, env, template=a.template,
                                         n_predict=max_new_tokens + n, n_ctx=n_ctx, threads=a.threads)), \

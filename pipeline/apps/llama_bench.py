@@ -91,14 +91,13 @@ def device_bench(cfg: Any, dev: Any, app_dir: str, model_dir: str, model_files: 
                  ) -> dict[str, Any]:
     """bench.json for ``runtime=bench`` with ``app.bench_binary``: sizes from ``runtime.bench_pp``/``bench_tg``,
     ``runtime.repeats``, its warm-up when ``runtime.warmup`` > 0, ``runtime.cooldown_s`` as ``--delay``."""
-    import posixpath
 
     from pipeline.apps.launch import app_env
     from pipeline.apps.llama_cpp import gguf_file
 
     a, rt = cfg.app, cfg.runtime
     env = app_env(a.env, app_dir, virtual_only=False, template=a.template, past_end_token=None)
-    model = posixpath.join(model_dir, gguf_file(model_files, f"model={cfg.model.name}"))
+    model = gguf_file(model_dir, model_files, f"model={cfg.model.name}")
     argv = bench_command(app_dir, model, a.bench_binary, env, pp=rt.bench_pp, tg=rt.bench_tg, repeats=rt.repeats,
                          warmup=rt.warmup > 0, delay_s=rt.cooldown_s, threads=a.threads)
     timeout = rt.load_timeout_s + rt.prompt_timeout_s * (rt.repeats + 1) * 2 + rt.cooldown_s * 4

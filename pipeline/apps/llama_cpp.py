@@ -25,15 +25,23 @@ text token (fewer). An answer whose stop token is exactly the budget's last toke
 from __future__ import annotations
 
 import base64
+import posixpath
 import re
 import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from pipeline.apps.channel import STDERR, STDOUT, Channel
-from pipeline.apps.simple_app import AppExited, AppStartTimeout, check_prompt_line, env_exports, tail_text
+from pipeline.apps.channel import STDOUT
+from pipeline.apps.simple_app import (
+    AppExited,
+    AppStartTimeout,
+    ChannelSession,
+    check_prompt_line,
+    env_exports,
+    tail_text,
+)
 from pipeline.apps.simple_app_output import (
     PID_PREFIX,
     PID_RE,
@@ -67,14 +75,14 @@ def check_llama_line(line: str) -> None:
                              "it as a control character (end the prompt with another character)")
 
 
-def gguf_file(files: list[Mapping[str, Any]], where: str) -> str:
-    """The one ``.gguf`` file of a model dir (fetch.json's file list), relative to the dir."""
+def gguf_file(model_dir: str, files: list[Mapping[str, Any]], where: str) -> str:
+    """The device path of the one ``.gguf`` file of the model dir ``model_dir`` (``files``: fetch.json's list)."""
     ggufs = sorted(str(f["path"]) for f in files if str(f["path"]).endswith(".gguf"))
     if len(ggufs) != 1:
         raise SimpleAppError(f"{where}: app=llama-cpp needs a model dir with exactly one .gguf file, found "
                              f"{ggufs or 'none'} — use a GGUF model (e.g. model=smollm2-q4) or narrow "
                              "model.allow_patterns to one file")
-    return ggufs[0]
+    return posixpath.join(model_dir, ggufs[0])
 
 
 def llama_command(app_dir: str, model_path: str, binary: str, env: Mapping[str, str], *, template: str,
@@ -112,17 +120,14 @@ def parse_counters(stderr: bytes) -> dict[str, Any] | None:
 
 
 @dataclass
-class LlamaCliSession:
+class LlamaCliSession(ChannelSession):
     """One llama-completion process: wait for its ``> ``, ask one prompt, read to its exit.
 
     The runner's session interface (:class:`pipeline.apps.simple_app.AppSession`): ``wait_ready``, ``ask``,
     ``exit``, ``ready``, ``exited``, ``pid``. After ``ask`` the process has ended (stdin is closed with the line):
     a fresh session's one prompt."""
 
-    channel: Channel
-    load_timeout_s: float
-    stderr: bytearray = field(default_factory=bytearray)
-    exited: bool = False
+    stderr_keep: ClassVar[int] = STDERR_KEEP
     state: str = "loading"
     _pid: int | None = None
     _buf: bytearray = field(default_factory=bytearray)
@@ -134,17 +139,6 @@ class LlamaCliSession:
     @property
     def ready(self) -> bool:
         return not self.exited and self.state == "idle"
-
-    def _read(self, timeout: float) -> tuple[int, bytes] | None:
-        try:
-            item = self.channel.read(timeout)
-        except EOFError:
-            self.exited = True
-            raise
-        if item is not None and item[0] == STDERR:
-            self.stderr += item[1]
-            del self.stderr[:-STDERR_KEEP]
-        return item
 
     def wait_ready(self, t_start: float | None = None) -> float:
         """Read to the ready ``> `` (after the ``odeval-pid`` line); seconds since ``t_start``."""
@@ -244,10 +238,4 @@ class LlamaCliSession:
             self.channel.close_stdin()
         except EOFError:
             pass
-        deadline = time.monotonic() + timeout_s
-        while not self.exited and time.monotonic() < deadline:
-            try:
-                self._read(min(0.5, max(deadline - time.monotonic(), 0.0)))
-            except EOFError:
-                break
-        return self.channel.exit_code if self.exited else None
+        return self._wait_exit(timeout_s)

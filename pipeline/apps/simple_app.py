@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from pipeline.apps.channel import STDERR, STDOUT, Channel
 from pipeline.apps.simple_app_output import (
@@ -108,20 +109,51 @@ def tail_text(data: bytes | bytearray, n: int = STDERR_TAIL_BYTES) -> str:
 
 
 @dataclass
-class AppSession:
+class ChannelSession:
+    """What every app session does with its channel (simple_app's :class:`AppSession`, llama.cpp's
+    ``LlamaCliSession``): read the next chunk, keep a rolling tail of stderr for crash reports, note the stream's
+    end, and wait for the process to exit once its stdin is closed."""
+
+    channel: Channel
+    load_timeout_s: float
+    stderr: bytearray = field(default_factory=bytearray)
+    exited: bool = False
+    stderr_keep: ClassVar[int] = STDERR_TAIL_BYTES
+
+    def _read(self, timeout: float) -> tuple[int, bytes] | None:
+        """One channel read; stderr is kept as a rolling tail, stdout returned; EOF marks the process exited."""
+        try:
+            item = self.channel.read(timeout)
+        except EOFError:
+            self.exited = True
+            raise
+        if item is not None and item[0] == STDERR:
+            self.stderr += item[1]
+            del self.stderr[:-self.stderr_keep]
+        return item
+
+    def _wait_exit(self, timeout_s: float) -> int | None:
+        """Read until the process ends; its exit code, or None if it did not end in time (the caller kills it)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.exited and time.monotonic() < deadline:
+            try:
+                self._read(min(0.5, max(deadline - time.monotonic(), 0.0)))
+            except EOFError:
+                break
+        return self.channel.exit_code if self.exited else None
+
+
+@dataclass
+class AppSession(ChannelSession):
     """One simple_app process driven over a Channel: wait for the banner, ask prompts, exit.
 
     Why a class: the KV position (and so the context) lives in the process; in shared sessions the same
     AppSession answers many prompts. `ready` is true only when the app shows `>>> ` and can take a line.
     """
 
-    channel: Channel
-    load_timeout_s: float
     parser: OutputParser = field(default_factory=OutputParser)
-    stderr: bytearray = field(default_factory=bytearray)
     banner: str | None = None
     model_type: str | None = None
-    exited: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -130,18 +162,6 @@ class AppSession:
     @property
     def ready(self) -> bool:
         return not self.exited and self.parser.state == "idle"
-
-    def _read(self, timeout: float) -> tuple[int, bytes] | None:
-        """One channel read; stderr is kept as a rolling tail (for crash reports), stdout returned."""
-        try:
-            item = self.channel.read(timeout)
-        except EOFError:
-            self.exited = True
-            raise
-        if item is not None and item[0] == STDERR:
-            self.stderr += item[1]
-            del self.stderr[:-STDERR_TAIL_BYTES]
-        return item
 
     def wait_ready(self, t_start: float | None = None) -> float:
         """Read until the banner's `>>> `; return load seconds since `t_start` (default: now)."""
@@ -246,13 +266,7 @@ class AppSession:
             self.channel.close_stdin()
         except EOFError:
             pass
-        deadline = time.monotonic() + timeout_s
-        while not self.exited and time.monotonic() < deadline:
-            try:
-                self._read(min(0.5, max(deadline - time.monotonic(), 0.0)))
-            except EOFError:
-                break
-        return self.channel.exit_code if self.exited else None
+        return self._wait_exit(timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

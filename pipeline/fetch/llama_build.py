@@ -12,7 +12,6 @@ under a file lock, so two fetches never build twice or see half a build.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -52,13 +51,10 @@ def _sdist(work: Path) -> Path:
         if r.returncode or not sdist.is_file():
             raise BuildError(f"pip download {lc.PACKAGE}=={lc.VERSION} failed: {(r.stderr or r.stdout).strip()[-400:]}"
                              " — PyPI must be reachable for the first build")
-    h = hashlib.sha256()
-    with open(sdist, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != lc.SDIST_SHA256:
+    got = lc.file_sha256(sdist)
+    if got != lc.SDIST_SHA256:
         sdist.unlink()
-        raise BuildError(f"{lc.SDIST}: sha256 {h.hexdigest()} is not the pinned {lc.SDIST_SHA256} (pipeline/"
+        raise BuildError(f"{lc.SDIST}: sha256 {got} is not the pinned {lc.SDIST_SHA256} (pipeline/"
                          "llama_cpp.py); the download was replaced or corrupted — fetch again")
     return sdist
 

@@ -54,9 +54,8 @@ class Daemon:
         self._shell_service = shell_service
         self._sync_service = sync_service
         self.broker = HostBroker().start()  # unconfined: started before any thread enters the device domain
-        self._native: dict[str, tuple[Path, str]] = {}
+        self._native: dict[str, tuple[Path, str]] = {}  # the host builds a pushed file may stand for (native_apps.py)
         self._llama_dir = self._llama_key_dir()
-        self._register()  # the host builds a pushed file may stand for (pipeline/virtual/native_apps.py)
         self.faults = FaultSource(self.root, options, read=lambda p: self.broker.call(Path.read_text, p))
         self.faults.get()  # validate early: a bad option fails at start, not at first use
         self.sandbox = Sandbox(storage_dir(self.root), self.faults.get)
@@ -92,8 +91,9 @@ class Daemon:
 
     def _register(self) -> dict[str, tuple[Path, str]]:
         """This machine's llama.cpp build, looked up host-side by the unconfined broker (never from device input):
-        at start and when each stream starts (:meth:`host_reads`), so a build made after the daemon started is
-        registered for the streams opened after it (a Landlock domain cannot be widened later)."""
+        when each stream is confined (:meth:`host_reads`: a build made after the daemon started is readable by the
+        streams opened after it — a Landlock domain cannot be widened later) and at each exec
+        (:meth:`native_program`). Two stats: the key dir was computed at start."""
         if self._llama_dir is None:
             return {}
         try:
@@ -109,7 +109,7 @@ class Daemon:
 
     def native_program(self, name: str, sha256: str) -> Path | None:
         """The registered host binary named ``name`` when ``sha256`` is its build's bytes, else None."""
-        entry = self._native.get(name)
+        entry = self._register().get(name)
         return entry[0] if entry is not None and entry[1] == sha256 else None
 
     def host_reads(self) -> list[str]:

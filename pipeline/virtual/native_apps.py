@@ -1,8 +1,8 @@
 """Native programs on the virtual device: a pushed file runs on the host only as a *registered* build.
 
 The registry is host-side: the daemon's lookup of this machine's llama.cpp build (:func:`pipeline.llama_cpp.
-registered`, in the unconfined broker: at start, and again when a pushed file matches nothing known, so a build made
-after the daemon started is found). When the shell is asked to execute a file whose name is a registered program
+registered`, in the unconfined broker, when each stream starts and at each exec, so a build made after the daemon
+started is found). When the shell is asked to execute a file whose name is a registered program
 (``llama-completion``, ``llama-bench``), the daemon hashes the pushed bytes (in-root, through the device's own
 view) and runs **its own copy** of the build only when the sha256 is the registered build's; any other file —
 a shell script named ``llama-completion``, a patched binary, a symlink to a host file — is refused and logged. So

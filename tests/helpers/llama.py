@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-MACHINE_CACHE = Path(os.environ.get("ODEVAL_CACHE") or Path.home() / ".cache" / "odeval").expanduser()
+from pipeline.workspace import cache_home
+
+MACHINE_CACHE = cache_home()  # read when the plugin loads: before the session's hermetic ODEVAL_CACHE is set
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,7 @@ def test_lines_llama_completion_would_not_read_as_one_prompt_are_refused(line):
 
 
 def test_the_model_dir_must_hold_one_gguf():
-    assert gguf_file([{"path": "model.gguf"}, {"path": "tokenizer.json"}], "m") == "model.gguf"
+    assert gguf_file("/d/m", [{"path": "model.gguf"}, {"path": "tokenizer.json"}], "m") == "/d/m/model.gguf"
     for files in ([{"path": "config.json"}], [{"path": "a.gguf"}, {"path": "b.gguf"}]):
         with pytest.raises(SimpleAppError, match="exactly one .gguf"):
-            gguf_file(files, "model=x")
+            gguf_file("/d/m", files, "model=x")
